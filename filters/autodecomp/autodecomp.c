@@ -1,0 +1,432 @@
+/* nbdkit-autodecomp-filter: serve a compressed image as the disk it
+ * holds.
+ *
+ * This file is the glue between nbdkit and the format library in lib/:
+ * it reads the parameters, wraps the plugin below as an ad_source,
+ * keeps one ad_export per export name (index, spill) and one frame
+ * cache for the whole process, and answers NBD requests from them.  It
+ * reads top to bottom in the order nbdkit calls it.
+ *
+ * Raw images (no known magic, or autodecomp-format=raw) are passed
+ * through: reads, size and extents go straight to the plugin.
+ */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+#include <inttypes.h>
+#include <errno.h>
+#include <pthread.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-filter.h>
+
+#include "format.h"
+#include "cache.h"
+#include "export.h"
+
+/* -D autodecomp.frames=1: log every frame decoded into the cache. */
+NBDKIT_DLL_PUBLIC int autodecomp_debug_frames = 0;
+
+/* Parameters. */
+static enum ad_format format_param = AD_FORMAT_UNKNOWN;  /* auto */
+static int64_t cache_size = 256 * 1024 * 1024;
+static struct ad_options options;
+
+/* The frame cache, shared by every connection and export. */
+static struct ad_cache *cache;
+
+/* Exports, by name, built by the first connection that needs them. */
+struct named_export {
+  char *name;
+  struct ad_export *exp;
+  uint64_t compressed_size;
+  struct named_export *next;
+};
+static pthread_mutex_t exports_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct named_export *exports;
+
+struct handle {
+  char *exportname;
+  struct named_export *export;  /* Set in prepare. */
+};
+
+static void
+autodecomp_load (void)
+{
+  ad_options_init (&options);
+}
+
+static void
+autodecomp_unload (void)
+{
+  struct named_export *e, *next;
+
+  for (e = exports; e; e = next) {
+    next = e->next;
+    ad_export_free (e->exp);
+    free (e->name);
+    free (e);
+  }
+  ad_cache_free (cache);
+}
+
+static int
+parse_size_param (const char *key, const char *value, uint64_t min,
+                  uint64_t *out)
+{
+  int64_t r = nbdkit_parse_size (value);
+
+  if (r == -1)
+    return -1;
+  if ((uint64_t) r < min) {
+    nbdkit_error ("%s must be at least %" PRIu64, key, min);
+    return -1;
+  }
+  *out = r;
+  return 0;
+}
+
+static int
+autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                   const char *key, const char *value)
+{
+  uint64_t u;
+
+  if (strcmp (key, "autodecomp-format") == 0) {
+    if (strcmp (value, "auto") == 0)
+      format_param = AD_FORMAT_UNKNOWN;
+    else {
+      format_param = ad_format_from_name (value);
+      if (format_param == AD_FORMAT_UNKNOWN) {
+        nbdkit_error ("autodecomp-format: unknown format '%s' (expected "
+                      "auto, gzip, xz, bzip2, zstd or raw)", value);
+        return -1;
+      }
+    }
+    return 0;
+  }
+  else if (strcmp (key, "autodecomp-cache-size") == 0) {
+    if (parse_size_param (key, value, 0, &u) == -1)
+      return -1;
+    cache_size = u;
+    return 0;
+  }
+  else if (strcmp (key, "autodecomp-max-frame") == 0)
+    return parse_size_param (key, value, 1, &options.max_frame);
+  else if (strcmp (key, "autodecomp-gzip-span") == 0)
+    return parse_size_param (key, value, 32768, &options.gzip_span);
+  else if (strcmp (key, "autodecomp-threads") == 0)
+    return nbdkit_parse_unsigned (key, value, &options.threads);
+  else
+    return next (nxdata, key, value);
+}
+
+#define autodecomp_config_help \
+  "autodecomp-format=auto|gzip|xz|bzip2|zstd|raw\n" \
+  "                          Format (default: detected by magic bytes).\n" \
+  "autodecomp-cache-size=SIZE  Decoded frame cache (default 256M).\n" \
+  "autodecomp-max-frame=SIZE   Largest frame decoded (default 512M).\n" \
+  "autodecomp-gzip-span=SIZE   Bytes between gzip checkpoints (default 1M).\n" \
+  "autodecomp-threads=N        Threads for sizing passes (default: CPUs)."
+
+static int
+autodecomp_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+static int
+autodecomp_get_ready (int thread_model)
+{
+  cache = ad_cache_new (cache_size);
+  if (cache == NULL) {
+    nbdkit_error ("autodecomp: cannot allocate the cache: %m");
+    return -1;
+  }
+  return 0;
+}
+
+static void *
+autodecomp_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+                 int readonly, const char *exportname, int is_tls)
+{
+  struct handle *h;
+
+  /* The export is read-only whatever the client asked for. */
+  if (next (nxdata, 1, exportname) == -1)
+    return NULL;
+  h = calloc (1, sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  h->exportname = strdup (exportname);
+  if (h->exportname == NULL) {
+    nbdkit_error ("strdup: %m");
+    free (h);
+    return NULL;
+  }
+  return h;
+}
+
+static void
+autodecomp_close (void *handle)
+{
+  struct handle *h = handle;
+
+  free (h->exportname);
+  free (h);
+}
+
+/* The plugin below, as a source for the library. */
+static int
+next_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+            struct ad_error *err)
+{
+  nbdkit_next *next = opaque;
+  char *p = buf;
+
+  while (count > 0) {
+    uint32_t n = count > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : count;
+    int errnum = 0;
+
+    if (next->pread (next, p, n, offset, 0, &errnum) == -1)
+      return ad_error_set (err, errnum ? errnum : EIO,
+                           "read of %" PRIu32 " bytes at compressed offset %"
+                           PRIu64 " from the plugin failed: %s", n, offset,
+                           strerror (errnum ? errnum : EIO));
+    p += n;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+static void
+source_of_next (struct ad_source *src, nbdkit_next *next, uint64_t size)
+{
+  memset (src, 0, sizeof *src);
+  src->pread = next_pread;
+  src->opaque = next;
+  src->size = size;
+}
+
+static void
+log_decode (void *opaque, size_t frame_no, const struct ad_frame *frame)
+{
+  struct named_export *e = opaque;
+
+  if (autodecomp_debug_frames)
+    nbdkit_debug ("autodecomp: decode frame %zu uoff=%" PRIu64
+                  " usize=%" PRIu64 " coff=%" PRIu64 " csize=%" PRIu64
+                  " (%s)", frame_no, frame->uoff, frame->usize,
+                  frame->coff, frame->csize,
+                  ad_format_name (e->exp->format));
+}
+
+/* Say once, visibly, when random reads will be slow. */
+static void
+warn_if_not_seekable (struct named_export *e)
+{
+  uint64_t largest = ad_export_largest_frame (e->exp);
+
+  if (largest <= AD_LARGE_FRAME)
+    return;
+  nbdkit_error ("autodecomp: warning: this %s image holds a frame of %"
+                PRIu64 " bytes, which can only be decoded from its start: "
+                "the first reads are served as soon as their bytes are "
+                "decoded, but a read far into it waits for everything "
+                "before it.  Recompress it so it seeks well, e.g. "
+                "'xz -T0 --block-size=16MiB' or 'zstd -T0 --seekable'-style "
+                "frames (see nbdkit-autodecomp-filter(1))",
+                ad_format_name (e->exp->format), largest);
+}
+
+static struct named_export *
+build_export (nbdkit_next *next, const char *name)
+{
+  struct named_export *e;
+  struct ad_source src;
+  struct ad_error err;
+  int64_t size;
+
+  size = next->get_size (next);
+  if (size == -1)
+    return NULL;
+  e = calloc (1, sizeof *e);
+  if (e == NULL || (e->name = strdup (name)) == NULL) {
+    nbdkit_error ("autodecomp: out of memory");
+    free (e);
+    return NULL;
+  }
+  e->compressed_size = size;
+  source_of_next (&src, next, size);
+  ad_error_clear (&err);
+  e->exp = ad_export_open (&src, format_param, &options, cache, &err);
+  if (e->exp == NULL) {
+    nbdkit_error ("autodecomp: %s", err.msg);
+    free (e->name);
+    free (e);
+    return NULL;
+  }
+  e->exp->on_decode = log_decode;
+  e->exp->on_decode_opaque = e;
+  nbdkit_debug ("autodecomp: export '%s': %s, %" PRIu64 " bytes from %"
+                PRIu64 " compressed, %zu frames indexed%s, "
+                "%" PRIu64 " reads below", name,
+                ad_format_name (e->exp->format), e->exp->size, e->compressed_size,
+                e->exp->idx ? ad_index_nframes (e->exp->idx) : 0,
+                e->exp->idx && !ad_index_complete (e->exp->idx)
+                ? " so far" : "", src.reads);
+  warn_if_not_seekable (e);
+  return e;
+}
+
+static int
+autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+  struct named_export *e;
+
+  /* nbdkit checks our reads below against the size of this
+   * connection's context, which it learns only when asked for it.
+   */
+  if (next->get_size (next) == -1)
+    return -1;
+
+  pthread_mutex_lock (&exports_lock);
+  for (e = exports; e; e = e->next)
+    if (strcmp (e->name, h->exportname) == 0)
+      break;
+  if (e == NULL) {
+    e = build_export (next, h->exportname);
+    if (e) {
+      e->next = exports;
+      exports = e;
+    }
+  }
+  pthread_mutex_unlock (&exports_lock);
+  if (e == NULL)
+    return -1;
+  h->export = e;
+  return 0;
+}
+
+static bool
+is_raw (struct handle *h)
+{
+  return h->export->exp->format == AD_FORMAT_RAW;
+}
+
+static int64_t
+autodecomp_get_size (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  if (is_raw (h))
+    return next->get_size (next);
+  return h->export->exp->size;
+}
+
+static int
+autodecomp_can_write (nbdkit_next *next, void *handle)
+{
+  return 0;
+}
+
+static int
+autodecomp_can_extents (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  if (is_raw (h))
+    return next->can_extents (next);
+  return 0;
+}
+
+static int
+autodecomp_can_multi_conn (nbdkit_next *next, void *handle)
+{
+  return 1;
+}
+
+static int
+autodecomp_can_cache (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  if (is_raw (h))
+    return next->can_cache (next);
+  return NBDKIT_CACHE_NATIVE;
+}
+
+static int
+report (struct ad_error *e, int *err)
+{
+  nbdkit_error ("autodecomp: %s", e->msg);
+  *err = e->errnum ? e->errnum : EIO;
+  return -1;
+}
+
+static int
+autodecomp_pread (nbdkit_next *next, void *handle, void *buf,
+                  uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+  struct ad_source src;
+  struct ad_error e;
+
+  if (is_raw (h))
+    return next->pread (next, buf, count, offset, flags, err);
+
+  source_of_next (&src, next, h->export->compressed_size);
+  ad_error_clear (&e);
+  if (ad_export_pread (h->export->exp, &src, buf, count, offset, &e) == -1)
+    return report (&e, err);
+  return 0;
+}
+
+static int
+autodecomp_cache (nbdkit_next *next, void *handle, uint32_t count,
+                  uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+  struct ad_source src;
+  struct ad_error e;
+
+  if (is_raw (h))
+    return next->cache (next, count, offset, flags, err);
+
+  source_of_next (&src, next, h->export->compressed_size);
+  ad_error_clear (&e);
+  if (ad_export_prefetch (h->export->exp, &src, count, offset, &e) == -1)
+    return report (&e, err);
+  return 0;
+}
+
+static struct nbdkit_filter filter = {
+  .name               = "autodecomp",
+  .longname           = "nbdkit autodecomp filter",
+  .load               = autodecomp_load,
+  .unload             = autodecomp_unload,
+  .config             = autodecomp_config,
+  .config_help        = autodecomp_config_help,
+  .thread_model       = autodecomp_thread_model,
+  .get_ready          = autodecomp_get_ready,
+  .open               = autodecomp_open,
+  .close              = autodecomp_close,
+  .prepare            = autodecomp_prepare,
+  .get_size           = autodecomp_get_size,
+  .can_write          = autodecomp_can_write,
+  .can_extents        = autodecomp_can_extents,
+  .can_multi_conn     = autodecomp_can_multi_conn,
+  .can_cache          = autodecomp_can_cache,
+  .pread              = autodecomp_pread,
+  .cache              = autodecomp_cache,
+};
+
+NBDKIT_REGISTER_FILTER (filter)

@@ -1,0 +1,357 @@
+/* autodecomp: the shared, bounded cache of decoded frames (see cache.h).
+ *
+ * Entries live in a hash table with chaining (keyed by owner and frame
+ * number) and, while nobody holds them, on a doubly linked LRU list:
+ * most recently released at the head, evicted from the tail.  A held
+ * entry is off the list, so eviction never sees it.  One mutex guards
+ * it all; decoding and copying happen outside it.
+ */
+
+#include <config.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <pthread.h>
+
+#include "cache.h"
+
+enum { ENTRY_LOADING, ENTRY_READY };
+
+#define NR_BUCKETS 65536
+
+struct ad_cache {
+  pthread_mutex_t lock;
+  pthread_cond_t loaded;        /* Broadcast when a LOADING entry settles. */
+  uint64_t max_bytes;
+  uint64_t bytes;               /* Decoded bytes held (ready or loading). */
+  struct ad_cache_entry *buckets[NR_BUCKETS];
+  struct ad_cache_entry *lru_head, *lru_tail;
+  struct ad_cache_stats stats;
+};
+
+bool
+ad_is_zero (const void *buf, size_t size)
+{
+  const unsigned char *p = buf;
+  size_t i;
+
+  /* Check the first 16 bytes one at a time, then compare the buffer
+   * with itself shifted by 16 bytes: fast, and needs no zero page.
+   */
+  for (i = 0; i < size && i < 16; i++)
+    if (p[i])
+      return false;
+  if (size <= 16)
+    return true;
+  return memcmp (p, p + 16, size - 16) == 0;
+}
+
+static size_t
+bucket_of (const void *owner, uint64_t frame_no)
+{
+  uint64_t h = (uint64_t) (uintptr_t) owner * 0x9E3779B97F4A7C15ULL;
+
+  h ^= frame_no * 0xC2B2AE3D27D4EB4FULL;
+  h ^= h >> 29;
+  return h % NR_BUCKETS;
+}
+
+struct ad_cache *
+ad_cache_new (uint64_t max_bytes)
+{
+  struct ad_cache *cache = calloc (1, sizeof *cache);
+
+  if (cache == NULL)
+    return NULL;
+  pthread_mutex_init (&cache->lock, NULL);
+  pthread_cond_init (&cache->loaded, NULL);
+  cache->max_bytes = max_bytes;
+  return cache;
+}
+
+static void
+entry_free (struct ad_cache_entry *e)
+{
+  free (e->data);
+  free (e);
+}
+
+void
+ad_cache_free (struct ad_cache *cache)
+{
+  size_t i;
+
+  if (cache == NULL)
+    return;
+  for (i = 0; i < NR_BUCKETS; i++) {
+    struct ad_cache_entry *e = cache->buckets[i], *next;
+    for (; e; e = next) {
+      next = e->hash_next;
+      entry_free (e);
+    }
+  }
+  pthread_cond_destroy (&cache->loaded);
+  pthread_mutex_destroy (&cache->lock);
+  free (cache);
+}
+
+static struct ad_cache_entry *
+lookup_locked (struct ad_cache *cache, const void *owner, uint64_t frame_no)
+{
+  struct ad_cache_entry *e = cache->buckets[bucket_of (owner, frame_no)];
+
+  for (; e; e = e->hash_next)
+    if (e->owner == owner && e->frame_no == frame_no)
+      return e;
+  return NULL;
+}
+
+static void
+hash_remove_locked (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  struct ad_cache_entry **pp =
+    &cache->buckets[bucket_of (e->owner, e->frame_no)];
+
+  for (; *pp; pp = &(*pp)->hash_next)
+    if (*pp == e) {
+      *pp = e->hash_next;
+      return;
+    }
+}
+
+static void
+lru_unlink_locked (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  if (e->lru_prev)
+    e->lru_prev->lru_next = e->lru_next;
+  else if (cache->lru_head == e)
+    cache->lru_head = e->lru_next;
+  if (e->lru_next)
+    e->lru_next->lru_prev = e->lru_prev;
+  else if (cache->lru_tail == e)
+    cache->lru_tail = e->lru_prev;
+  e->lru_prev = e->lru_next = NULL;
+}
+
+static void
+lru_push_head_locked (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  e->lru_prev = NULL;
+  e->lru_next = cache->lru_head;
+  if (cache->lru_head)
+    cache->lru_head->lru_prev = e;
+  cache->lru_head = e;
+  if (cache->lru_tail == NULL)
+    cache->lru_tail = e;
+}
+
+static void
+remove_entry_locked (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  hash_remove_locked (cache, e);
+  lru_unlink_locked (cache, e);
+  if (!e->zero)
+    cache->bytes -= e->size;
+  cache->stats.entries--;
+  entry_free (e);
+}
+
+/* Evict unreferenced entries until extra more bytes fit, or nothing is
+ * left to evict.
+ */
+static void
+make_room_locked (struct ad_cache *cache, uint64_t extra)
+{
+  while (cache->bytes + extra > cache->max_bytes && cache->lru_tail) {
+    remove_entry_locked (cache, cache->lru_tail);
+    cache->stats.evictions++;
+  }
+}
+
+static struct ad_cache_entry *
+new_entry_locked (struct ad_cache *cache, const void *owner,
+                  uint64_t frame_no, size_t size)
+{
+  struct ad_cache_entry *e = calloc (1, sizeof *e);
+  size_t b;
+
+  if (e == NULL)
+    return NULL;
+  e->owner = owner;
+  e->frame_no = frame_no;
+  e->size = size;
+  e->state = ENTRY_LOADING;
+  b = bucket_of (owner, frame_no);
+  e->hash_next = cache->buckets[b];
+  cache->buckets[b] = e;
+  cache->bytes += size;
+  cache->stats.entries++;
+  return e;
+}
+
+/* Settle a freshly decoded entry: keep a flag for an all-zero frame. */
+static void
+settle_locked (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  e->state = ENTRY_READY;
+  pthread_cond_broadcast (&cache->loaded);
+}
+
+struct ad_cache_entry *
+ad_cache_get (struct ad_cache *cache, const void *owner, uint64_t frame_no,
+              size_t size, ad_cache_fill_fn *fill, void *opaque,
+              struct ad_error *err)
+{
+  struct ad_cache_entry *e;
+  char *buf;
+  bool zero;
+
+  pthread_mutex_lock (&cache->lock);
+ again:
+  e = lookup_locked (cache, owner, frame_no);
+  if (e && e->state == ENTRY_LOADING) {
+    cache->stats.waits++;
+    pthread_cond_wait (&cache->loaded, &cache->lock);
+    goto again;
+  }
+  if (e) {
+    if (e->refs++ == 0)
+      lru_unlink_locked (cache, e);
+    cache->stats.hits++;
+    pthread_mutex_unlock (&cache->lock);
+    return e;
+  }
+
+  /* A miss: reserve the bytes, mark it LOADING, decode unlocked. */
+  cache->stats.misses++;
+  make_room_locked (cache, size);
+  e = new_entry_locked (cache, owner, frame_no, size);
+  if (e == NULL) {
+    pthread_mutex_unlock (&cache->lock);
+    ad_error_set (err, ENOMEM, "cache: out of memory");
+    return NULL;
+  }
+  e->refs = 1;
+  pthread_mutex_unlock (&cache->lock);
+
+  buf = malloc (size ? size : 1);
+  if (buf == NULL)
+    ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for a frame",
+                  size);
+  else if (fill (opaque, buf, err) == -1) {
+    free (buf);
+    buf = NULL;
+  }
+  zero = buf && ad_is_zero (buf, size);
+
+  pthread_mutex_lock (&cache->lock);
+  if (buf == NULL) {
+    /* Failed: forget it, so a later read tries again. */
+    remove_entry_locked (cache, e);
+    pthread_cond_broadcast (&cache->loaded);
+    pthread_mutex_unlock (&cache->lock);
+    return NULL;
+  }
+  if (zero) {
+    free (buf);
+    e->zero = true;
+    cache->bytes -= size;
+  }
+  else
+    e->data = buf;
+  settle_locked (cache, e);
+  pthread_mutex_unlock (&cache->lock);
+  return e;
+}
+
+void
+ad_cache_put (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  pthread_mutex_lock (&cache->lock);
+  if (--e->refs == 0) {
+    lru_push_head_locked (cache, e);
+    make_room_locked (cache, 0);
+  }
+  pthread_mutex_unlock (&cache->lock);
+}
+
+void
+ad_cache_insert (struct ad_cache *cache, const void *owner,
+                 uint64_t frame_no, const void *data, size_t size)
+{
+  struct ad_cache_entry *e;
+  bool zero = ad_is_zero (data, size);
+  char *buf = NULL;
+
+  if (!zero) {
+    if (size > cache->max_bytes)
+      return;
+    buf = malloc (size ? size : 1);
+    if (buf == NULL)
+      return;
+    memcpy (buf, data, size);
+  }
+
+  pthread_mutex_lock (&cache->lock);
+  if (lookup_locked (cache, owner, frame_no) != NULL) {
+    pthread_mutex_unlock (&cache->lock);
+    free (buf);
+    return;
+  }
+  cache->stats.inserts++;
+  make_room_locked (cache, zero ? 0 : size);
+  e = new_entry_locked (cache, owner, frame_no, size);
+  if (e == NULL) {
+    pthread_mutex_unlock (&cache->lock);
+    free (buf);
+    return;
+  }
+  if (zero) {
+    e->zero = true;
+    cache->bytes -= size;
+  }
+  else
+    e->data = buf;
+  settle_locked (cache, e);
+  lru_push_head_locked (cache, e);
+  pthread_mutex_unlock (&cache->lock);
+}
+
+bool
+ad_cache_contains (struct ad_cache *cache, const void *owner,
+                   uint64_t frame_no)
+{
+  struct ad_cache_entry *e;
+  bool r;
+
+  pthread_mutex_lock (&cache->lock);
+  e = lookup_locked (cache, owner, frame_no);
+  r = e && e->state == ENTRY_READY;
+  pthread_mutex_unlock (&cache->lock);
+  return r;
+}
+
+void
+ad_cache_drop_owner (struct ad_cache *cache, const void *owner)
+{
+  struct ad_cache_entry *e, *prev;
+
+  pthread_mutex_lock (&cache->lock);
+  for (e = cache->lru_tail; e; e = prev) {
+    prev = e->lru_prev;
+    if (e->owner == owner)
+      remove_entry_locked (cache, e);
+  }
+  pthread_mutex_unlock (&cache->lock);
+}
+
+void
+ad_cache_get_stats (struct ad_cache *cache, struct ad_cache_stats *stats)
+{
+  pthread_mutex_lock (&cache->lock);
+  *stats = cache->stats;
+  stats->bytes = cache->bytes;
+  stats->max_bytes = cache->max_bytes;
+  pthread_mutex_unlock (&cache->lock);
+}

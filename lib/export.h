@@ -1,0 +1,73 @@
+/* autodecomp: one served image, shared by every connection.
+ *
+ * An export ties together what the filter (or the command line tool)
+ * needs to serve an image: its detected format, its index, the shared
+ * frame cache and the spill file for frames too large to hold in
+ * memory.  Reads go through ad_export_pread, which splits a request at
+ * frame boundaries and serves each piece from the cache (decoding the
+ * frame once on a miss) or from the spill.
+ *
+ * The caller passes the source with every call: in nbdkit each
+ * connection reads the plugin below through its own context, while the
+ * index and the cache are shared.
+ */
+#ifndef AUTODECOMP_EXPORT_H
+#define AUTODECOMP_EXPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "format.h"
+#include "cache.h"
+#include "spill.h"
+
+/* Frames larger than this are decoded progressively into the spill
+ * file instead of whole into memory.
+ */
+#define AD_LARGE_FRAME (32 * 1024 * 1024ULL)
+
+struct ad_export {
+  enum ad_format format;
+  uint64_t size;                /* Uncompressed size. */
+  struct ad_index *idx;         /* NULL when raw. */
+  struct ad_cache *cache;       /* Not owned. */
+
+  pthread_mutex_t lock;
+  struct ad_spill *spill;       /* Created at the first large read. */
+
+  /* Optional: told about every frame decoded into the cache. */
+  void (*on_decode) (void *opaque, size_t frame_no,
+                     const struct ad_frame *frame);
+  void *on_decode_opaque;
+};
+
+/* Detect (format AD_FORMAT_UNKNOWN) or check the forced format, and
+ * build the index.  A forced format the data does not match is an
+ * error that says what was found; forcing raw always works.
+ */
+extern struct ad_export *ad_export_open (struct ad_source *src,
+                                         enum ad_format format,
+                                         const struct ad_options *opts,
+                                         struct ad_cache *cache,
+                                         struct ad_error *err);
+extern void ad_export_free (struct ad_export *exp);
+
+/* Read uncompressed bytes; [offset, offset + count) must be within the
+ * export.  Not for raw exports (the caller reads the source directly).
+ */
+extern int ad_export_pread (struct ad_export *exp, struct ad_source *src,
+                            void *buf, size_t count, uint64_t offset,
+                            struct ad_error *err);
+
+/* Decode the frames that hold [offset, offset + count) into the cache
+ * (or the spill) without copying them anywhere.
+ */
+extern int ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
+                               size_t count, uint64_t offset,
+                               struct ad_error *err);
+
+/* The largest frame in the index, or 0 if it is not complete yet. */
+extern uint64_t ad_export_largest_frame (struct ad_export *exp);
+
+#endif /* AUTODECOMP_EXPORT_H */

@@ -1,0 +1,211 @@
+/* autodecomp: the seek index and the interface every format implements.
+ *
+ * An image is a sequence of frames: pieces of the uncompressed image
+ * that can be decoded on their own, given the compressed bytes at
+ * [coff, coff + csize) and whatever the format keeps beside its frame
+ * table (a gzip checkpoint window, the check type of an xz stream).
+ * For xz a frame is a block, for zstd a frame, for bzip2 a block, for
+ * gzip a member or the span between two checkpoints of a member.
+ *
+ * The index is the sorted, contiguous table of frames.  Most formats
+ * build all of it in open.  A format that can only learn its frames by
+ * decoding (a large gzip member) builds a prefix in open and extends it
+ * in advance, as far as reads need, so the first read never waits for
+ * the whole image; the export size must still be known after open.
+ *
+ * Frames are decoded through a small streaming decoder (decoder_new,
+ * decoder_read, decoder_free) so that the same code serves a whole
+ * frame into a cache buffer and a very large frame progressively into
+ * a spill file.  ad_index_decode_frame wraps it with the checks every
+ * format needs: the frame decodes to exactly its declared size, never
+ * more, and never more than the max-frame limit.
+ */
+#ifndef AUTODECOMP_FORMAT_H
+#define AUTODECOMP_FORMAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <sys/types.h>
+
+#include "error.h"
+#include "source.h"
+
+enum ad_format {
+  AD_FORMAT_UNKNOWN = 0,
+  AD_FORMAT_RAW,
+  AD_FORMAT_GZIP,
+  AD_FORMAT_XZ,
+  AD_FORMAT_BZIP2,
+  AD_FORMAT_ZSTD,
+};
+
+struct ad_options {
+  uint64_t max_frame;           /* Largest frame decoded into memory. */
+  uint64_t gzip_span;           /* Output bytes between gzip checkpoints. */
+  unsigned threads;             /* Workers for parallel passes (0: nproc). */
+};
+
+#define AD_DEFAULT_MAX_FRAME (512 * 1024 * 1024ULL)
+#define AD_DEFAULT_GZIP_SPAN (1024 * 1024ULL)
+
+/* Frame flags. */
+#define AD_FRAME_ZERO 1         /* Known to decode to zeros. */
+
+struct ad_frame {
+  uint64_t uoff;                /* Offset of its first uncompressed byte. */
+  uint64_t usize;               /* Uncompressed size (may be 0). */
+  uint64_t coff;                /* First compressed byte it needs. */
+  uint64_t csize;               /* Compressed bytes it needs. */
+  uint64_t aux;                 /* Format's own (bit offset, checkpoint). */
+  uint32_t aux32;               /* Format's own (stream number, level). */
+  uint32_t flags;               /* AD_FRAME_*. */
+};
+
+struct ad_index;
+
+/* Called by advance with frames it decoded anyway while indexing, so
+ * the caller may cache them.  data holds exactly the frame's usize
+ * bytes and is only valid during the call.
+ */
+typedef void ad_emit_fn (void *opaque, struct ad_index *idx, size_t frame_no,
+                         const void *data);
+
+struct ad_format_ops {
+  enum ad_format format;
+  const char *name;             /* "gzip", "xz", "bzip2", "zstd". */
+
+  /* Read the headers and indexes, set idx->size and append frames with
+   * ad_index_append_frame: all of them, or (only if advance is set) a
+   * prefix.  May decode the whole image where the format records no
+   * sizes.  Must bound every size it reads against the source size and
+   * idx->opts before trusting it.
+   */
+  int (*open) (struct ad_index *idx, struct ad_source *src,
+               struct ad_error *err);
+
+  /* Optional.  Extend the index until idx->indexed > offset (or the
+   * index is complete).  Called with idx->advance_lock held.
+   */
+  int (*advance) (struct ad_index *idx, struct ad_source *src,
+                  uint64_t offset, ad_emit_fn *emit, void *emit_opaque,
+                  struct ad_error *err);
+
+  /* Start decoding one frame.  frame is a copy of the index entry. */
+  int (*decoder_new) (struct ad_index *idx, const struct ad_frame *frame,
+                      size_t frame_no, void **decoder, struct ad_error *err);
+
+  /* Produce the next bytes of the frame's output, at most count (count
+   * is never 0).  Return how many were produced (> 0), 0 at the end of
+   * the frame (only after every check the format carries has been
+   * verified), or -1 after filling err.  Read compressed bytes from src
+   * only within [coff, coff + csize) of the frame.
+   */
+  ssize_t (*decoder_read) (void *decoder, struct ad_source *src,
+                           void *out, size_t count, struct ad_error *err);
+
+  void (*decoder_free) (void *decoder);
+
+  /* Free idx->priv. */
+  void (*close) (struct ad_index *idx);
+};
+
+struct ad_index {
+  enum ad_format format;
+  const struct ad_format_ops *ops;
+  struct ad_options opts;
+  uint64_t size;                /* Uncompressed size: the export size. */
+
+  /* Sorted by uoff, contiguous from 0, covering [0, indexed).  Grown
+   * only by ad_index_append_frame; read with ad_index_find.
+   */
+  pthread_mutex_t lock;
+  struct ad_frame *frames;
+  size_t nframes, frames_alloc;
+  uint64_t indexed;
+
+  pthread_mutex_t advance_lock;
+
+  /* Counters for debugging and tests (updated atomically). */
+  uint64_t frames_decoded;
+
+  void *priv;                   /* The format's own state. */
+};
+
+extern const struct ad_format_ops ad_gzip_ops;
+extern const struct ad_format_ops ad_xz_ops;
+extern const struct ad_format_ops ad_bzip2_ops;
+extern const struct ad_format_ops ad_zstd_ops;
+
+/* Detect the format from its magic bytes.  Returns AD_FORMAT_RAW for
+ * anything not recognized, AD_FORMAT_UNKNOWN (and err) if the source
+ * could not be read.
+ */
+extern enum ad_format ad_detect (struct ad_source *src, struct ad_error *err);
+extern const char *ad_format_name (enum ad_format format);
+extern enum ad_format ad_format_from_name (const char *name);
+
+extern void ad_options_init (struct ad_options *opts);
+
+/* Open the index of a compressed (not raw) image of the given format. */
+extern struct ad_index *ad_index_open (enum ad_format format,
+                                       struct ad_source *src,
+                                       const struct ad_options *opts,
+                                       struct ad_error *err);
+extern void ad_index_free (struct ad_index *idx);
+
+/* Append the next frame (for formats, in open and advance).  The frame
+ * must start at idx->indexed and end within idx->size; its usize must
+ * not exceed the size left.  Returns -1 with err (naming the format
+ * and frame) if it does not fit, or on allocation failure.
+ */
+extern int ad_index_append_frame (struct ad_index *idx,
+                                  const struct ad_frame *frame,
+                                  struct ad_error *err);
+
+/* Find the frame holding uncompressed offset (< idx->size), extending
+ * the index with advance if needed.  Copies the entry to *frame and
+ * its number to *frame_no.  emit may be NULL.
+ */
+extern int ad_index_find (struct ad_index *idx, struct ad_source *src,
+                          uint64_t offset, struct ad_frame *frame,
+                          size_t *frame_no, ad_emit_fn *emit,
+                          void *emit_opaque, struct ad_error *err);
+
+/* Number of frames known now, and a copy of one of them. */
+extern size_t ad_index_nframes (struct ad_index *idx);
+extern bool ad_index_complete (struct ad_index *idx);
+extern void ad_index_get_frame (struct ad_index *idx, size_t frame_no,
+                                struct ad_frame *frame);
+
+/* Decode one whole frame into out (frame->usize bytes), verifying that
+ * it decodes to exactly that many bytes.  Refuses frames larger than
+ * opts.max_frame.
+ */
+extern int ad_index_decode_frame (struct ad_index *idx,
+                                  struct ad_source *src,
+                                  const struct ad_frame *frame,
+                                  size_t frame_no, void *out,
+                                  struct ad_error *err);
+
+/* Portable helpers for the formats. */
+static inline uint32_t
+ad_le32 (const unsigned char *p)
+{
+  return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t) p[3] << 24);
+}
+
+static inline uint64_t
+ad_le64 (const unsigned char *p)
+{
+  return ad_le32 (p) | ((uint64_t) ad_le32 (p + 4) << 32);
+}
+
+static inline uint32_t
+ad_be32 (const unsigned char *p)
+{
+  return ((uint32_t) p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3];
+}
+
+#endif /* AUTODECOMP_FORMAT_H */

@@ -1,0 +1,266 @@
+/* autodecomp: the seek index (see format.h). */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <inttypes.h>
+#include <errno.h>
+
+#include "format.h"
+
+void
+ad_options_init (struct ad_options *opts)
+{
+  memset (opts, 0, sizeof *opts);
+  opts->max_frame = AD_DEFAULT_MAX_FRAME;
+  opts->gzip_span = AD_DEFAULT_GZIP_SPAN;
+  opts->threads = 0;
+}
+
+static const struct ad_format_ops *
+ops_of_format (enum ad_format format)
+{
+  switch (format) {
+  case AD_FORMAT_GZIP: return &ad_gzip_ops;
+  case AD_FORMAT_XZ: return &ad_xz_ops;
+  case AD_FORMAT_BZIP2: return &ad_bzip2_ops;
+  case AD_FORMAT_ZSTD: return &ad_zstd_ops;
+  default: return NULL;
+  }
+}
+
+struct ad_index *
+ad_index_open (enum ad_format format, struct ad_source *src,
+               const struct ad_options *opts, struct ad_error *err)
+{
+  const struct ad_format_ops *ops = ops_of_format (format);
+  struct ad_index *idx;
+
+  if (ops == NULL) {
+    ad_error_set (err, EINVAL, "no index for format %s",
+                  ad_format_name (format));
+    return NULL;
+  }
+  idx = calloc (1, sizeof *idx);
+  if (idx == NULL) {
+    ad_error_set (err, errno, "calloc: %m");
+    return NULL;
+  }
+  idx->format = format;
+  idx->ops = ops;
+  idx->opts = *opts;
+  pthread_mutex_init (&idx->lock, NULL);
+  pthread_mutex_init (&idx->advance_lock, NULL);
+  if (ops->open (idx, src, err) == -1) {
+    ad_error_prefix (err, "%s", ops->name);
+    ad_index_free (idx);
+    return NULL;
+  }
+  if (idx->indexed < idx->size && ops->advance == NULL) {
+    ad_error_set (err, EIO, "%s: index covers %" PRIu64 " of %" PRIu64
+                  " bytes", ops->name, idx->indexed, idx->size);
+    ad_index_free (idx);
+    return NULL;
+  }
+  return idx;
+}
+
+void
+ad_index_free (struct ad_index *idx)
+{
+  if (idx == NULL)
+    return;
+  if (idx->ops && idx->ops->close)
+    idx->ops->close (idx);
+  free (idx->frames);
+  pthread_mutex_destroy (&idx->lock);
+  pthread_mutex_destroy (&idx->advance_lock);
+  free (idx);
+}
+
+int
+ad_index_append_frame (struct ad_index *idx, const struct ad_frame *frame,
+                       struct ad_error *err)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&idx->lock);
+  if (frame->uoff != idx->indexed) {
+    r = ad_error_set (err, EIO, "%s: frame %zu starts at uncompressed "
+                      "offset %" PRIu64 ", expected %" PRIu64,
+                      idx->ops->name, idx->nframes, frame->uoff,
+                      idx->indexed);
+    goto out;
+  }
+  if (frame->usize > idx->size - idx->indexed) {
+    r = ad_error_set (err, EIO, "%s: frame %zu (%" PRIu64 " bytes at "
+                      "compressed offset %" PRIu64 ") extends past the "
+                      "image size %" PRIu64, idx->ops->name, idx->nframes,
+                      frame->usize, frame->coff, idx->size);
+    goto out;
+  }
+  if (idx->nframes == idx->frames_alloc) {
+    size_t n = idx->frames_alloc ? idx->frames_alloc * 2 : 64;
+    struct ad_frame *p = realloc (idx->frames, n * sizeof *p);
+    if (p == NULL) {
+      r = ad_error_set (err, ENOMEM, "%s: realloc: %m", idx->ops->name);
+      goto out;
+    }
+    idx->frames = p;
+    idx->frames_alloc = n;
+  }
+  idx->frames[idx->nframes++] = *frame;
+  idx->indexed += frame->usize;
+ out:
+  pthread_mutex_unlock (&idx->lock);
+  return r;
+}
+
+/* Binary search; call with idx->lock held and offset < idx->indexed. */
+static size_t
+find_locked (struct ad_index *idx, uint64_t offset)
+{
+  size_t lo = 0, hi = idx->nframes;
+
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (idx->frames[mid].uoff <= offset)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  /* Skip empty frames that share the offset. */
+  while (lo + 1 < idx->nframes && idx->frames[lo].usize == 0)
+    lo++;
+  return lo;
+}
+
+int
+ad_index_find (struct ad_index *idx, struct ad_source *src, uint64_t offset,
+               struct ad_frame *frame, size_t *frame_no, ad_emit_fn *emit,
+               void *emit_opaque, struct ad_error *err)
+{
+  size_t i;
+
+  if (offset >= idx->size)
+    return ad_error_set (err, EINVAL, "%s: offset %" PRIu64 " is past the "
+                         "end of the image (%" PRIu64 " bytes)",
+                         idx->ops->name, offset, idx->size);
+
+  pthread_mutex_lock (&idx->lock);
+  if (offset >= idx->indexed) {
+    pthread_mutex_unlock (&idx->lock);
+    pthread_mutex_lock (&idx->advance_lock);
+    /* Someone else may have advanced while we waited. */
+    pthread_mutex_lock (&idx->lock);
+    if (offset >= idx->indexed) {
+      int r;
+      pthread_mutex_unlock (&idx->lock);
+      r = idx->ops->advance (idx, src, offset, emit, emit_opaque, err);
+      pthread_mutex_lock (&idx->lock);
+      if (r == 0 && offset >= idx->indexed)
+        r = ad_error_set (err, EIO, "%s: index stops at %" PRIu64
+                          " before offset %" PRIu64, idx->ops->name,
+                          idx->indexed, offset);
+      if (r == -1) {
+        pthread_mutex_unlock (&idx->lock);
+        pthread_mutex_unlock (&idx->advance_lock);
+        return -1;
+      }
+    }
+    pthread_mutex_unlock (&idx->advance_lock);
+  }
+  i = find_locked (idx, offset);
+  *frame = idx->frames[i];
+  *frame_no = i;
+  pthread_mutex_unlock (&idx->lock);
+  return 0;
+}
+
+size_t
+ad_index_nframes (struct ad_index *idx)
+{
+  size_t n;
+
+  pthread_mutex_lock (&idx->lock);
+  n = idx->nframes;
+  pthread_mutex_unlock (&idx->lock);
+  return n;
+}
+
+bool
+ad_index_complete (struct ad_index *idx)
+{
+  bool r;
+
+  pthread_mutex_lock (&idx->lock);
+  r = idx->indexed == idx->size;
+  pthread_mutex_unlock (&idx->lock);
+  return r;
+}
+
+void
+ad_index_get_frame (struct ad_index *idx, size_t frame_no,
+                    struct ad_frame *frame)
+{
+  pthread_mutex_lock (&idx->lock);
+  *frame = idx->frames[frame_no];
+  pthread_mutex_unlock (&idx->lock);
+}
+
+int
+ad_index_decode_frame (struct ad_index *idx, struct ad_source *src,
+                       const struct ad_frame *frame, size_t frame_no,
+                       void *out, struct ad_error *err)
+{
+  const char *name = idx->ops->name;
+  void *dec = NULL;
+  uint64_t done = 0;
+  char extra;
+  ssize_t n;
+
+  if (frame->usize > idx->opts.max_frame)
+    return ad_error_set (err, EFBIG, "%s: frame %zu at compressed offset %"
+                         PRIu64 " is %" PRIu64 " bytes, larger than "
+                         "autodecomp-max-frame=%" PRIu64, name, frame_no,
+                         frame->coff, frame->usize, idx->opts.max_frame);
+
+  __atomic_add_fetch (&idx->frames_decoded, 1, __ATOMIC_RELAXED);
+  if (idx->ops->decoder_new (idx, frame, frame_no, &dec, err) == -1)
+    goto fail;
+  while (done < frame->usize) {
+    n = idx->ops->decoder_read (dec, src, (char *) out + done,
+                                frame->usize - done, err);
+    if (n == -1)
+      goto fail;
+    if (n == 0) {
+      ad_error_set (err, EIO, "decodes to %" PRIu64 " bytes, fewer than "
+                    "the %" PRIu64 " the index declares", done,
+                    frame->usize);
+      goto fail;
+    }
+    done += n;
+  }
+  /* The frame must end exactly here: this also runs the final checks. */
+  n = idx->ops->decoder_read (dec, src, &extra, 1, err);
+  if (n == -1)
+    goto fail;
+  if (n > 0) {
+    ad_error_set (err, EIO, "decodes to more than the %" PRIu64
+                  " bytes the index declares", frame->usize);
+    goto fail;
+  }
+  idx->ops->decoder_free (dec);
+  return 0;
+
+ fail:
+  if (dec)
+    idx->ops->decoder_free (dec);
+  /* Name the format, frame and offset unless the decoder already did. */
+  if (strncmp (err->msg, name, strlen (name)) != 0)
+    ad_error_prefix (err, "%s: frame %zu at compressed offset %" PRIu64,
+                     name, frame_no, frame->coff);
+  return -1;
+}

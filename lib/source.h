@@ -1,0 +1,50 @@
+/* autodecomp: the source of compressed bytes.
+ *
+ * The format library reads the compressed image only through this
+ * small interface, so it knows nothing of nbdkit: the filter wraps the
+ * plugin below, the command line tool and the unit tests wrap a file
+ * descriptor, the fuzzers wrap a memory buffer.
+ *
+ * A source may be used from several threads at once only if its pread
+ * is thread safe.  The library reads from the thread that called it;
+ * where it decodes in parallel it reads compressed data first, in large
+ * sequential chunks, and hands memory to worker threads.
+ */
+#ifndef AUTODECOMP_SOURCE_H
+#define AUTODECOMP_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+struct ad_source {
+  /* Read exactly count bytes at offset.  Return 0, or -1 after
+   * filling err.  Never called with a range outside [0, size).
+   */
+  int (*pread) (void *opaque, void *buf, size_t count, uint64_t offset,
+                struct ad_error *err);
+  void *opaque;
+  uint64_t size;                /* Size of the compressed image. */
+
+  /* Statistics, updated by ad_source_pread (not atomically: only for
+   * debugging and tests).
+   */
+  uint64_t reads;
+  uint64_t bytes_read;
+};
+
+/* Bounds-checked read: a range past the end of the source is an error
+ * (EIO, "truncated") rather than a call to the source.
+ */
+extern int ad_source_pread (struct ad_source *src, void *buf, size_t count,
+                            uint64_t offset, struct ad_error *err);
+
+/* Sources over a file descriptor and over memory, for tools, tests and
+ * fuzzers.  Neither owns what it wraps.
+ */
+extern void ad_source_init_fd (struct ad_source *src, int fd, uint64_t size);
+extern void ad_source_init_mem (struct ad_source *src,
+                                const void *data, size_t size);
+
+#endif /* AUTODECOMP_SOURCE_H */

@@ -1,0 +1,287 @@
+/* autodecomp: serving very large frames progressively (see spill.h).
+ *
+ * Each large frame has a struct spill_frame: the decoder, how far it
+ * has decoded (the frontier) and a lock that one decoding reader holds
+ * at a time.  Decoded bytes are written to the spill file at the
+ * frame's uncompressed offset, so the file is a sparse copy of the
+ * image; chunks that decode to zeros are not written at all and read
+ * back as holes.  The frontier only moves after the bytes behind it are
+ * in the file, so a reader that sees frontier >= its end may read the
+ * file without the lock.
+ *
+ * If the decoder fails (corrupt data, an error from the plugin below),
+ * the error is returned to the reader that needed the bytes and the
+ * decoder is thrown away.  The bytes behind the frontier stay valid; a
+ * later read past the frontier starts a new decoder, which decodes and
+ * discards up to the frontier before it writes again.  So an error
+ * below that goes away is not remembered.
+ *
+ * At the end of the frame the decoder's final checks run (the content
+ * checksum of a zstd frame, the check of an xz block).  Bytes served
+ * before the decoder got there were not yet covered by that check: it
+ * is a property of one-frame images, and the man page says so.
+ */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdbool.h>
+#include <string.h>
+#include <inttypes.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#include "spill.h"
+#include "cache.h"
+
+#define SPILL_CHUNK (1024 * 1024)
+
+struct spill_frame {
+  size_t frame_no;
+  pthread_mutex_t lock;         /* Held while decoding. */
+  void *decoder;                /* NULL before the first read, or after
+                                   an error. */
+  uint64_t decoded;             /* Decoder's position in the frame. */
+  uint64_t frontier;            /* Bytes in the file (atomic). */
+  bool finished;                /* Frame ended and verified. */
+  char *chunk;                  /* SPILL_CHUNK bytes of scratch. */
+  struct spill_frame *next;
+};
+
+struct ad_spill {
+  struct ad_index *idx;
+  int fd;
+  pthread_mutex_t lock;         /* Protects the list of frames. */
+  struct spill_frame *frames;
+};
+
+struct ad_spill *
+ad_spill_new (struct ad_index *idx, struct ad_error *err)
+{
+  struct ad_spill *spill;
+  const char *tmpdir = getenv ("TMPDIR");
+  char *template = NULL;
+
+  if (tmpdir == NULL || *tmpdir == '\0')
+    tmpdir = "/var/tmp";
+  spill = calloc (1, sizeof *spill);
+  if (spill == NULL ||
+      asprintf (&template, "%s/autodecomp-spillXXXXXX", tmpdir) == -1) {
+    ad_error_set (err, ENOMEM, "spill: out of memory");
+    free (spill);
+    return NULL;
+  }
+  spill->fd = mkostemp (template, O_CLOEXEC);
+  if (spill->fd == -1) {
+    ad_error_set (err, errno, "spill: cannot create temporary file %s: %m",
+                  template);
+    free (template);
+    free (spill);
+    return NULL;
+  }
+  unlink (template);
+  free (template);
+  spill->idx = idx;
+  pthread_mutex_init (&spill->lock, NULL);
+  return spill;
+}
+
+void
+ad_spill_free (struct ad_spill *spill)
+{
+  struct spill_frame *f, *next;
+
+  if (spill == NULL)
+    return;
+  for (f = spill->frames; f; f = next) {
+    next = f->next;
+    if (f->decoder)
+      spill->idx->ops->decoder_free (f->decoder);
+    pthread_mutex_destroy (&f->lock);
+    free (f->chunk);
+    free (f);
+  }
+  close (spill->fd);
+  pthread_mutex_destroy (&spill->lock);
+  free (spill);
+}
+
+static struct spill_frame *
+get_frame (struct ad_spill *spill, size_t frame_no, struct ad_error *err)
+{
+  struct spill_frame *f;
+
+  pthread_mutex_lock (&spill->lock);
+  for (f = spill->frames; f; f = f->next)
+    if (f->frame_no == frame_no)
+      goto out;
+  f = calloc (1, sizeof *f);
+  if (f == NULL) {
+    ad_error_set (err, ENOMEM, "spill: out of memory");
+    goto out;
+  }
+  f->frame_no = frame_no;
+  pthread_mutex_init (&f->lock, NULL);
+  f->next = spill->frames;
+  spill->frames = f;
+ out:
+  pthread_mutex_unlock (&spill->lock);
+  return f;
+}
+
+uint64_t
+ad_spill_frontier (struct ad_spill *spill, size_t frame_no)
+{
+  struct spill_frame *f;
+  uint64_t r = 0;
+
+  pthread_mutex_lock (&spill->lock);
+  for (f = spill->frames; f; f = f->next)
+    if (f->frame_no == frame_no)
+      r = __atomic_load_n (&f->frontier, __ATOMIC_ACQUIRE);
+  pthread_mutex_unlock (&spill->lock);
+  return r;
+}
+
+static int
+write_chunk (struct ad_spill *spill, const char *buf, size_t count,
+             uint64_t offset, struct ad_error *err)
+{
+  while (count > 0) {
+    ssize_t r = pwrite (spill->fd, buf, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return ad_error_set (err, errno, "spill: write to temporary file at "
+                           "offset %" PRIu64 ": %m", offset);
+    }
+    buf += r;
+    count -= r;
+    offset += r;
+  }
+  return 0;
+}
+
+/* Run the decoder of f until its frontier reaches want.  Called with
+ * f->lock held.
+ */
+static int
+decode_to (struct ad_spill *spill, struct ad_source *src,
+           const struct ad_frame *frame, struct spill_frame *f,
+           uint64_t want, struct ad_error *err)
+{
+  const struct ad_format_ops *ops = spill->idx->ops;
+
+  if (f->chunk == NULL) {
+    f->chunk = malloc (SPILL_CHUNK);
+    if (f->chunk == NULL)
+      return ad_error_set (err, ENOMEM, "spill: out of memory");
+  }
+  if (f->decoder == NULL) {
+    if (ops->decoder_new (spill->idx, frame, f->frame_no, &f->decoder,
+                          err) == -1) {
+      f->decoder = NULL;
+      return -1;
+    }
+    f->decoded = 0;
+    __atomic_add_fetch (&spill->idx->frames_decoded, 1, __ATOMIC_RELAXED);
+  }
+
+  while (f->frontier < want || (f->frontier == frame->usize && !f->finished)) {
+    uint64_t left = frame->usize - f->decoded;
+    size_t n = left < SPILL_CHUNK ? left : SPILL_CHUNK;
+    ssize_t r;
+
+    if (n == 0) {
+      /* The end: one more byte must not exist; this runs the checks. */
+      r = ops->decoder_read (f->decoder, src, f->chunk, 1, err);
+      if (r == -1)
+        goto fail;
+      if (r > 0) {
+        ad_error_set (err, EIO, "decodes to more than the %" PRIu64
+                      " bytes the index declares", frame->usize);
+        goto fail;
+      }
+      f->finished = true;
+      ops->decoder_free (f->decoder);
+      f->decoder = NULL;
+      break;
+    }
+    r = ops->decoder_read (f->decoder, src, f->chunk, n, err);
+    if (r == -1)
+      goto fail;
+    if (r == 0) {
+      ad_error_set (err, EIO, "decodes to %" PRIu64 " bytes, fewer than "
+                    "the %" PRIu64 " the index declares", f->decoded,
+                    frame->usize);
+      goto fail;
+    }
+    /* After an earlier failure, skip what is already in the file. */
+    if (f->decoded + r > f->frontier) {
+      size_t skip = f->frontier > f->decoded ? f->frontier - f->decoded : 0;
+      if (!ad_is_zero (f->chunk + skip, r - skip) &&
+          write_chunk (spill, f->chunk + skip, r - skip,
+                       frame->uoff + f->decoded + skip, err) == -1)
+        goto fail;
+    }
+    f->decoded += r;
+    if (f->decoded > f->frontier)
+      __atomic_store_n (&f->frontier, f->decoded, __ATOMIC_RELEASE);
+  }
+  return 0;
+
+ fail:
+  ops->decoder_free (f->decoder);
+  f->decoder = NULL;
+  if (strncmp (err->msg, ops->name, strlen (ops->name)) != 0)
+    ad_error_prefix (err, "%s: frame %zu at compressed offset %" PRIu64
+                     " (decoded %" PRIu64 " of %" PRIu64 " bytes)",
+                     ops->name, f->frame_no, frame->coff, f->decoded,
+                     frame->usize);
+  return -1;
+}
+
+int
+ad_spill_read (struct ad_spill *spill, struct ad_source *src,
+               const struct ad_frame *frame, size_t frame_no,
+               void *buf, size_t count, uint64_t offset,
+               struct ad_error *err)
+{
+  struct spill_frame *f = get_frame (spill, frame_no, err);
+  uint64_t end = offset + count;
+  char *p = buf;
+
+  if (f == NULL)
+    return -1;
+  if (__atomic_load_n (&f->frontier, __ATOMIC_ACQUIRE) < end) {
+    int r;
+    pthread_mutex_lock (&f->lock);
+    r = decode_to (spill, src, frame, f, end, err);
+    pthread_mutex_unlock (&f->lock);
+    if (r == -1)
+      return -1;
+  }
+
+  /* The file is sparse: holes (zero chunks not written, or past its
+   * end) read back as zeros.
+   */
+  while (count > 0) {
+    ssize_t r = pread (spill->fd, p, count, frame->uoff + offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return ad_error_set (err, errno, "spill: read temporary file: %m");
+    }
+    if (r == 0) {
+      memset (p, 0, count);
+      break;
+    }
+    p += r;
+    count -= r;
+    offset += r;
+  }
+  return 0;
+}

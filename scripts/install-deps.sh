@@ -1,0 +1,30 @@
+#!/bin/sh -
+# Install the Debian 12 packages that building, testing and benchmarking
+# nbdkit-autodecomp need, if any are missing.  Uses sudo when not root.
+set -e
+
+packages="
+  build-essential autoconf automake libtool pkg-config perl
+  nbdkit nbdkit-plugin-dev
+  liblzma-dev libzstd-dev zlib1g-dev libbz2-dev libxxhash-dev
+  libnbd-bin libnbd-dev python3-libnbd nbdfuse fuse3
+  qemu-utils fio nginx-light curl
+  xz-utils zstd gzip pigz bzip2 lbzip2 tabix xxhash e2fsprogs python3
+  clang libclang-rt-14-dev
+"
+
+missing=
+for p in $packages; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+       grep -q 'install ok installed'; then
+    missing="$missing $p"
+  fi
+done
+[ -z "$missing" ] && exit 0
+
+echo "install-deps: installing:$missing"
+if [ "$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing

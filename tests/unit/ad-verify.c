@@ -1,0 +1,163 @@
+/* ad-verify: check the library against an original, without nbdkit.
+ *
+ *   ad-verify [-n READS] [-s SEED] COMPRESSED ORIGINAL
+ *
+ * Opens COMPRESSED through the library (detect, index, cache, spill),
+ * checks that its size equals ORIGINAL's, reads the whole image in
+ * order in odd-sized pieces, then makes READS random reads of random
+ * lengths (1 byte to 4 MiB, many crossing frame boundaries), and
+ * compares every byte.  Prints what it checked.  Used by the unit tests
+ * and under the sanitizers.
+ */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <inttypes.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "format.h"
+#include "cache.h"
+#include "export.h"
+
+static uint64_t
+rnd (uint64_t *s)
+{
+  /* splitmix64 */
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+static int
+check (struct ad_export *exp, struct ad_source *src, const char *orig,
+       char *buf, size_t count, uint64_t offset)
+{
+  struct ad_error err;
+
+  ad_error_clear (&err);
+  if (ad_export_pread (exp, src, buf, count, offset, &err) == -1) {
+    fprintf (stderr, "ad-verify: read %zu at %" PRIu64 ": %s\n", count,
+             offset, err.msg);
+    return -1;
+  }
+  if (memcmp (buf, orig + offset, count) != 0) {
+    size_t i;
+    for (i = 0; i < count && buf[i] == orig[offset + i]; i++)
+      ;
+    fprintf (stderr, "ad-verify: WRONG BYTES: read %zu at %" PRIu64
+             ": first difference at %" PRIu64 "\n", count, offset,
+             offset + i);
+    return -1;
+  }
+  return 0;
+}
+
+int
+main (int argc, char *argv[])
+{
+  unsigned long reads = 2000;
+  uint64_t seed = 1, s;
+  struct ad_options opts;
+  struct ad_source src;
+  struct ad_export *exp;
+  struct ad_cache *cache;
+  struct ad_error err;
+  struct stat st;
+  const char *orig;
+  uint64_t osize, off, maxlen = 4 << 20;
+  char *buf;
+  int fd, ofd, c;
+  unsigned long i;
+
+  ad_options_init (&opts);
+  while ((c = getopt (argc, argv, "n:s:f:")) != -1) {
+    switch (c) {
+    case 'n': reads = strtoul (optarg, NULL, 0); break;
+    case 's': seed = strtoull (optarg, NULL, 0); break;
+    case 'f': opts.max_frame = strtoull (optarg, NULL, 0); break;
+    default: goto usage;
+    }
+  }
+  if (argc - optind != 2) {
+  usage:
+    fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] "
+             "COMPRESSED ORIGINAL\n");
+    return 2;
+  }
+  fd = open (argv[optind], O_RDONLY);
+  ofd = open (argv[optind + 1], O_RDONLY);
+  if (fd == -1 || ofd == -1) {
+    perror ("open");
+    return 2;
+  }
+  fstat (fd, &st);
+  ad_source_init_fd (&src, fd, st.st_size);
+  fstat (ofd, &st);
+  osize = st.st_size;
+  orig = osize ? mmap (NULL, osize, PROT_READ, MAP_PRIVATE, ofd, 0) : "";
+  if (orig == MAP_FAILED) {
+    perror ("mmap");
+    return 2;
+  }
+
+  cache = ad_cache_new (64 << 20);
+  exp = ad_export_open (&src, AD_FORMAT_UNKNOWN, &opts, cache, &err);
+  if (exp == NULL) {
+    fprintf (stderr, "ad-verify: %s: %s\n", argv[optind], err.msg);
+    return 1;
+  }
+  if (exp->size != osize) {
+    fprintf (stderr, "ad-verify: %s: size %" PRIu64 ", expected %" PRIu64
+             "\n", argv[optind], exp->size, osize);
+    return 1;
+  }
+  if (exp->format == AD_FORMAT_RAW) {
+    printf ("%s: raw, nothing to check\n", argv[optind]);
+    return 0;
+  }
+  buf = malloc (maxlen);
+
+  /* Random reads first (so the spill and the gzip pass are exercised
+   * out of order), then the whole image in order.
+   */
+  s = seed;
+  for (i = 0; i < reads && osize > 0; i++) {
+    uint64_t len;
+    switch (rnd (&s) % 4) {
+    case 0: len = 1 + rnd (&s) % 16; break;
+    case 1: len = 1 + rnd (&s) % 65536; break;
+    case 2: len = 1 + rnd (&s) % (1 << 20); break;
+    default: len = 1 + rnd (&s) % maxlen; break;
+    }
+    if (len > osize)
+      len = osize;
+    off = rnd (&s) % (osize - len + 1);
+    if (check (exp, &src, orig, buf, len, off) == -1)
+      return 1;
+  }
+  for (off = 0; off < osize; ) {
+    uint64_t len = 1 + rnd (&s) % maxlen;
+    if (len > osize - off)
+      len = osize - off;
+    if (check (exp, &src, orig, buf, len, off) == -1)
+      return 1;
+    off += len;
+  }
+  printf ("%s: %s, %" PRIu64 " bytes, %zu frames, %lu random reads + "
+          "sequential read OK, %" PRIu64 " frame decodes, %" PRIu64
+          " source reads\n", argv[optind], ad_format_name (exp->format),
+          osize, ad_index_nframes (exp->idx), reads,
+          exp->idx->frames_decoded, src.reads);
+  free (buf);
+  ad_export_free (exp);
+  ad_cache_free (cache);
+  return 0;
+}
