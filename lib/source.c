@@ -21,8 +21,8 @@ ad_source_pread (struct ad_source *src, void *buf, size_t count,
                          "(truncated?)", count, offset, src->size);
   if (count == 0)
     return 0;
-  src->reads++;
-  src->bytes_read += count;
+  __atomic_add_fetch (&src->reads, 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch (&src->bytes_read, count, __ATOMIC_RELAXED);
   return src->pread (src->opaque, buf, count, offset, err);
 }
 

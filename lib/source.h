@@ -27,9 +27,7 @@ struct ad_source {
   void *opaque;
   uint64_t size;                /* Size of the compressed image. */
 
-  /* Statistics, updated by ad_source_pread (not atomically: only for
-   * debugging and tests).
-   */
+  /* Statistics, updated atomically by ad_source_pread. */
   uint64_t reads;
   uint64_t bytes_read;
 };

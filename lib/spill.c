@@ -146,6 +146,21 @@ ad_spill_frontier (struct ad_spill *spill, size_t frame_no)
   return r;
 }
 
+uint64_t
+ad_spill_total (struct ad_spill *spill)
+{
+  struct spill_frame *f;
+  uint64_t r = 0;
+
+  if (spill == NULL)
+    return 0;
+  pthread_mutex_lock (&spill->lock);
+  for (f = spill->frames; f; f = f->next)
+    r += __atomic_load_n (&f->frontier, __ATOMIC_ACQUIRE);
+  pthread_mutex_unlock (&spill->lock);
+  return r;
+}
+
 static int
 write_chunk (struct ad_spill *spill, const char *buf, size_t count,
              uint64_t offset, struct ad_error *err)
@@ -165,6 +180,16 @@ write_chunk (struct ad_spill *spill, const char *buf, size_t count,
   return 0;
 }
 
+/* Must the decoder run to serve bytes up to want?  Also once the whole
+ * frame is in the file but its final checks have not run yet.
+ */
+static bool
+need_decoding (const struct ad_frame *frame, struct spill_frame *f,
+               uint64_t want)
+{
+  return f->frontier < want || (f->frontier == frame->usize && !f->finished);
+}
+
 /* Run the decoder of f until its frontier reaches want.  Called with
  * f->lock held.
  */
@@ -175,6 +200,9 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
 {
   const struct ad_format_ops *ops = spill->idx->ops;
 
+  /* Another reader may have done the work while we waited. */
+  if (!need_decoding (frame, f, want))
+    return 0;
   if (f->chunk == NULL) {
     f->chunk = malloc (SPILL_CHUNK);
     if (f->chunk == NULL)
@@ -190,7 +218,7 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
     __atomic_add_fetch (&spill->idx->frames_decoded, 1, __ATOMIC_RELAXED);
   }
 
-  while (f->frontier < want || (f->frontier == frame->usize && !f->finished)) {
+  while (need_decoding (frame, f, want)) {
     uint64_t left = frame->usize - f->decoded;
     size_t n = left < SPILL_CHUNK ? left : SPILL_CHUNK;
     ssize_t r;

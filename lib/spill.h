@@ -39,7 +39,10 @@ extern int ad_spill_read (struct ad_spill *spill, struct ad_source *src,
                           void *buf, size_t count, uint64_t offset,
                           struct ad_error *err);
 
-/* How far frame_no has been decoded (for tests and debugging). */
+/* How far frame_no has been decoded, and the sum over all large
+ * frames (for tests and debugging).
+ */
 extern uint64_t ad_spill_frontier (struct ad_spill *spill, size_t frame_no);
+extern uint64_t ad_spill_total (struct ad_spill *spill);
 
 #endif /* AUTODECOMP_SPILL_H */

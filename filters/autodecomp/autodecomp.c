@@ -66,7 +66,15 @@ autodecomp_unload (void)
   struct named_export *e, *next;
 
   for (e = exports; e; e = next) {
+    struct ad_index *idx = e->exp->idx;
+
     next = e->next;
+    if (idx)
+      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes, "
+                    "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
+                    "frames, %" PRIu64 " bytes decoded into the spill file",
+                    e->name, idx->frames_decoded, idx->indexed, idx->size,
+                    idx->nframes, ad_spill_total (e->exp->spill));
     ad_export_free (e->exp);
     free (e->name);
     free (e);
@@ -228,22 +236,34 @@ log_decode (void *opaque, size_t frame_no, const struct ad_frame *frame)
                   ad_format_name (e->exp->format));
 }
 
-/* Say once, visibly, when random reads will be slow. */
+/* Say once, visibly, when random reads will be slow, and how to fix
+ * the image.
+ */
 static void
 warn_if_not_seekable (struct named_export *e)
 {
   uint64_t largest = ad_export_largest_frame (e->exp);
+  const char *fix;
 
   if (largest <= AD_LARGE_FRAME)
     return;
-  nbdkit_error ("autodecomp: warning: this %s image holds a frame of %"
-                PRIu64 " bytes, which can only be decoded from its start: "
-                "the first reads are served as soon as their bytes are "
-                "decoded, but a read far into it waits for everything "
-                "before it.  Recompress it so it seeks well, e.g. "
-                "'xz -T0 --block-size=16MiB' or 'zstd -T0 --seekable'-style "
-                "frames (see nbdkit-autodecomp-filter(1))",
-                ad_format_name (e->exp->format), largest);
+  switch (e->exp->format) {
+  case AD_FORMAT_XZ:
+    fix = "xz -T0 --block-size=16MiB";
+    break;
+  case AD_FORMAT_ZSTD:
+    fix = "zstd in frames of a few MiB each, e.g. 'split -b 4M' "
+      "and 'zstd -c' each piece, concatenated";
+    break;
+  default:
+    fix = "a format with small frames";
+  }
+  nbdkit_error ("autodecomp: warning: this %s image is not seekable: it "
+                "holds a frame of %" PRIu64 " bytes, which can only be "
+                "decoded from its start.  Reads are served as soon as their "
+                "bytes are decoded (kept in a temporary file), but a read far "
+                "into the frame waits for everything before it.  Recompress "
+                "it with %s", ad_format_name (e->exp->format), largest, fix);
 }
 
 static struct named_export *

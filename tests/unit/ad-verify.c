@@ -1,13 +1,15 @@
 /* ad-verify: check the library against an original, without nbdkit.
  *
- *   ad-verify [-n READS] [-s SEED] COMPRESSED ORIGINAL
+ *   ad-verify [-n READS] [-s SEED] [-t THREADS] [-c CACHE] COMPRESSED ORIGINAL
  *
  * Opens COMPRESSED through the library (detect, index, cache, spill),
  * checks that its size equals ORIGINAL's, reads the whole image in
  * order in odd-sized pieces, then makes READS random reads of random
  * lengths (1 byte to 4 MiB, many crossing frame boundaries), and
- * compares every byte.  Prints what it checked.  Used by the unit tests
- * and under the sanitizers.
+ * compares every byte.  With -t, THREADS threads make the random reads
+ * at the same time on the one shared export (for the thread
+ * sanitizer).  Prints what it checked.  Used by the unit tests and
+ * under the sanitizers.
  */
 
 #include <config.h>
@@ -21,6 +23,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <pthread.h>
 
 #include "format.h"
 #include "cache.h"
@@ -60,11 +63,51 @@ check (struct ad_export *exp, struct ad_source *src, const char *orig,
   return 0;
 }
 
+struct worker {
+  struct ad_export *exp;
+  struct ad_source *src;
+  const char *orig;
+  uint64_t osize;
+  unsigned long reads;
+  uint64_t seed;
+  int failed;
+};
+
+static const uint64_t maxlen = 4 << 20;
+
+static void *
+random_reads (void *arg)
+{
+  struct worker *w = arg;
+  uint64_t s = w->seed, off;
+  char *buf = malloc (maxlen);
+  unsigned long i;
+
+  for (i = 0; i < w->reads && w->osize > 0 && !w->failed; i++) {
+    uint64_t len;
+    switch (rnd (&s) % 4) {
+    case 0: len = 1 + rnd (&s) % 16; break;
+    case 1: len = 1 + rnd (&s) % 65536; break;
+    case 2: len = 1 + rnd (&s) % (1 << 20); break;
+    default: len = 1 + rnd (&s) % maxlen; break;
+    }
+    if (len > w->osize)
+      len = w->osize;
+    off = rnd (&s) % (w->osize - len + 1);
+    if (check (w->exp, w->src, w->orig, buf, len, off) == -1)
+      w->failed = 1;
+  }
+  free (buf);
+  return NULL;
+}
+
 int
 main (int argc, char *argv[])
 {
-  unsigned long reads = 2000;
-  uint64_t seed = 1, s;
+  unsigned long reads = 2000, threads = 1;
+  uint64_t seed = 1, s, cache_size = 64 << 20;
+  struct worker w[64];
+  pthread_t tid[64];
   struct ad_options opts;
   struct ad_source src;
   struct ad_export *exp;
@@ -72,24 +115,28 @@ main (int argc, char *argv[])
   struct ad_error err;
   struct stat st;
   const char *orig;
-  uint64_t osize, off, maxlen = 4 << 20;
+  uint64_t osize, off;
   char *buf;
   int fd, ofd, c;
   unsigned long i;
 
   ad_options_init (&opts);
-  while ((c = getopt (argc, argv, "n:s:f:")) != -1) {
+  while ((c = getopt (argc, argv, "n:s:f:t:c:")) != -1) {
     switch (c) {
+    case 't': threads = strtoul (optarg, NULL, 0); break;
+    case 'c': cache_size = strtoull (optarg, NULL, 0); break;
     case 'n': reads = strtoul (optarg, NULL, 0); break;
     case 's': seed = strtoull (optarg, NULL, 0); break;
     case 'f': opts.max_frame = strtoull (optarg, NULL, 0); break;
     default: goto usage;
     }
   }
+  if (threads < 1 || threads > 64)
+    goto usage;
   if (argc - optind != 2) {
   usage:
-    fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] "
-             "COMPRESSED ORIGINAL\n");
+    fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] [-t THREADS] "
+             "[-c CACHE] [-f MAX-FRAME] COMPRESSED ORIGINAL\n");
     return 2;
   }
   fd = open (argv[optind], O_RDONLY);
@@ -108,7 +155,7 @@ main (int argc, char *argv[])
     return 2;
   }
 
-  cache = ad_cache_new (64 << 20);
+  cache = ad_cache_new (cache_size);
   exp = ad_export_open (&src, AD_FORMAT_UNKNOWN, &opts, cache, &err);
   if (exp == NULL) {
     fprintf (stderr, "ad-verify: %s: %s\n", argv[optind], err.msg);
@@ -126,23 +173,20 @@ main (int argc, char *argv[])
   buf = malloc (maxlen);
 
   /* Random reads first (so the spill and the gzip pass are exercised
-   * out of order), then the whole image in order.
+   * out of order), in several threads at once with -t; then the whole
+   * image in order.
    */
-  s = seed;
-  for (i = 0; i < reads && osize > 0; i++) {
-    uint64_t len;
-    switch (rnd (&s) % 4) {
-    case 0: len = 1 + rnd (&s) % 16; break;
-    case 1: len = 1 + rnd (&s) % 65536; break;
-    case 2: len = 1 + rnd (&s) % (1 << 20); break;
-    default: len = 1 + rnd (&s) % maxlen; break;
-    }
-    if (len > osize)
-      len = osize;
-    off = rnd (&s) % (osize - len + 1);
-    if (check (exp, &src, orig, buf, len, off) == -1)
+  for (i = 0; i < threads; i++) {
+    w[i] = (struct worker) { exp, &src, orig, osize, reads / threads,
+                             seed + i * 7919, 0 };
+    pthread_create (&tid[i], NULL, random_reads, &w[i]);
+  }
+  for (i = 0; i < threads; i++) {
+    pthread_join (tid[i], NULL);
+    if (w[i].failed)
       return 1;
   }
+  s = seed;
   for (off = 0; off < osize; ) {
     uint64_t len = 1 + rnd (&s) % maxlen;
     if (len > osize - off)

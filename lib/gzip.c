@@ -1,0 +1,1458 @@
+/* autodecomp: gzip (RFC 1952) with random access.
+ *
+ * A gzip file is one or more members, each:
+ *
+ *   ID1 ID2 CM FLG MTIME(4) XFL OS          10 bytes: 1f 8b 08, FLG bits
+ *                                           5-7 reserved (zero)
+ *   [FEXTRA]   XLEN(2), then XLEN bytes of subfields SI1 SI2 LEN(2) data
+ *   [FNAME]    zero-terminated (we allow at most 64 KiB)
+ *   [FCOMMENT] zero-terminated (we allow at most 64 KiB)
+ *   [FHCRC]    CRC16: the low 16 bits of the CRC32 of the header so far
+ *   raw deflate (RFC 1951)
+ *   CRC32(4) ISIZE(4)                       of the member's output; ISIZE
+ *                                           is the size modulo 2^32
+ *
+ * Members simply follow one another (cat a.gz b.gz, bgzip).  After the
+ * last member we accept zero padding up to the end of the file, as gzip
+ * does, and nothing else.  All integers are little endian.
+ *
+ * Deflate cannot be entered in the middle, so random access needs one
+ * of three shapes of index.
+ *
+ * 1. BGZF (bgzip, htslib): every member carries an FEXTRA subfield
+ *    SI1='B' SI2='C' LEN=2 holding BSIZE, the member size minus 1, and
+ *    outputs at most 64 KiB.  If the first member has it we walk the
+ *    member headers only (8 MiB sequential reads, no decoding): each
+ *    member is one frame of ISIZE bytes.  If any member is not shaped
+ *    so, we fall back to shape 3.
+ *
+ * 2. One member whose size the trailer proves.  ISIZE is only the size
+ *    modulo 2^32.  A deflate stream of D bytes outputs at most 1032 * D
+ *    bytes (the densest code is a 258-byte match in 2 bits: a 1-bit
+ *    length code and a 1-bit distance code), so if ISIZE + 2^32 is
+ *    above that bound the size is ISIZE and nothing else.  (A lower
+ *    bound from "encoders never expand much" would not help: it can
+ *    only rule out candidates below D, and D is far below 2^32 whenever
+ *    the upper bound leaves a single candidate.)  This holds for files
+ *    of up to about 4 MB of compressed data; larger ones are ambiguous
+ *    and take shape 3.  If the file ends with a zero byte we cannot
+ *    tell zero padding from a trailer that ends in zeros, so shape 3.
+ *    We also need to know that the file is a single member, without
+ *    decoding it: we scan the file (it is small, see above) for
+ *    candidate member headers (1f 8b 08 with the reserved FLG bits
+ *    zero) and trial-decode each: a real member decodes at least
+ *    min (64 KiB, to its end) without error and, if it ends, matches
+ *    its CRC32 and ISIZE; random bytes that look like a header fail
+ *    within a few bytes.  A candidate that passes means several
+ *    members (or a gzip file stored verbatim inside the data), so shape
+ *    3; too many failing candidates (a hostile file) also give up to
+ *    shape 3, which is always correct.  Guessing wrong in the other
+ *    direction cannot serve wrong bytes either: the indexing pass
+ *    checks that the member ends at the end of the file with exactly
+ *    the announced size.
+ *
+ *    Open then appends no frame.  advance runs ONE sequential inflate
+ *    pass, kept in idx->priv between calls, only as far as the offset
+ *    asked for, and appends one frame per span: the output between
+ *    two checkpoints (see below).  Each span's decoded bytes are given
+ *    to emit.  The member's CRC32 and ISIZE can only be checked when
+ *    the pass reaches the member's end, so the bytes of spans served
+ *    before that were not yet verified against the CRC32; the last
+ *    frame is appended only after the check, and a mismatch is an
+ *    error from advance.
+ *
+ * 3. Everything else (several members, ambiguous sizes): open runs the
+ *    same pass to the end, without emitting, verifying every member's
+ *    CRC32 and ISIZE, and then knows the size.  Members that end before
+ *    a checkpoint are whole frames; larger members are cut into spans.
+ *
+ * Checkpoints (the idea of zlib's examples/zran.c).  inflate (Z_BLOCK)
+ * returns at every deflate block boundary; there the decoder state is
+ * only the position (a byte offset and 0-7 bits of the previous byte
+ * still unused) and the last 32 KiB of output (the window).  At the
+ * first block boundary after gzip_span bytes of a span we record that
+ * (the window from inflateGetDictionary) and start a new span.  A
+ * span is decoded again later by a fresh raw inflate: inflatePrime
+ * feeds the leftover bits of the byte at the checkpoint, and
+ * inflateSetDictionary restores the window.  The indexing pass also
+ * records each span's CRC32, and the span decoder checks its output
+ * against it; spans combine (crc32_combine) to the member's CRC32,
+ * which the pass verified against the trailer, so once a member is
+ * indexed every read of it is verified.  A whole-member frame is
+ * decoded from its header and its own trailer is checked.
+ *
+ * Memory: every checkpoint keeps its window (up to 32 KiB), 3% of the
+ * output at the default 1 MiB span.  To bound it against files that
+ * expand enormously, a sizing pass that holds more than MAX_WINDOWS
+ * windows merges pairs of neighbouring spans (freeing one window each)
+ * and doubles its span.  A deflate block cannot be split, so a span
+ * can exceed gzip_span by a block's output (about 4-8 MiB at most
+ * from zlib or pigz, unbounded from a hostile encoder: such a frame
+ * is then refused by the max-frame check, not misread).
+ */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdbool.h>
+#include <string.h>
+#include <inttypes.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+
+#include <zlib.h>
+
+#include "format.h"
+
+#define CHUNK (8 * 1024 * 1024)         /* Sequential reads. */
+#define ONE_READ_MAX (16 * 1024 * 1024) /* A frame read in one go. */
+#define WINDOW_SIZE 32768               /* Deflate's window. */
+#define NAME_MAX_LEN 65536              /* FNAME, FCOMMENT incl. NUL. */
+#define HEADER_MAX (10 + 2 + 65535 + 2 * NAME_MAX_LEN + 2)
+#define TRAILER_SIZE 8
+#define MEMBER_MIN 20                   /* 10 + 2 (empty block) + 8. */
+#define BGZF_MEMBER_MAX 65536           /* BSIZE + 1. */
+#define BGZF_ISIZE_MAX 65536
+#define MAX_RATIO 1032                  /* Deflate's output per byte. */
+#define TRIAL_OUTPUT (64 * 1024)
+#define TRIAL_MAX_FAILURES 16
+#define MAX_WINDOWS 32768               /* 1 GiB of windows. */
+#define SPAN_SLACK (16 * 1024 * 1024)   /* Span overshoot kept for emit. */
+#define PASS_OUTPUT (1024 * 1024)       /* Output buffer, not kept. */
+#define INFLATE_MAX (1U << 30)          /* Bytes per inflate call. */
+
+#define FLG_FTEXT 1
+#define FLG_FHCRC 2
+#define FLG_FEXTRA 4
+#define FLG_FNAME 8
+#define FLG_FCOMMENT 16
+#define FLG_RESERVED 0xe0
+
+/* Frame aux: a whole member (header to trailer), no checkpoint. */
+#define AUX_WHOLE UINT64_MAX
+#define NO_CKPT SIZE_MAX
+
+/* A checkpoint: where a span starts.  Either a member header
+ * (at_header), or a block boundary with its window.  span_crc is the
+ * CRC32 of the span's output, set when the span is complete.
+ */
+struct gz_ckpt {
+  uint64_t coff;                /* Header, or the byte with the 1st bit. */
+  unsigned char *window;
+  uint32_t wlen;
+  uint32_t span_crc;
+  uint8_t bits;                 /* Unused bits of the byte at coff. */
+  bool at_header;
+};
+
+/* The sequential inflate pass (shapes 2 and 3). */
+enum pass_state { PS_HEADER, PS_DATA, PS_DONE };
+
+struct gz_pass {
+  bool lazy;                    /* Shape 2: append frames, one member. */
+  uint64_t limit;               /* Shape 2: the size from the trailer. */
+  uint64_t span;                /* Output per span. */
+
+  z_stream zs;
+  bool zs_init;
+  unsigned char *in;            /* Input buffer, CHUNK bytes. */
+  uint64_t in_base;             /* File offset of in[0]. */
+  uint64_t rpos;                /* Next file offset to read. */
+
+  unsigned char *out;           /* Output: the span (keep) or a ring. */
+  size_t out_alloc, out_cap, out_pos;
+  bool keep;                    /* Keep the span's bytes for emit. */
+  bool overflow;                /* The span did not fit: no emit. */
+
+  enum pass_state state;
+  uint64_t members;
+  uint64_t member_coff;
+  uint64_t member_usize;
+  uint32_t member_crc;          /* Of the spans before this one. */
+
+  uint64_t uoff;                /* Output so far. */
+  uint64_t span_uoff, span_len;
+  uint32_t span_crc;
+  size_t span_ckpt;             /* NO_CKPT: the span starts a member. */
+};
+
+enum gz_kind { GZ_BGZF, GZ_LAZY, GZ_FULL };
+
+struct gz_priv {
+  enum gz_kind kind;
+  pthread_mutex_t lock;         /* Protects ckpts, nckpts, ckpts_alloc. */
+  struct gz_ckpt *ckpts;
+  size_t nckpts, ckpts_alloc;
+  size_t live_windows;
+
+  struct gz_pass *pass;         /* Shape 2 while indexing. */
+  uint64_t appended;            /* Shape 2: output covered by frames. */
+  bool failed;                  /* Shape 2: the pass failed for good. */
+  struct ad_error fail_err;
+
+  struct ad_frame *coll;        /* Frames collected before appending. */
+  size_t ncoll, coll_alloc;
+};
+
+/* A parsed member header. */
+struct gz_header {
+  size_t len;                   /* Bytes up to the deflate data. */
+  bool bgzf;                    /* Has the BC subfield. */
+  uint32_t bsize;
+};
+
+/* Parse the member header at p (avail bytes, file offset off).  The
+ * caller gives min (HEADER_MAX, bytes left in the file), so running
+ * out of bytes means the file is truncated.
+ */
+static int
+parse_header (const unsigned char *p, size_t avail, uint64_t off,
+              struct gz_header *h, struct ad_error *err)
+{
+  unsigned flg;
+  size_t i = 10;
+
+  memset (h, 0, sizeof *h);
+  if (avail < 10)
+    return ad_error_set (err, EIO, "member header at offset %" PRIu64
+                         " is truncated", off);
+  if (p[0] != 0x1f || p[1] != 0x8b)
+    return ad_error_set (err, EIO, "no member at offset %" PRIu64
+                         " (ID1 ID2 = %02x %02x, expected 1f 8b)",
+                         off, p[0], p[1]);
+  if (p[2] != 8)
+    return ad_error_set (err, EIO, "member at offset %" PRIu64 " has "
+                         "compression method CM=%u, not deflate (8)",
+                         off, p[2]);
+  flg = p[3];
+  if (flg & FLG_RESERVED)
+    return ad_error_set (err, EIO, "member at offset %" PRIu64 " has "
+                         "reserved FLG bits set (FLG=0x%02x)", off, flg);
+
+  if (flg & FLG_FEXTRA) {
+    size_t xlen, j, end;
+
+    if (avail - i < 2)
+      goto truncated;
+    xlen = p[i] | (p[i + 1] << 8);
+    i += 2;
+    if (avail - i < xlen)
+      goto truncated;
+    /* Subfields: SI1 SI2 LEN(2) data.  A malformed list is ignored
+     * (gzip does not look inside) but is not BGZF.
+     */
+    end = i + xlen;
+    for (j = i; end - j >= 4; ) {
+      size_t slen = p[j + 2] | (p[j + 3] << 8);
+      if (end - j - 4 < slen)
+        break;
+      if (p[j] == 'B' && p[j + 1] == 'C' && slen == 2) {
+        h->bgzf = true;
+        h->bsize = p[j + 4] | (p[j + 5] << 8);
+      }
+      j += 4 + slen;
+    }
+    i = end;
+  }
+  if (flg & FLG_FNAME) {
+    size_t n = avail - i < NAME_MAX_LEN ? avail - i : NAME_MAX_LEN;
+    const unsigned char *z = memchr (p + i, 0, n);
+    if (z == NULL) {
+      if (n < NAME_MAX_LEN)
+        goto truncated;
+      return ad_error_set (err, EIO, "member at offset %" PRIu64 ": FNAME "
+                           "is longer than %d bytes", off, NAME_MAX_LEN);
+    }
+    i += z - (p + i) + 1;
+  }
+  if (flg & FLG_FCOMMENT) {
+    size_t n = avail - i < NAME_MAX_LEN ? avail - i : NAME_MAX_LEN;
+    const unsigned char *z = memchr (p + i, 0, n);
+    if (z == NULL) {
+      if (n < NAME_MAX_LEN)
+        goto truncated;
+      return ad_error_set (err, EIO, "member at offset %" PRIu64 ": "
+                           "FCOMMENT is longer than %d bytes",
+                           off, NAME_MAX_LEN);
+    }
+    i += z - (p + i) + 1;
+  }
+  if (flg & FLG_FHCRC) {
+    unsigned want, got;
+
+    if (avail - i < 2)
+      goto truncated;
+    want = p[i] | (p[i + 1] << 8);
+    got = crc32 (0, p, i) & 0xffff;
+    if (want != got)
+      return ad_error_set (err, EIO, "member at offset %" PRIu64 ": header "
+                           "CRC16 mismatch (FHCRC says %04x, header has "
+                           "%04x)", off, want, got);
+    i += 2;
+  }
+  h->len = i;
+  return 0;
+
+ truncated:
+  return ad_error_set (err, EIO, "member header at offset %" PRIu64
+                       " is truncated", off);
+}
+
+static const char *
+zmsg (z_stream *zs, int r)
+{
+  return zs->msg ? zs->msg : zError (r);
+}
+
+/* Checkpoints. */
+
+static int
+ckpt_add (struct gz_priv *priv, const struct gz_ckpt *ck, size_t *i,
+          struct ad_error *err)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&priv->lock);
+  if (priv->nckpts == priv->ckpts_alloc) {
+    size_t n = priv->ckpts_alloc ? priv->ckpts_alloc * 2 : 64;
+    struct gz_ckpt *p = realloc (priv->ckpts, n * sizeof *p);
+    if (p == NULL) {
+      r = ad_error_set (err, ENOMEM, "realloc: %m");
+      goto out;
+    }
+    priv->ckpts = p;
+    priv->ckpts_alloc = n;
+  }
+  *i = priv->nckpts;
+  priv->ckpts[priv->nckpts++] = *ck;
+  if (ck->window)
+    priv->live_windows++;
+ out:
+  pthread_mutex_unlock (&priv->lock);
+  return r;
+}
+
+static void
+ckpt_set_crc (struct gz_priv *priv, size_t i, uint32_t crc)
+{
+  pthread_mutex_lock (&priv->lock);
+  priv->ckpts[i].span_crc = crc;
+  pthread_mutex_unlock (&priv->lock);
+}
+
+/* Collected frames (shapes 1 and 3 know the size only at the end). */
+
+static int
+coll_push (struct gz_priv *priv, const struct ad_frame *f,
+           struct ad_error *err)
+{
+  if (priv->ncoll == priv->coll_alloc) {
+    size_t n = priv->coll_alloc ? priv->coll_alloc * 2 : 256;
+    struct ad_frame *p = realloc (priv->coll, n * sizeof *p);
+    if (p == NULL)
+      return ad_error_set (err, ENOMEM, "realloc: %m");
+    priv->coll = p;
+    priv->coll_alloc = n;
+  }
+  priv->coll[priv->ncoll++] = *f;
+  return 0;
+}
+
+static int
+coll_append_all (struct ad_index *idx, struct gz_priv *priv, uint64_t size,
+                 struct ad_error *err)
+{
+  size_t i;
+
+  idx->size = size;
+  for (i = 0; i < priv->ncoll; i++)
+    if (ad_index_append_frame (idx, &priv->coll[i], err) == -1)
+      return -1;
+  free (priv->coll);
+  priv->coll = NULL;
+  priv->ncoll = priv->coll_alloc = 0;
+  return 0;
+}
+
+/* Merge pairs of neighbouring spans of the same member, freeing the
+ * window of the second: halves the windows held by a sizing pass.
+ * Only during open, before any decoder exists.
+ */
+static void
+coll_coalesce (struct gz_priv *priv)
+{
+  size_t i, j = 0;
+  bool merged = true;
+
+  for (i = 0; i < priv->ncoll; i++) {
+    struct ad_frame *a = j > 0 ? &priv->coll[j - 1] : NULL;
+    struct ad_frame *b = &priv->coll[i];
+
+    if (a && !merged && a->aux != AUX_WHOLE && b->aux != AUX_WHOLE &&
+        !priv->ckpts[b->aux].at_header) {
+      struct gz_ckpt *ca = &priv->ckpts[a->aux];
+      struct gz_ckpt *cb = &priv->ckpts[b->aux];
+
+      ca->span_crc = crc32_combine (ca->span_crc, cb->span_crc,
+                                    (z_off_t) b->usize);
+      a->usize += b->usize;
+      a->csize = b->coff + b->csize - a->coff;
+      free (cb->window);
+      cb->window = NULL;
+      cb->wlen = 0;
+      priv->live_windows--;
+      merged = true;
+    }
+    else {
+      priv->coll[j++] = *b;
+      merged = false;
+    }
+  }
+  priv->ncoll = j;
+}
+
+/* The pass. */
+
+static uint64_t
+pass_pos (const struct gz_pass *P)
+{
+  return P->in_base + (P->zs.next_in - P->in);
+}
+
+/* Make at least want bytes available at next_in, or all that is left. */
+static int
+pass_fill (struct gz_pass *P, struct ad_source *src, size_t want,
+           struct ad_error *err)
+{
+  size_t n;
+
+  if (P->zs.avail_in >= want || P->rpos >= src->size)
+    return 0;
+  P->in_base = pass_pos (P);
+  if (P->zs.avail_in > 0)
+    memmove (P->in, P->zs.next_in, P->zs.avail_in);
+  P->zs.next_in = P->in;
+  n = CHUNK - P->zs.avail_in;
+  if (n > src->size - P->rpos)
+    n = src->size - P->rpos;
+  if (ad_source_pread (src, P->in + P->zs.avail_in, n, P->rpos, err) == -1)
+    return -1;
+  P->rpos += n;
+  P->zs.avail_in += n;
+  return 0;
+}
+
+static void
+pass_free (struct gz_pass *P)
+{
+  if (P == NULL)
+    return;
+  if (P->zs_init)
+    inflateEnd (&P->zs);
+  free (P->in);
+  free (P->out);
+  free (P);
+}
+
+/* Start a pass at the beginning of the file.  buf (CHUNK bytes, of
+ * which the first n were read from offset 0) becomes the pass's input
+ * buffer, so those bytes are not read again; it is freed on error.
+ */
+static struct gz_pass *
+pass_new (struct ad_index *idx, bool lazy, uint64_t span,
+          unsigned char *buf, size_t n, struct ad_error *err)
+{
+  struct gz_pass *P = calloc (1, sizeof *P);
+  int r;
+
+  if (P == NULL) {
+    free (buf);
+    ad_error_set (err, ENOMEM, "calloc: %m");
+    return NULL;
+  }
+  P->lazy = lazy;
+  P->keep = lazy;
+  P->limit = idx->size;
+  P->span = span;
+  P->in = buf;
+  if (lazy) {
+    uint64_t cap = span + SPAN_SLACK;
+    if (cap > idx->opts.max_frame)
+      cap = idx->opts.max_frame;
+    if (cap < span)
+      cap = span;
+    P->out_cap = cap;
+    P->out_alloc = span + 1024 * 1024 < cap ? span + 1024 * 1024 : cap;
+  }
+  else
+    P->out_cap = P->out_alloc = PASS_OUTPUT;
+  P->out = malloc (P->out_alloc);
+  if (P->in == NULL || P->out == NULL) {
+    ad_error_set (err, ENOMEM, "malloc: %m");
+    pass_free (P);
+    return NULL;
+  }
+  r = inflateInit2 (&P->zs, -15);
+  if (r != Z_OK) {
+    ad_error_set (err, r == Z_MEM_ERROR ? ENOMEM : EIO, "inflateInit2: %s",
+                  zmsg (&P->zs, r));
+    pass_free (P);
+    return NULL;
+  }
+  P->zs_init = true;
+  P->zs.next_in = P->in;
+  P->zs.avail_in = n;
+  P->rpos = n;
+  P->state = PS_HEADER;
+  return P;
+}
+
+/* Hand a finished frame on: shape 2 appends it and emits its bytes,
+ * shape 3 collects it.
+ */
+static int
+pass_frame (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
+            const struct ad_frame *f, const void *data,
+            ad_emit_fn *emit, void *opaque, struct ad_error *err)
+{
+  if (f->usize == 0)
+    return 0;
+  if (P->lazy) {
+    if (ad_index_append_frame (idx, f, err) == -1)
+      return -1;
+    priv->appended += f->usize;
+    if (emit && data)
+      emit (opaque, idx, ad_index_nframes (idx) - 1, data);
+    return 0;
+  }
+  if (coll_push (priv, f, err) == -1)
+    return -1;
+  if (priv->live_windows > MAX_WINDOWS) {
+    coll_coalesce (priv);
+    P->span *= 2;
+  }
+  return 0;
+}
+
+/* Only zero padding may follow the last member. */
+static int
+pass_skip_zeros (struct gz_pass *P, struct ad_source *src,
+                 struct ad_error *err)
+{
+  for (;;) {
+    size_t i;
+
+    if (pass_fill (P, src, 1, err) == -1)
+      return -1;
+    if (P->zs.avail_in == 0)
+      return 0;
+    for (i = 0; i < P->zs.avail_in; i++)
+      if (P->zs.next_in[i] != 0)
+        return ad_error_set (err, EIO, "unexpected data (byte 0x%02x) at "
+                             "offset %" PRIu64 " after the last member "
+                             "(only zero padding may follow it)",
+                             P->zs.next_in[i], pass_pos (P) + i);
+    P->zs.next_in += P->zs.avail_in;
+    P->zs.avail_in = 0;
+  }
+}
+
+/* At a member boundary: start the next member.  Returns 1 if one
+ * started, 0 at the end of the file.
+ */
+static int
+pass_member_start (struct gz_pass *P, struct ad_source *src,
+                   struct ad_error *err)
+{
+  struct gz_header h;
+  uint64_t pos;
+
+  if (pass_fill (P, src, HEADER_MAX, err) == -1)
+    return -1;
+  pos = pass_pos (P);
+  if (P->zs.avail_in == 0)
+    return 0;
+  if (P->zs.next_in[0] == 0) {
+    if (pass_skip_zeros (P, src, err) == -1)
+      return -1;
+    return 0;
+  }
+  if (P->lazy && P->members > 0)
+    return ad_error_set (err, EIO, "unexpected data at offset %" PRIu64
+                         " after the member", pos);
+  if (P->zs.next_in[0] != 0x1f)
+    return ad_error_set (err, EIO, "unexpected data (byte 0x%02x) at "
+                         "offset %" PRIu64 " after the last member (only "
+                         "zero padding may follow it)", P->zs.next_in[0],
+                         pos);
+  if (parse_header (P->zs.next_in, P->zs.avail_in, pos, &h, err) == -1)
+    return -1;
+  P->zs.next_in += h.len;
+  P->zs.avail_in -= h.len;
+  inflateReset (&P->zs);
+
+  P->members++;
+  P->member_coff = pos;
+  P->member_usize = 0;
+  P->member_crc = 0;
+  P->span_uoff = P->uoff;
+  P->span_len = 0;
+  P->span_crc = 0;
+  P->span_ckpt = NO_CKPT;
+  P->out_pos = 0;
+  P->overflow = false;
+  P->state = PS_DATA;
+  return 1;
+}
+
+/* Fold the current span into the member's CRC32 and size. */
+static void
+pass_close_span (struct gz_pass *P)
+{
+  P->member_crc = crc32_combine (P->member_crc, P->span_crc,
+                                 (z_off_t) P->span_len);
+  P->member_usize += P->span_len;
+}
+
+/* A block boundary after enough output: end the span, start another. */
+static int
+pass_checkpoint (struct gz_priv *priv, struct ad_index *idx,
+                 struct gz_pass *P, ad_emit_fn *emit, void *opaque,
+                 struct ad_error *err)
+{
+  unsigned char window[WINDOW_SIZE];
+  struct gz_ckpt ck;
+  struct ad_frame f;
+  uInt wlen = WINDOW_SIZE;
+  uint64_t start;
+  size_t next;
+  int bits = P->zs.data_type & 7;
+  int r;
+
+  memset (&ck, 0, sizeof ck);
+  ck.bits = bits;
+  ck.coff = pass_pos (P) - (bits ? 1 : 0);
+  r = inflateGetDictionary (&P->zs, window, &wlen);
+  if (r != Z_OK || wlen > WINDOW_SIZE)
+    return ad_error_set (err, EIO, "inflateGetDictionary: %s",
+                         zmsg (&P->zs, r));
+  ck.wlen = wlen;
+  if (wlen > 0) {
+    ck.window = malloc (wlen);
+    if (ck.window == NULL)
+      return ad_error_set (err, ENOMEM, "malloc: %m");
+    memcpy (ck.window, window, wlen);
+  }
+
+  /* The span that ends here, starting at the member's header if it is
+   * the member's first.
+   */
+  if (P->span_ckpt == NO_CKPT) {
+    struct gz_ckpt hc;
+
+    memset (&hc, 0, sizeof hc);
+    hc.coff = P->member_coff;
+    hc.at_header = true;
+    hc.span_crc = P->span_crc;
+    if (ckpt_add (priv, &hc, &P->span_ckpt, err) == -1) {
+      free (ck.window);
+      return -1;
+    }
+  }
+  else
+    ckpt_set_crc (priv, P->span_ckpt, P->span_crc);
+  if (ckpt_add (priv, &ck, &next, err) == -1) {
+    free (ck.window);
+    return -1;
+  }
+
+  pthread_mutex_lock (&priv->lock);
+  start = priv->ckpts[P->span_ckpt].coff;
+  pthread_mutex_unlock (&priv->lock);
+  memset (&f, 0, sizeof f);
+  f.uoff = P->span_uoff;
+  f.usize = P->span_len;
+  f.coff = start;
+  f.csize = ck.coff + 1 - start;
+  f.aux = P->span_ckpt;
+  pass_close_span (P);
+  if (pass_frame (priv, idx, P, &f,
+                  P->keep && !P->overflow ? P->out : NULL,
+                  emit, opaque, err) == -1)
+    return -1;
+
+  P->span_uoff = P->uoff;
+  P->span_len = 0;
+  P->span_crc = 0;
+  P->span_ckpt = next;
+  P->out_pos = 0;
+  P->overflow = false;
+  return 0;
+}
+
+/* The deflate stream ended: check the trailer, hand on the last span. */
+static int
+pass_member_end (struct gz_priv *priv, struct ad_index *idx,
+                 struct gz_pass *P, struct ad_source *src,
+                 ad_emit_fn *emit, void *opaque, struct ad_error *err)
+{
+  struct ad_frame f;
+  uint64_t tpos = pass_pos (P), mend;
+  uint32_t crc, isize;
+
+  if (pass_fill (P, src, TRAILER_SIZE, err) == -1)
+    return -1;
+  if (P->zs.avail_in < TRAILER_SIZE)
+    return ad_error_set (err, EIO, "member at offset %" PRIu64 ": the "
+                         "trailer at offset %" PRIu64 " is truncated",
+                         P->member_coff, tpos);
+  crc = ad_le32 (P->zs.next_in);
+  isize = ad_le32 (P->zs.next_in + 4);
+  P->zs.next_in += TRAILER_SIZE;
+  P->zs.avail_in -= TRAILER_SIZE;
+  mend = tpos + TRAILER_SIZE;
+
+  pass_close_span (P);
+  if (crc != P->member_crc)
+    return ad_error_set (err, EIO, "member at offset %" PRIu64 ": CRC32 "
+                         "mismatch (trailer at offset %" PRIu64 " says "
+                         "%08" PRIx32 ", the data has %08" PRIx32 ")",
+                         P->member_coff, tpos, crc, P->member_crc);
+  if (isize != (uint32_t) P->member_usize)
+    return ad_error_set (err, EIO, "member at offset %" PRIu64 ": ISIZE "
+                         "mismatch (trailer at offset %" PRIu64 " says %"
+                         PRIu32 ", the data has %" PRIu64 " bytes)",
+                         P->member_coff, tpos, isize, P->member_usize);
+  if (P->lazy) {
+    /* Nothing may follow (the size came from the last bytes of the
+     * file), checked before the last frame makes the index complete.
+     */
+    if (pass_skip_zeros (P, src, err) == -1)
+      return -1;
+    if (P->uoff != P->limit)
+      return ad_error_set (err, EIO, "member at offset %" PRIu64 " decodes "
+                           "to %" PRIu64 " bytes, not the %" PRIu64 " its "
+                           "trailer implied", P->member_coff, P->uoff,
+                           P->limit);
+  }
+
+  memset (&f, 0, sizeof f);
+  f.uoff = P->span_uoff;
+  f.usize = P->span_len;
+  if (P->span_ckpt == NO_CKPT) {
+    f.coff = P->member_coff;
+    f.aux = AUX_WHOLE;
+  }
+  else {
+    ckpt_set_crc (priv, P->span_ckpt, P->span_crc);
+    pthread_mutex_lock (&priv->lock);
+    f.coff = priv->ckpts[P->span_ckpt].coff;
+    pthread_mutex_unlock (&priv->lock);
+    f.aux = P->span_ckpt;
+  }
+  f.csize = mend - f.coff;
+  if (pass_frame (priv, idx, P, &f,
+                  P->keep && !P->overflow ? P->out : NULL,
+                  emit, opaque, err) == -1)
+    return -1;
+  P->state = P->lazy ? PS_DONE : PS_HEADER;
+  return 0;
+}
+
+/* Inflate until the current span ends (at a checkpoint or at the end of
+ * the member) and its frame has been handed on.
+ */
+static int
+pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
+              struct ad_source *src, ad_emit_fn *emit, void *opaque,
+              struct ad_error *err)
+{
+  for (;;) {
+    size_t room, n;
+    int r;
+
+    if (P->zs.avail_in == 0 && pass_fill (P, src, 1, err) == -1)
+      return -1;
+
+    if (P->out_pos == P->out_alloc) {
+      if (P->keep && !P->overflow && P->out_alloc < P->out_cap) {
+        size_t na = P->out_alloc * 2 < P->out_cap ? P->out_alloc * 2
+          : P->out_cap;
+        unsigned char *p = realloc (P->out, na);
+        if (p == NULL)
+          return ad_error_set (err, ENOMEM, "realloc: %m");
+        P->out = p;
+        P->out_alloc = na;
+      }
+      else {
+        /* Not kept (or too large to keep): reuse the buffer. */
+        if (P->keep)
+          P->overflow = true;
+        P->out_pos = 0;
+      }
+    }
+    room = P->out_alloc - P->out_pos;
+    if (room > INFLATE_MAX)
+      room = INFLATE_MAX;
+    P->zs.next_out = P->out + P->out_pos;
+    P->zs.avail_out = room;
+
+    r = inflate (&P->zs, Z_BLOCK);
+
+    n = room - P->zs.avail_out;
+    if (n > 0) {
+      P->span_crc = crc32 (P->span_crc, P->out + P->out_pos, n);
+      P->out_pos += n;
+      P->span_len += n;
+      P->uoff += n;
+      if (P->lazy && P->uoff > P->limit)
+        return ad_error_set (err, EIO, "member at offset %" PRIu64
+                             " decodes to more than the %" PRIu64 " bytes "
+                             "its trailer implied", P->member_coff,
+                             P->limit);
+    }
+
+    switch (r) {
+    case Z_OK:
+      if (P->span_len >= P->span && (P->zs.data_type & 0xc0) == 0x80)
+        return pass_checkpoint (priv, idx, P, emit, opaque, err);
+      break;
+    case Z_STREAM_END:
+      return pass_member_end (priv, idx, P, src, emit, opaque, err);
+    case Z_BUF_ERROR:
+      if (P->zs.avail_in == 0 && P->rpos >= src->size)
+        return ad_error_set (err, EIO, "member at offset %" PRIu64 " is "
+                             "truncated: the file ends inside its deflate "
+                             "data", P->member_coff);
+      if (n == 0 && P->zs.avail_in > 0 && P->zs.avail_out > 0)
+        return ad_error_set (err, EIO, "member at offset %" PRIu64 ": "
+                             "inflate makes no progress at offset %"
+                             PRIu64, P->member_coff, pass_pos (P));
+      break;
+    case Z_MEM_ERROR:
+      return ad_error_set (err, ENOMEM, "inflate: %s", zmsg (&P->zs, r));
+    default:
+      return ad_error_set (err, EIO, "member at offset %" PRIu64 ": "
+                           "invalid deflate data near offset %" PRIu64
+                           ": %s", P->member_coff, pass_pos (P),
+                           zmsg (&P->zs, r));
+    }
+  }
+}
+
+/* Advance the pass by one frame.  Returns 1 if it made progress, 0 when
+ * the file is done, -1 on error.
+ */
+static int
+pass_step (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
+           struct ad_source *src, ad_emit_fn *emit, void *opaque,
+           struct ad_error *err)
+{
+  int r;
+
+  switch (P->state) {
+  case PS_DONE:
+    return 0;
+  case PS_HEADER:
+    r = pass_member_start (P, src, err);
+    if (r == -1)
+      return -1;
+    if (r == 0) {
+      P->state = PS_DONE;
+      return 0;
+    }
+    return 1;
+  case PS_DATA:
+    if (pass_inflate (priv, idx, P, src, emit, opaque, err) == -1)
+      return -1;
+    return 1;
+  }
+  abort ();
+}
+
+/* Shape 3: decode everything now. */
+static int
+sizing_pass (struct ad_index *idx, struct gz_priv *priv, uint64_t span,
+             struct ad_source *src, unsigned char *buf, size_t n,
+             struct ad_error *err)
+{
+  struct gz_pass *P;
+  int r;
+
+  priv->kind = GZ_FULL;
+  P = pass_new (idx, false, span, buf, n, err);
+  if (P == NULL)
+    return -1;
+  while ((r = pass_step (priv, idx, P, src, NULL, NULL, err)) == 1)
+    ;
+  if (r == 0 && P->members == 0)
+    r = ad_error_set (err, EIO, "no member found");
+  if (r == 0)
+    r = coll_append_all (idx, priv, P->uoff, err);
+  pass_free (P);
+  return r;
+}
+
+/* Shape 2, single-member test: does a real member start at p? */
+static bool
+trial_member (const unsigned char *p, size_t avail, uint64_t off,
+              unsigned char *out)
+{
+  struct ad_error scratch;
+  struct gz_header h;
+  z_stream zs;
+  bool ok = false;
+  int r;
+
+  if (parse_header (p, avail, off, &h, &scratch) == -1)
+    return false;
+  memset (&zs, 0, sizeof zs);
+  if (inflateInit2 (&zs, -15) != Z_OK)
+    return false;
+  zs.next_in = (unsigned char *) p + h.len;
+  zs.avail_in = avail - h.len > INFLATE_MAX ? INFLATE_MAX : avail - h.len;
+  zs.next_out = out;
+  zs.avail_out = TRIAL_OUTPUT;
+  r = inflate (&zs, Z_NO_FLUSH);
+  if (r == Z_STREAM_END) {
+    size_t n = TRIAL_OUTPUT - zs.avail_out;
+    if (zs.avail_in >= TRAILER_SIZE &&
+        ad_le32 (zs.next_in) == crc32 (0, out, n) &&
+        ad_le32 (zs.next_in + 4) == n)
+      ok = true;
+  }
+  else if ((r == Z_OK || r == Z_BUF_ERROR) && zs.avail_out == 0)
+    ok = true;
+  inflateEnd (&zs);
+  return ok;
+}
+
+/* Shape 2: is the file one member whose trailer gives the size?
+ * buf holds the first n bytes.  Returns 1 (yes, *size set), 0 (no:
+ * use shape 3) or -1.
+ */
+static int
+single_member_size (struct ad_source *src, const unsigned char *buf,
+                    size_t n, const struct gz_header *h, uint64_t *size,
+                    struct ad_error *err)
+{
+  uint64_t fsize = src->size, d, umax, pos;
+  uint32_t isize;
+  unsigned char *out;
+  int failures = 0;
+
+  /* Small enough for the bound to leave one candidate (see the top). */
+  if (fsize > n || fsize < h->len + 2 + TRAILER_SIZE)
+    return 0;
+  if (buf[fsize - 1] == 0)
+    return 0;
+  isize = ad_le32 (buf + fsize - 4);
+  d = fsize - h->len - TRAILER_SIZE;
+  umax = d * MAX_RATIO;
+  if (isize > umax || isize + (UINT64_C (1) << 32) <= umax)
+    return 0;
+
+  /* Any other member? */
+  out = malloc (TRIAL_OUTPUT);
+  if (out == NULL)
+    return ad_error_set (err, ENOMEM, "malloc: %m");
+  for (pos = h->len + 2 + TRAILER_SIZE; pos + MEMBER_MIN <= fsize; pos++) {
+    const unsigned char *q = memchr (buf + pos, 0x1f,
+                                     fsize - MEMBER_MIN + 1 - pos);
+    if (q == NULL)
+      break;
+    pos = q - buf;
+    if (q[1] == 0x8b && q[2] == 8 && (q[3] & FLG_RESERVED) == 0) {
+      if (trial_member (q, fsize - pos, pos, out) ||
+          ++failures > TRIAL_MAX_FAILURES) {
+        free (out);
+        return 0;
+      }
+    }
+  }
+  free (out);
+  *size = isize;
+  return 1;
+}
+
+/* Shape 1: walk BGZF member headers.  buf holds the first n bytes.
+ * Returns 1 if the index is done, 0 if the file is not BGZF-shaped
+ * (use shape 3), -1 on error.
+ */
+static int
+bgzf_index (struct ad_index *idx, struct gz_priv *priv,
+            struct ad_source *src, unsigned char *buf, size_t n,
+            struct ad_error *err)
+{
+  struct ad_error scratch;
+  uint64_t fsize = src->size, pos = 0, boff = 0, total = 0;
+  size_t blen = n;
+
+  while (pos < fsize) {
+    uint64_t want = fsize - pos < BGZF_MEMBER_MAX ? fsize - pos
+      : BGZF_MEMBER_MAX;
+    struct gz_header h;
+    struct ad_frame f;
+    const unsigned char *b;
+    uint64_t msize;
+    uint32_t isize;
+
+    if (pos + want > boff + blen) {
+      boff = pos;
+      blen = fsize - pos < CHUNK ? fsize - pos : CHUNK;
+      if (ad_source_pread (src, buf, blen, boff, err) == -1)
+        return -1;
+    }
+    b = buf + (pos - boff);
+
+    if (b[0] == 0) {
+      /* Zero padding to the end, or not BGZF. */
+      for (;;) {
+        size_t avail = boff + blen - pos, i;
+        for (i = 0; i < avail; i++)
+          if (b[i] != 0)
+            goto not_bgzf;
+        pos += avail;
+        if (pos >= fsize)
+          break;
+        boff = pos;
+        blen = fsize - pos < CHUNK ? fsize - pos : CHUNK;
+        if (ad_source_pread (src, buf, blen, boff, err) == -1)
+          return -1;
+        b = buf;
+      }
+      break;
+    }
+    if (parse_header (b, want, pos, &h, &scratch) == -1 || !h.bgzf)
+      goto not_bgzf;
+    msize = (uint64_t) h.bsize + 1;
+    if (msize < h.len + 2 + TRAILER_SIZE || msize > want)
+      goto not_bgzf;
+    isize = ad_le32 (b + msize - 4);
+    if (isize > BGZF_ISIZE_MAX)
+      goto not_bgzf;
+
+    memset (&f, 0, sizeof f);
+    f.uoff = total;
+    f.usize = isize;
+    f.coff = pos;
+    f.csize = msize;
+    f.aux = AUX_WHOLE;
+    if (isize > 0 && coll_push (priv, &f, err) == -1)
+      return -1;
+    total += isize;
+    pos += msize;
+  }
+  priv->kind = GZ_BGZF;
+  if (coll_append_all (idx, priv, total, err) == -1)
+    return -1;
+  return 1;
+
+ not_bgzf:
+  priv->ncoll = 0;
+  return 0;
+}
+
+static void gz_close (struct ad_index *idx);
+
+static int
+gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
+{
+  struct gz_priv *priv;
+  struct gz_header h;
+  unsigned char *buf = NULL;
+  uint64_t span = idx->opts.gzip_span ? idx->opts.gzip_span
+    : AD_DEFAULT_GZIP_SPAN;
+  uint64_t size = 0;
+  size_t n;
+  int r;
+
+  /* Leave room in max_frame for a block's overshoot. */
+  if (idx->opts.max_frame >= 2 && span > idx->opts.max_frame / 2)
+    span = idx->opts.max_frame / 2;
+
+  priv = calloc (1, sizeof *priv);
+  if (priv == NULL)
+    return ad_error_set (err, ENOMEM, "calloc: %m");
+  pthread_mutex_init (&priv->lock, NULL);
+  idx->priv = priv;
+
+  if (src->size < MEMBER_MIN)
+    return ad_error_set (err, EIO, "the file (%" PRIu64 " bytes) is too "
+                         "short for a member (at least %d bytes)",
+                         src->size, MEMBER_MIN);
+  n = src->size < CHUNK ? src->size : CHUNK;
+  buf = malloc (CHUNK);
+  if (buf == NULL)
+    return ad_error_set (err, ENOMEM, "malloc: %m");
+  if (ad_source_pread (src, buf, n, 0, err) == -1)
+    goto fail;
+  if (parse_header (buf, n < HEADER_MAX ? n : HEADER_MAX, 0, &h, err) == -1)
+    goto fail;
+
+  if (h.bgzf) {
+    r = bgzf_index (idx, priv, src, buf, n, err);
+    if (r == -1)
+      goto fail;
+    if (r == 1) {
+      free (buf);
+      return 0;
+    }
+  }
+  else {
+    r = single_member_size (src, buf, n, &h, &size, err);
+    if (r == -1)
+      goto fail;
+    if (r == 1) {
+      /* Bound the windows: at most MAX_WINDOWS spans. */
+      if (span < size / MAX_WINDOWS + 1)
+        span = size / MAX_WINDOWS + 1;
+      priv->kind = GZ_LAZY;
+      idx->size = size;
+      priv->pass = pass_new (idx, true, span, buf, n, err);
+      return priv->pass ? 0 : -1;
+    }
+  }
+  /* A failed BGZF walk may have overwritten buf: read it again. */
+  if (h.bgzf && ad_source_pread (src, buf, n, 0, err) == -1)
+    goto fail;
+  return sizing_pass (idx, priv, span, src, buf, n, err);
+
+ fail:
+  free (buf);
+  return -1;
+}
+
+static int
+gz_advance (struct ad_index *idx, struct ad_source *src, uint64_t offset,
+            ad_emit_fn *emit, void *emit_opaque, struct ad_error *err)
+{
+  struct gz_priv *priv = idx->priv;
+
+  if (priv->failed) {
+    *err = priv->fail_err;
+    return -1;
+  }
+  if (priv->pass == NULL)
+    return 0;
+  while (priv->appended <= offset) {
+    int r = pass_step (priv, idx, priv->pass, src, emit, emit_opaque, err);
+    if (r == -1) {
+      priv->failed = true;
+      priv->fail_err = *err;
+      pass_free (priv->pass);
+      priv->pass = NULL;
+      return -1;
+    }
+    if (r == 0)
+      break;
+  }
+  if (priv->pass->state == PS_DONE) {
+    pass_free (priv->pass);
+    priv->pass = NULL;
+  }
+  return 0;
+}
+
+/* Decoders. */
+
+struct gz_decoder {
+  struct ad_frame f;
+  bool whole;                   /* Header to trailer; check the trailer. */
+  bool at_header;               /* Starts with a member header. */
+  uint8_t bits;
+  const unsigned char *window;
+  uint32_t wlen;
+  uint32_t want_crc;            /* Of the span (not whole). */
+
+  z_stream zs;
+  bool zs_init, started, ended;
+  unsigned char *in;
+  size_t in_alloc;
+  uint64_t in_base, rpos, cend;
+  uint64_t done;
+  uint32_t crc;
+};
+
+static int
+gz_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
+                size_t frame_no, void **decoder, struct ad_error *err)
+{
+  struct gz_priv *priv = idx->priv;
+  struct gz_decoder *d = calloc (1, sizeof *d);
+
+  (void) frame_no;
+  if (d == NULL)
+    return ad_error_set (err, ENOMEM, "calloc: %m");
+  d->f = *frame;
+  if (frame->aux == AUX_WHOLE) {
+    d->whole = true;
+    d->at_header = true;
+  }
+  else {
+    struct gz_ckpt ck;
+    bool ok;
+
+    pthread_mutex_lock (&priv->lock);
+    ok = frame->aux < priv->nckpts;
+    if (ok)
+      ck = priv->ckpts[frame->aux];
+    pthread_mutex_unlock (&priv->lock);
+    if (!ok || (ck.window == NULL && !ck.at_header) || ck.coff != frame->coff) {
+      free (d);
+      return ad_error_set (err, EIO, "the frame's checkpoint %" PRIu64
+                           " is not in the index", frame->aux);
+    }
+    d->at_header = ck.at_header;
+    d->bits = ck.bits;
+    d->window = ck.window;
+    d->wlen = ck.wlen;
+    d->want_crc = ck.span_crc;
+  }
+  *decoder = d;
+  return 0;
+}
+
+static void
+gz_decoder_free (void *decoder)
+{
+  struct gz_decoder *d = decoder;
+
+  if (d == NULL)
+    return;
+  if (d->zs_init)
+    inflateEnd (&d->zs);
+  free (d->in);
+  free (d);
+}
+
+static uint64_t
+dec_pos (const struct gz_decoder *d)
+{
+  return d->in_base + (d->zs.next_in - d->in);
+}
+
+/* Refill the input with the frame's next compressed bytes. */
+static int
+dec_fill (struct gz_decoder *d, struct ad_source *src, struct ad_error *err)
+{
+  size_t n;
+
+  if (d->rpos >= d->cend)
+    return 0;
+  d->in_base = dec_pos (d);
+  if (d->zs.avail_in > 0)
+    memmove (d->in, d->zs.next_in, d->zs.avail_in);
+  d->zs.next_in = d->in;
+  n = d->in_alloc - d->zs.avail_in;
+  if (n > d->cend - d->rpos)
+    n = d->cend - d->rpos;
+  if (ad_source_pread (src, d->in + d->zs.avail_in, n, d->rpos, err) == -1)
+    return -1;
+  d->rpos += n;
+  d->zs.avail_in += n;
+  return 0;
+}
+
+static int
+dec_start (struct gz_decoder *d, struct ad_source *src, struct ad_error *err)
+{
+  int r;
+
+  if (d->f.csize == 0 || d->f.coff > src->size ||
+      d->f.csize > src->size - d->f.coff)
+    return ad_error_set (err, EIO, "compressed range of %" PRIu64 " bytes "
+                         "is outside the %" PRIu64 "-byte file",
+                         d->f.csize, src->size);
+  d->in_alloc = d->f.csize <= ONE_READ_MAX ? d->f.csize : CHUNK;
+  d->in = malloc (d->in_alloc);
+  if (d->in == NULL)
+    return ad_error_set (err, ENOMEM, "malloc: %m");
+  d->in_base = d->rpos = d->f.coff;
+  d->cend = d->f.coff + d->f.csize;
+  d->zs.next_in = d->in;
+  d->zs.avail_in = 0;
+  if (dec_fill (d, src, err) == -1)
+    return -1;
+
+  r = inflateInit2 (&d->zs, -15);
+  if (r != Z_OK)
+    return ad_error_set (err, r == Z_MEM_ERROR ? ENOMEM : EIO,
+                         "inflateInit2: %s", zmsg (&d->zs, r));
+  d->zs_init = true;
+
+  if (d->at_header) {
+    struct gz_header h;
+    size_t avail = d->zs.avail_in < HEADER_MAX ? d->zs.avail_in : HEADER_MAX;
+
+    if (parse_header (d->zs.next_in, avail, d->f.coff, &h, err) == -1)
+      return -1;
+    d->zs.next_in += h.len;
+    d->zs.avail_in -= h.len;
+  }
+  else {
+    if (d->bits) {
+      r = inflatePrime (&d->zs, d->bits, d->zs.next_in[0] >> (8 - d->bits));
+      if (r != Z_OK)
+        return ad_error_set (err, EIO, "inflatePrime: %s", zmsg (&d->zs, r));
+      d->zs.next_in++;
+      d->zs.avail_in--;
+    }
+    if (d->wlen > 0) {
+      r = inflateSetDictionary (&d->zs, d->window, d->wlen);
+      if (r != Z_OK)
+        return ad_error_set (err, EIO, "inflateSetDictionary: %s",
+                             zmsg (&d->zs, r));
+    }
+  }
+  d->started = true;
+  return 0;
+}
+
+/* The member ended: its trailer must close the frame's range and match. */
+static int
+dec_check_trailer (struct gz_decoder *d, struct ad_source *src,
+                   struct ad_error *err)
+{
+  uint64_t tpos = dec_pos (d);
+  uint32_t crc, isize;
+
+  if (tpos + TRAILER_SIZE != d->cend)
+    return ad_error_set (err, EIO, "the deflate data ends at offset %"
+                         PRIu64 ", but the member's trailer should be at "
+                         "offset %" PRIu64, tpos, d->cend - TRAILER_SIZE);
+  if (d->zs.avail_in < TRAILER_SIZE && dec_fill (d, src, err) == -1)
+    return -1;
+  if (d->zs.avail_in < TRAILER_SIZE)
+    return ad_error_set (err, EIO, "the trailer at offset %" PRIu64
+                         " is truncated", tpos);
+  crc = ad_le32 (d->zs.next_in);
+  isize = ad_le32 (d->zs.next_in + 4);
+  if (crc != d->crc)
+    return ad_error_set (err, EIO, "CRC32 mismatch (trailer at offset %"
+                         PRIu64 " says %08" PRIx32 ", the data has %08"
+                         PRIx32 ")", tpos, crc, d->crc);
+  if (isize != (uint32_t) d->done)
+    return ad_error_set (err, EIO, "ISIZE mismatch (trailer at offset %"
+                         PRIu64 " says %" PRIu32 ", the data has %" PRIu64
+                         " bytes)", tpos, isize, d->done);
+  return 0;
+}
+
+static ssize_t
+gz_decoder_read (void *decoder, struct ad_source *src, void *out,
+                 size_t count, struct ad_error *err)
+{
+  struct gz_decoder *d = decoder;
+  bool starved = false;
+  size_t n;
+
+  if (!d->started && dec_start (d, src, err) == -1)
+    return -1;
+  if (d->ended)
+    return 0;                   /* Trailer or span CRC already checked. */
+  if (!d->whole) {
+    /* A span stops at its size even though the member goes on. */
+    if (d->done >= d->f.usize)
+      return 0;
+    if (count > d->f.usize - d->done)
+      count = d->f.usize - d->done;
+  }
+  if (count > INFLATE_MAX)
+    count = INFLATE_MAX;
+
+  d->zs.next_out = out;
+  d->zs.avail_out = count;
+  while (d->zs.avail_out > 0) {
+    uInt before_in, before_out;
+    int r;
+
+    if (d->zs.avail_in == 0) {
+      if (d->rpos >= d->cend) {
+        starved = true;
+        break;
+      }
+      if (dec_fill (d, src, err) == -1)
+        return -1;
+    }
+    before_in = d->zs.avail_in;
+    before_out = d->zs.avail_out;
+    r = inflate (&d->zs, Z_NO_FLUSH);
+    if (r == Z_STREAM_END) {
+      d->ended = true;
+      break;
+    }
+    if (r == Z_OK || r == Z_BUF_ERROR) {
+      if (d->zs.avail_in == before_in && d->zs.avail_out == before_out) {
+        if (d->zs.avail_in == 0)
+          continue;             /* Refill above. */
+        return ad_error_set (err, EIO, "inflate makes no progress at "
+                             "offset %" PRIu64, dec_pos (d));
+      }
+      continue;
+    }
+    return ad_error_set (err, r == Z_MEM_ERROR ? ENOMEM : EIO,
+                         "invalid deflate data near offset %" PRIu64 ": %s",
+                         dec_pos (d), zmsg (&d->zs, r));
+  }
+
+  n = count - d->zs.avail_out;
+  if (n > 0)
+    d->crc = crc32 (d->crc, out, n);
+  d->done += n;
+
+  if (d->whole) {
+    if (d->ended && dec_check_trailer (d, src, err) == -1)
+      return -1;
+  }
+  else {
+    if (d->ended && d->done < d->f.usize)
+      return ad_error_set (err, EIO, "the member ends after %" PRIu64
+                           " bytes of the %" PRIu64 "-byte span",
+                           d->done, d->f.usize);
+    if (d->done == d->f.usize) {
+      if (d->crc != d->want_crc)
+        return ad_error_set (err, EIO, "CRC32 of the span (%08" PRIx32
+                             ") differs from the one recorded while "
+                             "indexing (%08" PRIx32 ")",
+                             d->crc, d->want_crc);
+      d->ended = true;
+    }
+  }
+  if (starved && !d->ended)
+    return ad_error_set (err, EIO, "the compressed data ends at offset %"
+                         PRIu64 " before the frame is complete "
+                         "(truncated?)", d->cend);
+  return n;
+}
+
+static void
+gz_close (struct ad_index *idx)
+{
+  struct gz_priv *priv = idx->priv;
+  size_t i;
+
+  if (priv == NULL)
+    return;
+  pass_free (priv->pass);
+  for (i = 0; i < priv->nckpts; i++)
+    free (priv->ckpts[i].window);
+  free (priv->ckpts);
+  free (priv->coll);
+  pthread_mutex_destroy (&priv->lock);
+  free (priv);
+  idx->priv = NULL;
+}
+
+const struct ad_format_ops ad_gzip_ops = {
+  .format = AD_FORMAT_GZIP,
+  .name = "gzip",
+  .open = gz_open,
+  .advance = gz_advance,
+  .decoder_new = gz_decoder_new,
+  .decoder_read = gz_decoder_read,
+  .decoder_free = gz_decoder_free,
+  .close = gz_close,
+};
