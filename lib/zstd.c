@@ -167,21 +167,36 @@ parse_frame_header (const unsigned char *p, uint64_t offset,
     q++;
   }
   switch (did_flag) {
-  case 0: break;
-  case 1: h->dict_id = q[0]; q += 1; break;
-  case 2: h->dict_id = q[0] | (q[1] << 8); q += 2; break;
-  case 3: h->dict_id = ad_le32 (q); q += 4; break;
+  case 0:
+    break;
+  case 1:
+    h->dict_id = q[0];
+    q += 1;
+    break;
+  case 2:
+    h->dict_id = q[0] | (q[1] << 8);
+    q += 2;
+    break;
+  case 3:
+    h->dict_id = ad_le32 (q);
+    q += 4;
+    break;
   }
+  h->has_fcs = fcs_flag != 0 || h->single_segment;
   switch (fcs_flag) {
   case 0:
-    if (h->single_segment) {
-      h->has_fcs = true;
+    if (h->single_segment)
       h->fcs = q[0];
-    }
     break;
-  case 1: h->has_fcs = true; h->fcs = (q[0] | (q[1] << 8)) + 256; break;
-  case 2: h->has_fcs = true; h->fcs = ad_le32 (q); break;
-  case 3: h->has_fcs = true; h->fcs = ad_le64 (q); break;
+  case 1:
+    h->fcs = (q[0] | (q[1] << 8)) + 256;
+    break;
+  case 2:
+    h->fcs = ad_le32 (q);
+    break;
+  case 3:
+    h->fcs = ad_le64 (q);
+    break;
   }
   if (h->single_segment)
     h->window_size = h->fcs;
@@ -1295,7 +1310,8 @@ walk_frame (struct walker *w, struct ad_index *idx, uint64_t pos,
     p += CHECKSUM_SIZE;
   }
   /* Each block regenerates at most BLOCK_SIZE_MAX bytes. */
-  if (h.has_fcs && h.fcs / BLOCK_SIZE_MAX > nblocks)
+  if (h.has_fcs &&
+      h.fcs / BLOCK_SIZE_MAX + (h.fcs % BLOCK_SIZE_MAX != 0) > nblocks)
     return ad_error_set (err, EIO, "frame at offset %" PRIu64 " declares %"
                          PRIu64 " bytes of content but has only %" PRIu64
                          " blocks", pos, h.fcs, nblocks);
