@@ -1,0 +1,63 @@
+#!/bin/bash
+# Build the library and its unit tests with AddressSanitizer +
+# UndefinedBehaviorSanitizer, and with ThreadSanitizer, and run them on
+# the test corpus: every format through ad-verify (single-threaded under
+# ASan/UBSan, four threads on one shared export under TSan) and the
+# cache unit test.  Run from the top of a configured build tree (it
+# uses its config.h and the corpus the test suite made), by ./check.
+set -e
+cd "$(dirname "$0")/.."
+top=$(pwd)
+: "${CORPUS:=$top/tests/corpus}"
+[ -f config.h ] || { echo "check-sanitizers: run ./configure first" >&2; exit 1; }
+[ -f "$CORPUS/disk.img" ] || { echo "check-sanitizers: no corpus in $CORPUS (run make check first)" >&2; exit 1; }
+
+libs="-llzma -lzstd -lz -lbz2 -lxxhash -lpthread"
+srcs="lib/error.c lib/source.c lib/detect.c lib/index.c lib/cache.c
+      lib/spill.c lib/export.c lib/gzip.c lib/xz.c lib/bzip2.c lib/zstd.c"
+
+build ()
+{
+  local dir=$1; shift
+  mkdir -p "$dir"
+  # shellcheck disable=SC2086
+  for prog in ad-verify test-cache; do
+    cc -g -O1 -fno-omit-frame-pointer "$@" -I. -Ilib -o "$dir/$prog" \
+       $srcs tests/unit/$prog.c $libs
+  done
+}
+
+pairs ()
+{
+  local c=$CORPUS e=$CORPUS/extra
+  for f in "$c"/disk*.xz "$c"/disk*.zst "$c"/disk*.gz "$c"/disk*.bgz \
+           "$c"/disk*.bz2 "$e"/disk*; do
+    [ -f "$f" ] && echo "$f $c/disk.img"
+  done
+  for f in "$e"/odd.img.*  "$e"/odd-*; do
+    [ -f "$f" ] && echo "$f $e/odd.img"
+  done
+}
+
+echo "check-sanitizers: ASan + UBSan"
+build build-asan -fsanitize=address,undefined -fno-sanitize-recover=all
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+build-asan/test-cache
+n=0
+while read -r comp orig; do
+  build-asan/ad-verify -n 300 "$comp" "$orig" >/dev/null
+  n=$((n + 1))
+done < <(pairs)
+echo "check-sanitizers: ASan + UBSan: $n images verified"
+
+echo "check-sanitizers: TSan"
+build build-tsan -fsanitize=thread
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+build-tsan/test-cache
+n=0
+while read -r comp orig; do
+  build-tsan/ad-verify -t 4 -c 8000000 -n 200 "$comp" "$orig" >/dev/null
+  n=$((n + 1))
+done < <(pairs)
+echo "check-sanitizers: TSan: $n images verified with 4 threads"
