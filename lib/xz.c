@@ -54,6 +54,9 @@
  */
 #define TAIL_WINDOW (64 * 1024)
 
+/* Stream Padding is scanned in chunks growing up to this size. */
+#define PADDING_CHUNK_MAX (8 * 1024 * 1024)
+
 /* A Block's compressed bytes are read in one go up to this size, in
  * chunks of CHUNK_SIZE beyond it.
  */
@@ -142,21 +145,33 @@ window_get (struct window *w, uint64_t off, size_t count,
 }
 
 /* Skip the Stream Padding that ends at *pos (null 32-bit words),
- * moving *pos back to the end of the Stream before it.
+ * moving *pos back to the end of the Stream before it.  *pos is a
+ * multiple of four.  Long runs of padding are read in growing chunks,
+ * up to PADDING_CHUNK_MAX.
  */
 static int
 skip_stream_padding (struct window *w, uint64_t *pos, uint64_t *padding,
                      struct ad_error *err)
 {
+  size_t chunk = 4;
+
   *padding = 0;
-  while (*pos >= 4) {
-    const unsigned char *p = window_get (w, *pos - 4, 4, err);
+  while (*pos > 0) {
+    size_t len = *pos < chunk ? *pos : chunk, k = len;
+    const unsigned char *p = window_get (w, *pos - len, len, err);
+
     if (p == NULL)
       return -1;
-    if (p[0] | p[1] | p[2] | p[3])
+    while (k >= 4 && (p[k - 4] | p[k - 3] | p[k - 2] | p[k - 1]) == 0)
+      k -= 4;
+    *pos -= len - k;
+    *padding += len - k;
+    if (k > 0)
       break;
-    *pos -= 4;
-    *padding += 4;
+    if (chunk < TAIL_WINDOW)
+      chunk = TAIL_WINDOW;
+    else if (chunk < PADDING_CHUNK_MAX)
+      chunk *= 2;
   }
   return 0;
 }
@@ -335,6 +350,8 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
 {
   struct window w = { .src = src };
   lzma_index *combined = NULL, *index;
+  lzma_index **streams = NULL;  /* Last Stream of the file first. */
+  size_t nstreams = 0, streams_alloc = 0, i;
   lzma_index_iter iter;
   uint64_t pos = src->size, padding;
   lzma_ret r;
@@ -347,30 +364,48 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
     goto out;
   }
 
+  /* Every Stream takes at least 32 bytes, which bounds how many there
+   * can be.
+   */
   do {
     if (skip_stream_padding (&w, &pos, &padding, err) == -1)
       goto out;
     if (pos == 0) {
       ad_error_set (err, EIO, "%s",
-                    combined ? "stream padding at the start of the file"
+                    nstreams ? "stream padding at the start of the file"
                     : "no stream, the file holds only null bytes");
       goto out;
     }
-    if (parse_stream (&w, &pos, padding, &index, err) == -1)
-      goto out;
-    if (combined) {
-      /* Streams are found last to first: append what follows. */
-      r = lzma_index_cat (index, combined, NULL);
-      if (r != LZMA_OK) {
-        lzma_index_end (index, NULL);
-        ad_error_set (err, lzma_errno (r), "cannot join the index of the "
-                      "stream at offset %" PRIu64 " with the streams after "
-                      "it: %s", pos, lzma_ret_string (r));
+    if (nstreams == streams_alloc) {
+      size_t n = streams_alloc ? streams_alloc * 2 : 4;
+      lzma_index **p = realloc (streams, n * sizeof *p);
+      if (p == NULL) {
+        ad_error_set (err, ENOMEM, "realloc: %m");
         goto out;
       }
+      streams = p;
+      streams_alloc = n;
     }
-    combined = index;
+    if (parse_stream (&w, &pos, padding, &index, err) == -1)
+      goto out;
+    streams[nstreams++] = index;
   } while (pos > 0);
+
+  /* Join the indexes first to last, so that each lzma_index_cat only
+   * walks the one Stream it appends.
+   */
+  combined = streams[--nstreams];
+  while (nstreams > 0) {
+    r = lzma_index_cat (combined, streams[nstreams - 1], NULL);
+    if (r != LZMA_OK) {
+      ad_error_set (err, lzma_errno (r), "cannot join the index of the "
+                    "stream at offset %" PRIu64 " with the streams before "
+                    "it: %s", (uint64_t) lzma_index_file_size (combined),
+                    lzma_ret_string (r));
+      goto out;
+    }
+    nstreams--;
+  }
 
   /* Walking back from the end reached offset 0 exactly, so the Streams
    * tile the file; check it anyway since the frames trust it.
@@ -409,6 +444,9 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   ret = 0;
 
  out:
+  for (i = 0; i < nstreams; i++)
+    lzma_index_end (streams[i], NULL);
+  free (streams);
   if (combined)
     lzma_index_end (combined, NULL);
   free (w.buf);
@@ -488,6 +526,8 @@ read_chunk (struct xz_decoder *d, struct ad_source *src, struct ad_error *err)
   uint64_t left = d->end - d->next;
   size_t len = left <= WHOLE_READ_MAX ? left : CHUNK_SIZE;
 
+  if (len == 0)
+    return ad_error_set (err, EIO, "block is empty");
   if (d->in == NULL) {
     d->in = malloc (len);
     if (d->in == NULL)
@@ -518,8 +558,6 @@ parse_block_header (struct xz_decoder *d, struct ad_error *err)
   lzma_ret r;
   size_t i;
 
-  if (avail < 1)
-    return ad_error_set (err, EIO, "block is empty");
   if (p[0] == 0)
     return ad_error_set (err, EIO, "found an index indicator where a block "
                          "header should be");
