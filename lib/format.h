@@ -45,6 +45,8 @@ struct ad_options {
   uint64_t max_frame;           /* Largest frame decoded into memory. */
   uint64_t gzip_span;           /* Output bytes between gzip checkpoints. */
   unsigned threads;             /* Workers for parallel passes (0: nproc). */
+  bool gzip_trust_isize;        /* Take an ambiguous single-member ISIZE
+                                   as the size (verified by the pass). */
 };
 
 #define AD_DEFAULT_MAX_FRAME (512 * 1024 * 1024ULL)

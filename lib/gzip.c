@@ -24,7 +24,8 @@
  *    outputs at most 64 KiB.  If the first member has it we walk the
  *    member headers only (8 MiB sequential reads, no decoding): each
  *    member is one frame of ISIZE bytes.  If any member is not shaped
- *    so, we fall back to shape 3.
+ *    so, we fall back to shape 3.  Empty members (the EOF marker) are
+ *    never read as frames, so the walk decodes those (a few bytes).
  *
  * 2. One member whose size the trailer proves.  ISIZE is only the size
  *    modulo 2^32.  A deflate stream of D bytes outputs at most 1032 * D
@@ -33,10 +34,15 @@
  *    above that bound the size is ISIZE and nothing else.  (A lower
  *    bound from "encoders never expand much" would not help: it can
  *    only rule out candidates below D, and D is far below 2^32 whenever
- *    the upper bound leaves a single candidate.)  This holds for files
- *    of up to about 4 MB of compressed data; larger ones are ambiguous
- *    and take shape 3.  If the file ends with a zero byte we cannot
- *    tell zero padding from a trailer that ends in zeros, so shape 3.
+ *    the upper bound leaves a single candidate.)  This holds only for
+ *    files of up to about 4.1 MB of compressed data; larger ones are
+ *    ambiguous: they take shape 3 when opts.gzip_trust_isize is off
+ *    (autodecomp-gzip-size=decode); by default we take ISIZE itself,
+ *    the smallest candidate, and let the indexing pass catch a member
+ *    of 4 GiB or more (see single_member_size).  If the
+ *    file ends with a zero byte we cannot tell zero padding from a
+ *    trailer that ends in zeros, so shape 3 (this includes every image
+ *    under 16 MiB, whose ISIZE ends in a zero byte: cheap to decode).
  *    We also need to know that the file is a single member, without
  *    decoding it: we scan the file (it is small, see above) for
  *    candidate member headers (1f 8b 08 with the reserved FLG bits
@@ -49,7 +55,8 @@
  *    shape 3, which is always correct.  Guessing wrong in the other
  *    direction cannot serve wrong bytes either: the indexing pass
  *    checks that the member ends at the end of the file with exactly
- *    the announced size.
+ *    the announced size (a file with trailing garbage gets a wrong
+ *    size at open, and an error when a read reaches the member's end).
  *
  *    Open then appends no frame.  advance runs ONE sequential inflate
  *    pass, kept in idx->priv between calls, only as far as the offset
@@ -57,9 +64,10 @@
  *    two checkpoints (see below).  Each span's decoded bytes are given
  *    to emit.  The member's CRC32 and ISIZE can only be checked when
  *    the pass reaches the member's end, so the bytes of spans served
- *    before that were not yet verified against the CRC32; the last
- *    frame is appended only after the check, and a mismatch is an
- *    error from advance.
+ *    before that were NOT yet verified against the CRC32 (a corrupted
+ *    stored block or literal can be served); the last frame is
+ *    appended only after the check, and a mismatch is an error from
+ *    advance, so reads that reach the end of the image fail.
  *
  * 3. Everything else (several members, ambiguous sizes): open runs the
  *    same pass to the end, without emitting, verifying every member's
@@ -81,11 +89,20 @@
  * indexed every read of it is verified.  A whole-member frame is
  * decoded from its header and its own trailer is checked.
  *
+ * Frames.  A whole member (BGZF, or any member without checkpoints)
+ * has aux = AUX_WHOLE and [coff, coff + csize) from its header to the
+ * end of its trailer.  A span has aux = its checkpoint's number in
+ * priv->ckpts, coff = the checkpoint's byte (the member header for a
+ * member's first span), and csize up to and including the byte that
+ * holds the next checkpoint's first bit, or to the end of the trailer.
+ * Empty frames are not appended.
+ *
  * Memory: every checkpoint keeps its window (up to 32 KiB), 3% of the
  * output at the default 1 MiB span.  To bound it against files that
  * expand enormously, a sizing pass that holds more than MAX_WINDOWS
- * windows merges pairs of neighbouring spans (freeing one window each)
- * and doubles its span.  A deflate block cannot be split, so a span
+ * windows (1 GiB) merges pairs of neighbouring spans (freeing one
+ * window each) and doubles its span; shape 2 knows its size up front
+ * and widens the span so that it never needs more.  A deflate block cannot be split, so a span
  * can exceed gzip_span by a block's output (about 4-8 MiB at most
  * from zlib or pigz, unbounded from a hostile encoder: such a frame
  * is then refused by the max-frame check, not misread).
@@ -117,8 +134,11 @@
 #define BGZF_ISIZE_MAX 65536
 #define MAX_RATIO 1032                  /* Deflate's output per byte. */
 #define TRIAL_OUTPUT (64 * 1024)
+#define TRIAL_INPUT (1024 * 1024)       /* Read per candidate member. */
 #define TRIAL_MAX_FAILURES 16
+#ifndef MAX_WINDOWS                     /* (Tests may lower it.) */
 #define MAX_WINDOWS 32768               /* 1 GiB of windows. */
+#endif
 #define SPAN_SLACK (16 * 1024 * 1024)   /* Span overshoot kept for emit. */
 #define PASS_OUTPUT (1024 * 1024)       /* Output buffer, not kept. */
 #define INFLATE_MAX (1U << 30)          /* Bytes per inflate call. */
@@ -930,51 +950,130 @@ trial_member (const unsigned char *p, size_t avail, uint64_t off,
 }
 
 /* Shape 2: is the file one member whose trailer gives the size?
- * buf holds the first n bytes.  Returns 1 (yes, *size set), 0 (no:
- * use shape 3) or -1.
+ * buf (CHUNK bytes) holds the first n bytes of the file on entry and
+ * on return.  Returns 1 (yes, *size set), 0 (no: use shape 3) or -1.
+ *
+ * When the trailer leaves several candidates (the file is larger than
+ * about 4.1 MB) and opts.gzip_trust_isize is set (the default,
+ * autodecomp-gzip-size=trailer), we take the smallest, ISIZE itself:
+ * that is every image under 4 GiB.  A member of 4 GiB or more is then
+ * caught by the indexing pass, which finds more output than the size
+ * and fails the reads that reach the end of the image, never serving
+ * a wrong byte; autodecomp-gzip-size=decode learns its size instead.
  */
 static int
-single_member_size (struct ad_source *src, const unsigned char *buf,
-                    size_t n, const struct gz_header *h, uint64_t *size,
-                    struct ad_error *err)
+single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
+                    const struct gz_header *h, bool trust_isize,
+                    uint64_t *size, struct ad_error *err)
 {
-  uint64_t fsize = src->size, d, umax, pos;
+  uint64_t fsize = src->size, d, umax, coff, start;
+  unsigned char trailer[TRAILER_SIZE];
   uint32_t isize;
-  unsigned char *out;
-  int failures = 0;
+  unsigned char *out = NULL, *trial = NULL;
+  int failures = 0, r = 0;
 
-  /* Small enough for the bound to leave one candidate (see the top). */
-  if (fsize > n || fsize < h->len + 2 + TRAILER_SIZE)
+  if (fsize < h->len + 2 + TRAILER_SIZE)
     return 0;
-  if (buf[fsize - 1] == 0)
+  if (ad_source_pread (src, trailer, TRAILER_SIZE, fsize - TRAILER_SIZE,
+                       err) == -1)
+    return -1;
+  /* A last byte of zero may be padding: decode (see the top). */
+  if (trailer[TRAILER_SIZE - 1] == 0)
     return 0;
-  isize = ad_le32 (buf + fsize - 4);
+  isize = ad_le32 (trailer + 4);
   d = fsize - h->len - TRAILER_SIZE;
-  umax = d * MAX_RATIO;
-  if (isize > umax || isize + (UINT64_C (1) << 32) <= umax)
+  umax = d > UINT64_MAX / MAX_RATIO ? UINT64_MAX : d * MAX_RATIO;
+  if (isize > umax)
+    return 0;
+  if (isize + (UINT64_C (1) << 32) <= umax && !trust_isize)
     return 0;
 
-  /* Any other member? */
+  /* Any other member?  Scan the whole file in CHUNK reads, with an
+   * overlap of 3 bytes so that no header is split, and trial-decode
+   * every candidate from its own read.
+   */
   out = malloc (TRIAL_OUTPUT);
-  if (out == NULL)
-    return ad_error_set (err, ENOMEM, "malloc: %m");
-  for (pos = h->len + 2 + TRAILER_SIZE; pos + MEMBER_MIN <= fsize; pos++) {
-    const unsigned char *q = memchr (buf + pos, 0x1f,
-                                     fsize - MEMBER_MIN + 1 - pos);
-    if (q == NULL)
-      break;
-    pos = q - buf;
-    if (q[1] == 0x8b && q[2] == 8 && (q[3] & FLG_RESERVED) == 0) {
-      if (trial_member (q, fsize - pos, pos, out) ||
-          ++failures > TRIAL_MAX_FAILURES) {
-        free (out);
-        return 0;
-      }
-    }
+  trial = malloc (TRIAL_INPUT);
+  if (out == NULL || trial == NULL) {
+    r = ad_error_set (err, ENOMEM, "malloc: %m");
+    goto out;
   }
-  free (out);
+  start = h->len + 2 + TRAILER_SIZE;
+  for (coff = 0; coff < fsize; ) {
+    size_t clen = fsize - coff < CHUNK ? fsize - coff : CHUNK;
+    bool last = coff + clen == fsize;
+    size_t lim = last ? clen : clen - 3;
+    size_t i = coff < start ? start - coff : 0;
+
+    if (coff > 0 &&
+        ad_source_pread (src, buf, clen, coff, err) == -1) {
+      r = -1;
+      goto out;
+    }
+    while (i < lim) {
+      const unsigned char *q = memchr (buf + i, 0x1f, lim - i);
+      uint64_t pos;
+      size_t tlen;
+
+      if (q == NULL)
+        break;
+      i = q - buf;
+      pos = coff + i;
+      i++;
+      if (pos + MEMBER_MIN > fsize)
+        break;
+      if (!(q[1] == 0x8b && q[2] == 8 && (q[3] & FLG_RESERVED) == 0))
+        continue;
+      tlen = fsize - pos < TRIAL_INPUT ? fsize - pos : TRIAL_INPUT;
+      if (ad_source_pread (src, trial, tlen, pos, err) == -1) {
+        r = -1;
+        goto out;
+      }
+      if (trial_member (trial, tlen, pos, out) ||
+          ++failures > TRIAL_MAX_FAILURES)
+        goto out;               /* r = 0: several members, shape 3. */
+    }
+    if (last)
+      break;
+    coff += clen - 3;
+  }
   *size = isize;
-  return 1;
+  r = 1;
+
+ out:
+  free (out);
+  free (trial);
+  /* Give the caller back the start of the file. */
+  if (r >= 0 && fsize > n && ad_source_pread (src, buf, n, 0, err) == -1)
+    r = -1;
+  return r;
+}
+
+/* Shape 1: an empty member (the BGZF end-of-file marker) is never
+ * decoded as a frame, so check it here: it must decode to nothing,
+ * ending exactly at its trailer, with CRC32 0.
+ */
+static bool
+empty_member_ok (const unsigned char *b, size_t msize, size_t hlen)
+{
+  unsigned char out[1];
+  z_stream zs;
+  bool ok;
+  int r;
+
+  if (ad_le32 (b + msize - 8) != 0)
+    return false;
+  memset (&zs, 0, sizeof zs);
+  if (inflateInit2 (&zs, -15) != Z_OK)
+    return false;
+  zs.next_in = (unsigned char *) b + hlen;
+  zs.avail_in = msize - hlen - TRAILER_SIZE;
+  zs.next_out = out;
+  zs.avail_out = sizeof out;
+  r = inflate (&zs, Z_FINISH);
+  ok = r == Z_STREAM_END && zs.avail_out == sizeof out && zs.avail_in == 0;
+  inflateEnd (&zs);
+  return ok;
 }
 
 /* Shape 1: walk BGZF member headers.  buf holds the first n bytes.
@@ -1033,6 +1132,8 @@ bgzf_index (struct ad_index *idx, struct gz_priv *priv,
     isize = ad_le32 (b + msize - 4);
     if (isize > BGZF_ISIZE_MAX)
       goto not_bgzf;
+    if (isize == 0 && !empty_member_ok (b, msize, h.len))
+      goto not_bgzf;            /* The sizing pass will say why. */
 
     memset (&f, 0, sizeof f);
     f.uoff = total;
@@ -1102,7 +1203,8 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
     }
   }
   else {
-    r = single_member_size (src, buf, n, &h, &size, err);
+    r = single_member_size (src, buf, n, &h, idx->opts.gzip_trust_isize,
+                            &size, err);
     if (r == -1)
       goto fail;
     if (r == 1) {
@@ -1168,7 +1270,7 @@ struct gz_decoder {
   uint32_t want_crc;            /* Of the span (not whole). */
 
   z_stream zs;
-  bool zs_init, started, ended;
+  bool zs_init, started, ended, failed;
   unsigned char *in;
   size_t in_alloc;
   uint64_t in_base, rpos, cend;
@@ -1341,11 +1443,29 @@ dec_check_trailer (struct gz_decoder *d, struct ad_source *src,
   return 0;
 }
 
+static ssize_t dec_read (struct gz_decoder *d, struct ad_source *src,
+                         void *out, size_t count, struct ad_error *err);
+
+/* After an error the decoder stays failed (it never answers 0 later). */
 static ssize_t
 gz_decoder_read (void *decoder, struct ad_source *src, void *out,
                  size_t count, struct ad_error *err)
 {
   struct gz_decoder *d = decoder;
+  ssize_t r;
+
+  if (d->failed)
+    return ad_error_set (err, EIO, "the decoder failed earlier");
+  r = dec_read (d, src, out, count, err);
+  if (r == -1)
+    d->failed = true;
+  return r;
+}
+
+static ssize_t
+dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
+          size_t count, struct ad_error *err)
+{
   bool starved = false;
   size_t n;
 

@@ -17,6 +17,7 @@ ad_options_init (struct ad_options *opts)
   opts->max_frame = AD_DEFAULT_MAX_FRAME;
   opts->gzip_span = AD_DEFAULT_GZIP_SPAN;
   opts->threads = 0;
+  opts->gzip_trust_isize = true;
 }
 
 static const struct ad_format_ops *
@@ -159,6 +160,9 @@ ad_index_find (struct ad_index *idx, struct ad_source *src, uint64_t offset,
       int r;
       pthread_mutex_unlock (&idx->lock);
       r = idx->ops->advance (idx, src, offset, emit, emit_opaque, err);
+      if (r == -1 && strncmp (err->msg, idx->ops->name,
+                              strlen (idx->ops->name)) != 0)
+        ad_error_prefix (err, "%s: indexing pass", idx->ops->name);
       pthread_mutex_lock (&idx->lock);
       if (r == 0 && offset >= idx->indexed)
         r = ad_error_set (err, EIO, "%s: index stops at %" PRIu64

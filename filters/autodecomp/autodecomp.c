@@ -127,6 +127,18 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return parse_size_param (key, value, 1, &options.max_frame);
   else if (strcmp (key, "autodecomp-gzip-span") == 0)
     return parse_size_param (key, value, 32768, &options.gzip_span);
+  else if (strcmp (key, "autodecomp-gzip-size") == 0) {
+    if (strcmp (value, "trailer") == 0)
+      options.gzip_trust_isize = true;
+    else if (strcmp (value, "decode") == 0)
+      options.gzip_trust_isize = false;
+    else {
+      nbdkit_error ("autodecomp-gzip-size: expected 'trailer' or 'decode', "
+                    "not '%s'", value);
+      return -1;
+    }
+    return 0;
+  }
   else if (strcmp (key, "autodecomp-threads") == 0)
     return nbdkit_parse_unsigned (key, value, &options.threads);
   else
@@ -139,6 +151,9 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "autodecomp-cache-size=SIZE  Decoded frame cache (default 256M).\n" \
   "autodecomp-max-frame=SIZE   Largest frame decoded (default 512M).\n" \
   "autodecomp-gzip-span=SIZE   Bytes between gzip checkpoints (default 1M).\n" \
+  "autodecomp-gzip-size=trailer|decode\n" \
+  "                          Size of one gzip member: from its trailer\n" \
+  "                          (default) or by decoding it all at connect.\n" \
   "autodecomp-threads=N        Threads for sizing passes (default: CPUs)."
 
 static int
