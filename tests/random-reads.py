@@ -12,7 +12,8 @@
 # image, some are 1 byte on either side of a frame edge.  The list of reads is
 # made up front from the seed (printed), so a run is reproducible whatever the
 # thread scheduling; with --connections C the reads are dealt round-robin to
-# C threads, each with its own nbd.NBD handle, all connected before any reads.
+# C threads, each with its own nbd.NBD handle, all connected before any reads;
+# each thread first does the same 8 reads, so they race for cold frames.
 #
 # Default mode: exit 1 on the first mismatch or error, naming offset/length.
 #
@@ -67,15 +68,30 @@ def log_uniform(rng, lo, hi):
 
 
 def make_reads(rng, size, count, max_len, frames):
-    """The list of (offset, length, kind) to read, all within [0, size)."""
+    """The list of (offset, length, kind) to read, all within [0, size).
+
+    Most reads are at most ~1 MiB long (typ), so thousands of them stay
+    cheap; 4% ("big") are up to max_len (4 MiB) and straddle a frame edge."""
     reads = []
     if size == 0:
         return reads
     max_len = min(max_len, size)
-    kinds = [("small", 25), ("cross", 32), ("end", 10), ("edge1", 15),
-             ("big", 5), ("start", 3), ("whole-frame", 10)]
+    typ = min(max_len, MiB + 8 * KiB)
+    small_frames = [f for f in frames if f <= MiB] or frames
+    kinds = [("small", 25), ("cross", 33), ("end", 10), ("edge1", 15),
+             ("big", 4), ("start", 3), ("whole-frame", 10)]
     names = [k for k, _ in kinds]
     weights = [w for _, w in kinds]
+
+    def straddle(n, fs):
+        """An offset so that [off, off+n) crosses a multiple of fs."""
+        edges = (size - 1) // fs
+        if edges < 1 or n < 2:
+            return rng.randrange(0, size - n + 1)
+        edge = rng.randint(1, edges) * fs
+        before = rng.choice([1, rng.randint(1, n - 1), n - 1])
+        return max(0, min(size - n, edge - before))
+
     for _ in range(count):
         kind = rng.choices(names, weights)[0]
         if kind == "small":
@@ -83,34 +99,25 @@ def make_reads(rng, size, count, max_len, frames):
             off = rng.randrange(0, size - n + 1)
         elif kind == "cross":
             # straddle a frame edge (1 MiB, 4 MiB, ...), often by a little
-            fs = rng.choice(frames)
-            n = log_uniform(rng, 2, max_len)
-            edges = (size - 1) // fs
-            if edges < 1:
-                off = rng.randrange(0, size - n + 1)
-            else:
-                edge = rng.randint(1, edges) * fs
-                before = rng.choice([1, rng.randint(1, n - 1), n - 1])
-                off = max(0, min(size - n, edge - before))
+            n = log_uniform(rng, 2, typ)
+            off = straddle(n, rng.choice(frames))
         elif kind == "end":
-            n = log_uniform(rng, 1, max_len)
+            n = log_uniform(rng, 1, typ)
             off = size - n - rng.choice([0, 0, 0, rng.randint(0, 4096)])
             off = max(0, off)
         elif kind == "edge1":
             fs = rng.choice(frames)
-            edges = size // fs
-            edge = rng.randint(0, edges) * fs
-            off = edge + rng.choice([-1, 0])
-            off = max(0, min(size - 1, off))
+            edge = rng.randint(0, size // fs) * fs
+            off = max(0, min(size - 1, edge + rng.choice([-1, 0])))
             n = 1
         elif kind == "big":
-            n = log_uniform(rng, max(1, max_len // 8), max_len)
-            off = rng.randrange(0, size - n + 1)
+            n = log_uniform(rng, max(1, min(MiB, max_len // 2)), max_len)
+            off = straddle(n, rng.choice(frames))
         elif kind == "start":
-            n = log_uniform(rng, 1, max_len)
+            n = log_uniform(rng, 1, typ)
             off = 0
         else:  # whole-frame: exactly one aligned frame
-            fs = rng.choice(frames)
+            fs = rng.choice(small_frames)
             n = min(fs, max_len, size)
             off = rng.randint(0, (size - n) // fs) * fs if size >= fs else 0
         reads.append((off, n, kind))
@@ -324,6 +331,12 @@ def main():
 
     barrier = threading.Barrier(max(1, conns))
     parts = [reads[i::conns] for i in range(conns)]
+    if conns > 1:
+        # All connections start with the same few reads at the same moment
+        # (after the barrier), so they race for the same cold frames.
+        same = make_reads(rng, size, 8, args.max_len, frames)
+        parts = [same + p for p in parts]
+        reads = reads + same * conns
     threads = []
     for i in range(conns):
         handle = h0 if i == 0 else None

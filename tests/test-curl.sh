@@ -3,8 +3,9 @@
 # served by a web server with range requests.  Starts nginx on 127.0.0.1 on
 # a free port (config, pid, logs and temp dirs in a private temp dir; one
 # process, no user switching, so it works as root and as non-root) with
-# root = $CORPUS, then for every pair: nbdkit --filter=$FILTER curl URL,
-# check the size, nbdcopy the export and cmp with the original.
+# root = $CORPUS; then for one pair per format family (family_pairs):
+# nbdkit --filter=$FILTER curl URL, check the size, nbdcopy the export and
+# cmp with the original.  Stops nginx at the end.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires nbdkit
 requires nbdcopy
@@ -90,7 +91,7 @@ while read -r comp orig <&3; do
     rm -f "$tmp/out"
     n=$((n+1))
     note "$name over http: ok ($(elapsed))"
-done 3< <(test_pairs)
+done 3< <(family_pairs)
 [ "$n" -gt 0 ] || skip "no pairs the filter can serve"
 kill -0 "$nginx_pid" 2>/dev/null || fail "nginx died"
 requests=$(wc -l < "$tmp/nginx/logs/access.log")

@@ -20,7 +20,7 @@ make_tmpdir
 
 error_pairs ()
 {
-    test_pairs | grep -E '/(disk\.img\.(xz|zst|gz|bgz|bz2)|disk-1block\.img\.xz|disk-frames\.img\.zst|disk-seekable(-nosum)?\.img\.zst|disk-multimember\.img\.gz|disk-cat\.img\.bz2|odd\.img\.xz) '
+    test_pairs | grep -E '/(disk\.img\.(xz|zst|gz|bgz|bz2)|disk-1block\.img\.xz|disk-frames\.img\.zst|disk-seekable(-nosum)?\.img\.zst|disk-multimember\.img\.gz|disk-cat\.img\.bz2) '
 }
 
 # damage IN OUT KIND
@@ -70,17 +70,23 @@ while read -r comp orig <&3; do
         fi
         max_wrong=()
         if has_check "$comp"; then max_wrong=(--max-wrong-bytes 0); fi
+        # In an image that is one big unit, every read past the damage
+        # decodes again from the start up to it: fewer, larger reads there.
+        case "$name" in
+            disk-1block.img.xz|disk.img.zst|disk.img.gz) sweep=4MiB count=30 ;;
+            *) sweep=1MiB count=100 ;;
+        esac
         rc=0
         tlimit 300 /usr/bin/python3 "$srcdir/random-reads.py" --label "$tag" \
             --uri "$uri" --original "$orig" --allow-errors "${max_wrong[@]}" \
-            --sweep 1MiB --count "$(reads_for "$comp" 200)" --max-len 1MiB \
+            --sweep "$sweep" --count "$(reads_for "$comp" "$count")" --max-len 1MiB \
             --seed "$seed" > "$tmp/reads.out" 2>&1 || rc=$?
         if ! nbdkit_alive; then
             cat "$tmp/reads.out" >&2
             wait "$nbdkit_pid" 2>/dev/null && st=0 || st=$?
             fail "$tag: nbdkit died (status $st) serving a damaged image; reproduce:" \
                  "cp $comp /tmp/bad; (flip/truncate as '$kind', see damage() in $0);" \
-                 "nbdkit -U - --filter=$FILTER file /tmp/bad --run '/usr/bin/python3 $srcdir/random-reads.py --uri \"\$uri\" --original $orig --allow-errors --sweep 1MiB --count 200 --max-len 1MiB --seed $seed'"
+                 "nbdkit -U - --filter=$FILTER file /tmp/bad --run '/usr/bin/python3 $srcdir/random-reads.py --uri \"\$uri\" --original $orig --allow-errors --sweep $sweep --count $count --max-len 1MiB --seed $seed ${max_wrong[*]}'"
         fi
         if [ "$rc" -ne 0 ]; then
             cat "$tmp/reads.out" >&2

@@ -7,4 +7,4 @@ requires nbdkit
 requires_python_nbd
 setup_corpus
 make_tmpdir
-run_random_reads_all 4 "${AUTODECOMP_MULTICONN_READS:-2000}"
+run_random_reads_all 4 "${AUTODECOMP_MULTICONN_READS:-1000}"

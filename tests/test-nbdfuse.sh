@@ -3,7 +3,7 @@
 # export (read-only) on a file in a temp dir; cmp it with the original.  As
 # root, if loop mounts work here, also mount the ext4 inside it read-only and
 # check hello.txt says "autodecomp corpus".  Always unmounts.
-# Uses one pair per format family (each costs a whole read of the image).
+# Uses family_pairs (one per format family: each costs a whole read).
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires nbdkit
 requires nbdfuse
@@ -11,11 +11,6 @@ requires fusermount3
 [ -c /dev/fuse ] || skip "/dev/fuse is missing"
 setup_corpus
 make_tmpdir
-
-fuse_pairs ()
-{
-    test_pairs | grep -E '/(disk\.img\.(xz|zst|gz|bgz|bz2)|disk-seekable\.img\.zst|odd\.img\.xz) '
-}
 
 can_loop_mount=0
 if [ "$(id -u)" = 0 ] && command -v mount >/dev/null 2>&1 && command -v losetup >/dev/null 2>&1; then
@@ -90,6 +85,6 @@ while read -r comp orig <&3; do
     stop_nbdkit
     n=$((n+1))
     note "$name: nbdfuse ok ($(elapsed))"
-done 3< <(fuse_pairs)
+done 3< <(family_pairs)
 [ "$n" -gt 0 ] || skip "no pairs the filter can serve"
 note "$n pairs ok ($(elapsed))"

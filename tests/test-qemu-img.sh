@@ -1,9 +1,10 @@
 #!/bin/bash
-# test-qemu-img.sh: qemu as a client.  For every pair: `qemu-img info` of the
-# export reports the original's virtual size, `qemu-img compare` of the export
-# (nbd+unix:///?socket=...) against the original finds them identical, and
-# qemu-io reads with a pattern check: a known-zero area (the unused end of the
-# ext4 image) reads as zeros, and the first 4 KiB as in the original.
+# test-qemu-img.sh: qemu as a client.  For one pair per format family
+# (family_pairs): `qemu-img info` of the export reports the original's
+# virtual size (qemu 7.2 rounds it up to 512), `qemu-img compare` of the
+# export (nbd+unix:///?socket=...) against the original finds them identical,
+# and qemu-io reads: a known-zero area (found in the original near its end)
+# must read as zeros (read -P 0), and the last 512 bytes must read in full.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires nbdkit
 requires qemu-img
@@ -66,6 +67,6 @@ while read -r comp orig <&3; do
     stop_nbdkit
     n=$((n+1))
     note "$name: qemu-img info/compare ok ($(elapsed))"
-done 3< <(test_pairs)
+done 3< <(family_pairs)
 [ "$n" -gt 0 ] || skip "no pairs the filter can serve"
 note "$n pairs ok ($(elapsed))"
