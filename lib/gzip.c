@@ -830,7 +830,10 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
       if (P->lazy && P->uoff > P->limit)
         return ad_error_set (err, EIO, "member at offset %" PRIu64
                              " decodes to more than the %" PRIu64 " bytes "
-                             "its trailer implied", P->member_coff,
+                             "its trailer implied: the image is 4 GiB or "
+                             "larger (the trailer holds the size modulo "
+                             "4 GiB), serve it with "
+                             "autodecomp-gzip-size=decode", P->member_coff,
                              P->limit);
     }
 
