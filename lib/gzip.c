@@ -839,7 +839,13 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
 
     switch (r) {
     case Z_OK:
-      if (P->span_len >= P->span && (P->zs.data_type & 0xc0) == 0x80)
+      /* In lazy mode the span that reaches the size the trailer gave
+       * is closed only by the member's end, after its trailer is
+       * checked: a checkpoint exactly there would complete the index
+       * unverified (and hide a member of 4 GiB or more).
+       */
+      if (P->span_len >= P->span && (P->zs.data_type & 0xc0) == 0x80 &&
+          !(P->lazy && P->uoff >= P->limit))
         return pass_checkpoint (priv, idx, P, emit, opaque, err);
       break;
     case Z_STREAM_END:
