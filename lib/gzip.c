@@ -1498,14 +1498,13 @@ dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
     uInt before_in, before_out;
     int r;
 
-    if (d->zs.avail_in == 0) {
-      if (d->rpos >= d->cend) {
-        starved = true;
-        break;
-      }
-      if (dec_fill (d, src, err) == -1)
-        return -1;
-    }
+    /* With all input read, inflate may still hold output (the rest of
+     * a match) for a small output buffer: call it anyway, and only
+     * call the data short when it makes no progress.
+     */
+    if (d->zs.avail_in == 0 && d->rpos < d->cend &&
+        dec_fill (d, src, err) == -1)
+      return -1;
     before_in = d->zs.avail_in;
     before_out = d->zs.avail_out;
     r = inflate (&d->zs, Z_NO_FLUSH);
@@ -1515,6 +1514,10 @@ dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
     }
     if (r == Z_OK || r == Z_BUF_ERROR) {
       if (d->zs.avail_in == before_in && d->zs.avail_out == before_out) {
+        if (d->zs.avail_in == 0 && d->rpos >= d->cend) {
+          starved = true;
+          break;
+        }
         if (d->zs.avail_in == 0)
           continue;             /* Refill above. */
         return ad_error_set (err, EIO, "inflate makes no progress at "
