@@ -1,0 +1,82 @@
+#!/bin/bash
+# fuzz/run.sh TARGET SECONDS [EXTRA...]
+#
+# Runs one fuzz target (xz, zstd, gzip, bzip2 or detect; "fuzz-xz" works
+# too) for SECONDS, building it first if needed, and prints how many
+# inputs it ran.  EXTRA arguments go to libFuzzer (e.g. -jobs=2, or a
+# crash file to replay it: run.sh xz 0 crash-1234).
+#
+# The corpus it grows is a scratch copy of the seeds, fuzz/corpus-TARGET
+# (kept between runs, ignored by git); fuzz/seeds is never written.
+# Crashes, leaks and timeouts land in BUILDDIR/artifacts/TARGET/, the
+# log in BUILDDIR/logs/TARGET.log.
+#
+# Environment: FUZZ_BUILD (default fuzz/build), FUZZ_CORPUS (default
+# fuzz/corpus-TARGET), and what build.sh reads.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+usage="usage: fuzz/run.sh xz|zstd|gzip|bzip2|detect SECONDS [LIBFUZZER ARGS]"
+target=${1:?$usage}
+seconds=${2:?$usage}
+shift 2
+target=${target#fuzz-}
+case $target in
+  xz|zstd|gzip|bzip2) seeds=("$here/seeds/$target") ;;
+  detect) seeds=("$here"/seeds/*) ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac
+case $seconds in
+  ''|*[!0-9]*) echo "$usage" >&2; exit 2 ;;
+esac
+
+build=${FUZZ_BUILD:-$here/build}
+"$here/build.sh" "$build" >&2
+build=$(cd "$build" && pwd)
+bin=$build/fuzz-$target
+
+corpus=${FUZZ_CORPUS:-$here/corpus-$target}
+mkdir -p "$corpus" "$build/artifacts/$target" "$build/logs"
+# Seeds are copied under their own names, so a re-run only adds new ones.
+for d in "${seeds[@]}"; do
+  for f in "$d"/*; do
+    [ -f "$f" ] || continue
+    name=seed-$(basename "$d")-$(basename "$f")
+    [ -e "$corpus/$name" ] || cp "$f" "$corpus/$name"
+  done
+done
+
+log=$build/logs/$target.log
+# A run given files (replaying crashes) takes no corpus and no time.
+replay=no
+for a in "$@"; do
+  case $a in -*) ;; *) replay=yes ;; esac
+done
+if [ $replay = yes ]; then
+  exec "$bin" -rss_limit_mb=2048 -timeout=10 "$@"
+fi
+
+echo "run.sh: fuzz-$target for ${seconds}s on $corpus (log: $log)" >&2
+set +e
+"$bin" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
+  -max_len=262144 -print_final_stats=1 \
+  -artifact_prefix="$build/artifacts/$target/" \
+  "$@" "$corpus" > "$log" 2>&1
+rc=$?
+set -e
+
+# libFuzzer's final stats (-print_final_stats=1), and its last status line.
+final_stat () {
+  sed -n "s/^stat::$1: *//p" "$log" | tail -1
+}
+execs=$(final_stat number_of_executed_units)
+rate=$(final_stat average_exec_per_sec)
+cov=$(grep -E '^#[0-9]+' "$log" | tail -1 |
+      grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)
+echo "fuzz-$target: ${execs:-?} executions (${rate:-?}/s)," \
+     "${cov:-no coverage line}, exit $rc"
+if [ $rc -ne 0 ]; then
+  grep -E '^==[0-9]+==ERROR|SUMMARY:|ORACLE|^artifact_prefix|Test unit' \
+       "$log" | head -20 || true
+fi
+exit $rc
