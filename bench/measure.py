@@ -1,0 +1,430 @@
+#!/usr/bin/python3
+# bench/measure.py: called by bench/run (see bench/README.md); not meant to be run alone.
+# Starts each server configuration on a unix socket and measures it, runs the command
+# line decompressors, prints one markdown table and writes it to --out.
+import argparse, json, os, platform, random, re, shutil, signal, subprocess, sys, tempfile, time
+import nbd
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--filter", required=True)
+ap.add_argument("--corpus", required=True)
+ap.add_argument("--size-mib", type=int, required=True)
+ap.add_argument("--runtime", type=int, default=10)
+ap.add_argument("--quick", type=int, default=0)
+ap.add_argument("--only", default="")
+ap.add_argument("--out", required=True)
+a = ap.parse_args()
+
+C = a.corpus
+OURS = a.filter
+MiB = 1 << 20
+IMG = os.path.getsize(os.path.join(C, "disk.img"))
+WORK = tempfile.mkdtemp(prefix="autodecomp-bench-")
+failures = []  # real failures: exit non-zero at the end
+notes = []
+
+
+def nbd_close(h):
+    try:
+        h.shutdown()
+    except nbd.Error:
+        pass
+
+
+def log(*x):
+    print(*x, file=sys.stderr, flush=True)
+
+
+def mib(n):
+    return "%dM" % max(1, (n + MiB - 1) // MiB)
+
+
+# ---- configurations -------------------------------------------------------------------
+# (key, label, kind, file, frame bytes for the cold cache, anchor keys)
+ours = [
+    ("raw", "raw disk.img", "disk.img", 4 * MiB),
+    ("xz4", "xz 4 MiB blocks", "disk.img.xz", 4 * MiB),
+    ("xz16", "xz 16 MiB blocks", "disk-16m.img.xz", 16 * MiB),
+    ("xz1", "xz 1 block", "disk-1block.img.xz", IMG),
+    ("zst1", "zstd 1 frame", "disk.img.zst", IMG),
+    ("zst2m", "zstd 2 MiB frames", "disk-frames2m.img.zst", 2 * MiB),
+    ("zsk1m", "zstd seekable 1 MiB", "disk-seekable.img.zst", 1 * MiB),
+    ("zsk64k", "zstd seekable 64 KiB", "disk-seekable64k.img.zst", 64 * 1024),
+    ("gz", "gzip 1 member", "disk.img.gz", 1 * MiB),
+    ("bgz", "bgzip (BGZF)", "disk.img.bgz", 64 * 1024),
+    ("bz2", "bzip2 (lbzip2 -9)", "disk.img.bz2", 900 * 1000),
+]
+# anchors served over NBD
+servers = [
+    ("A:file", "nbdkit file (raw)", ["file", "disk.img"]),
+    ("A:xzf4", "nbdkit xz filter, 4 MiB", ["--filter=xz", "file", "disk.img.xz"]),
+    ("A:xzf16", "nbdkit xz filter, 16 MiB", ["--filter=xz", "file", "disk-16m.img.xz"]),
+    ("A:xzf1", "nbdkit xz filter, 1 block", ["--filter=xz", "file", "disk-1block.img.xz"]),
+    ("A:gzf", "nbdkit gzip filter", ["--filter=gzip", "file", "disk.img.gz"]),
+    ("A:qzstd", "qemu-nbd qcow2 zstd", ["qemu", "disk-zstd.qcow2"]),
+    ("A:qzlib", "qemu-nbd qcow2 zlib", ["qemu", "disk-zlib.qcow2"]),
+]
+# anchors to /dev/null
+clis = [
+    ("C:xz4", "xz -dc -T2 (4 MiB)", ["xz", "-dc", "-T2", "disk.img.xz"]),
+    ("C:xz16", "xz -dc -T2 (16 MiB)", ["xz", "-dc", "-T2", "disk-16m.img.xz"]),
+    ("C:xz1", "xz -dc -T2 (1 block)", ["xz", "-dc", "-T2", "disk-1block.img.xz"]),
+    ("C:zstd", "zstd -dc", ["zstd", "-dc", "disk.img.zst"]),
+    ("C:gzip", "gzip -dc", ["gzip", "-dc", "disk.img.gz"]),
+    ("C:pigz", "pigz -dc", ["pigz", "-dc", "disk.img.gz"]),
+    ("C:bgzip", "bgzip -dc -@2", ["bgzip", "-dc", "-@2", "disk.img.bgz"]),
+    ("C:lbzip2", "lbzip2 -dc -n2", ["lbzip2", "-dc", "-n2", "disk.img.bz2"]),
+]
+# ratio anchors: sequential, random cold, warm
+SEQ_ANCHOR = {
+    "xz4": ["C:xz4", "A:xzf4"], "xz16": ["C:xz16", "A:xzf16"], "xz1": ["C:xz1", "A:xzf1"],
+    "zst1": ["A:file", "C:zstd"], "zst2m": ["A:file"], "zsk1m": ["A:file"], "zsk64k": ["A:file"],
+    "bgz": ["A:file", "C:bgzip"], "raw": ["A:file"], "gz": ["C:gzip"], "bz2": ["C:lbzip2"],
+}
+COLD_ANCHOR = {"xz16": "A:xzf16", "xz4": "A:xzf4", "xz1": "A:xzf1", "zsk64k": "A:qzstd", "gz": "A:gzf"}
+WARM_ANCHOR = "A:file"
+
+
+def want(key):
+    return not a.only or re.search(a.only, key)
+
+
+# ---- server handling ------------------------------------------------------------------
+class Server:
+    n = 0
+
+    def __init__(self, key, args, sock):
+        Server.n += 1
+        sock = "%s.%d" % (sock, Server.n)
+        self.key, self.sock = key, sock
+        if args[0] == "qemu":
+            cmd = ["qemu-nbd", "-r", "-t", "-e", "16", "-f", "qcow2", "-k", sock, os.path.join(C, args[1])]
+        else:
+            cmd = ["nbdkit", "-f", "-r", "-U", sock] + args
+        self.cmd = cmd
+        self.err = open(sock + ".log", "w")
+        self.t0 = time.monotonic()
+        self.p = subprocess.Popen(cmd, cwd=C, stdout=self.err, stderr=subprocess.STDOUT)
+        self.uri = "nbd+unix:///?socket=" + sock
+
+    def connect(self, timeout=120):
+        """Connect as soon as the socket accepts; None if the server died / timed out."""
+        while time.monotonic() - self.t0 < timeout:
+            if self.p.poll() is not None:
+                return None
+            if os.path.exists(self.sock):
+                h = nbd.NBD()
+                try:
+                    h.connect_unix(self.sock)
+                    return h
+                except nbd.Error:
+                    pass
+            time.sleep(0.002)
+        return None
+
+    def hwm(self):
+        try:
+            with open("/proc/%d/status" % self.p.pid) as f:
+                for l in f:
+                    if l.startswith("VmHWM:"):
+                        return int(l.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill(); self.p.wait()
+        self.err.close()
+
+    def logtail(self):
+        try:
+            return open(self.sock + ".log").read()[-600:].strip()
+        except OSError:
+            return ""
+
+
+def timed(cmd, timeout):
+    """Run cmd; (seconds, ok, stderr tail) ; ok None on timeout."""
+    t = time.monotonic()
+    try:
+        r = subprocess.run(cmd, cwd=C, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return time.monotonic() - t, None, "timeout"
+    return time.monotonic() - t, r.returncode == 0, r.stderr.decode(errors="replace")[-300:]
+
+
+def fio(uri, runtime):
+    cmd = ["fio", "--name=rand", "--ioengine=nbd", "--uri=" + uri, "--rw=randread", "--bs=4k",
+           "--iodepth=8", "--runtime=%d" % runtime, "--time_based", "--size=%d" % IMG,
+           "--output-format=json"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, timeout=runtime + 120)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    if r.returncode != 0:
+        return "ERR"
+    try:
+        j = json.loads(r.stdout[r.stdout.index(b"{"):])
+        job = j["jobs"][0]
+        if job.get("error"):
+            return "ERR"
+        return job["read"]["iops"]
+    except Exception:
+        return "ERR"
+
+
+def data_offset():
+    """A fixed pseudo-random 4 KiB block that holds data (not zeros), so that the
+    plugin-reads measure sees a real frame decode rather than a free-space read."""
+    rng = random.Random(1)
+    with open(os.path.join(C, "disk.img"), "rb") as f:
+        for _ in range(1000):
+            off = rng.randrange(0, IMG // 4096) * 4096
+            f.seek(off)
+            if f.read(4096).strip(b"\0"):
+                return off
+    return 0
+
+
+DATA_OFF = data_offset()
+SEQ_TIMEOUT = max(120, IMG // MiB * 2)
+
+
+def measure_server(key, label, args, cold_args, warm_args, is_ours):
+    R = {"key": key, "label": label}
+    fatal = failures.append if is_ours else notes.append
+    sock = os.path.join(WORK, key.replace(":", "_") + ".sock")
+
+    # instance 1: fresh server, cold cache: first 4 KiB, random cold, sequential, RSS
+    s = Server(key, cold_args, sock)
+    try:
+        h = s.connect()
+        if h is None:
+            failures.append("%s: server did not start: %s %s" % (label, " ".join(s.cmd), s.logtail()))
+            return R
+        try:
+            size = h.get_size()
+            h.pread(4096, 0)
+            R["first"] = time.monotonic() - s.t0
+        except nbd.Error as e:
+            R["first"] = "ERR"
+            fatal("%s: first read failed: %s" % (label, e))
+            size = None
+        finally:
+            nbd_close(h)
+        if size is not None and size != IMG:
+            failures.append("%s: export size %d, expected %d" % (label, size, IMG))
+            R["first"] = "SIZE"
+            return R
+        if R["first"] == "ERR":
+            return R
+        R["cold"] = fio(s.uri, a.runtime)
+        if not isinstance(R["cold"], float):
+            fatal("%s: random read (cold): %s %s" % (label, R["cold"], s.logtail()[-200:]))
+        t, ok, err = timed(["nbdcopy", s.uri, "null:"], SEQ_TIMEOUT)
+        R["seq"] = IMG / t / 1e6 if ok else ("timeout" if ok is None else "ERR")
+        if not ok:
+            fatal("%s: sequential: %s" % (label, err.strip()))
+        R["rss_cold"] = s.hwm()
+    finally:
+        s.stop()
+
+    # instance 2: cache larger than the image, one sequential pass, then random (warm)
+    s = Server(key, warm_args, sock)
+    try:
+        h = s.connect()
+        if h is None:
+            failures.append("%s (warm): server did not start: %s" % (label, s.logtail()))
+            return R
+        nbd_close(h)
+        t, ok, err = timed(["nbdcopy", s.uri, "null:"], SEQ_TIMEOUT)
+        R["warm"] = fio(s.uri, a.runtime) if ok else "ERR"
+        if not isinstance(R["warm"], float):
+            fatal("%s: random read (warm): %s" % (label, R["warm"]))
+        R["rss_warm"] = s.hwm()
+    finally:
+        s.stop()
+
+    # instance 3: stats filter below: reads to the plugin for open + one random 4 KiB read
+    if args[0] != "qemu":
+        statsfile = sock + ".stats.txt"
+        if os.path.exists(statsfile):
+            os.unlink(statsfile)
+        i = args.index("file")
+        sargs = args[:i] + ["--filter=stats"] + args[i:] + ["statsfile=" + statsfile]
+        s = Server(key, sargs, sock)
+        try:
+            h = s.connect()
+            if h is None:
+                failures.append("%s (stats): server did not start: %s" % (label, s.logtail()))
+            else:
+                try:
+                    off = DATA_OFF
+                    h.pread(4096, off)
+                except nbd.Error as e:
+                    notes.append("%s: stats read: %s" % (label, e))
+                nbd_close(h)
+        finally:
+            s.stop()
+        try:
+            txt = open(statsfile).read()
+            m = re.search(r"^read: (\d+) ops, [\d.]+ s, ([\d.]+) (\w+)", txt, re.M)
+            if m:
+                unit = {"B": 1, "bytes": 1, "KiB": 1 << 10, "MiB": MiB, "GiB": 1 << 30}.get(m.group(3), 1)
+                R["preads"] = (int(m.group(1)), float(m.group(2)) * unit)
+            else:
+                R["preads"] = (0, 0.0)
+        except OSError:
+            R["preads"] = None
+    return R
+
+
+def measure_cli(key, label, cmd):
+    """cmd[-1] is the input file, given on stdin (zstd ignores symlinked file arguments)."""
+    R = {"key": key, "label": label}
+    rssf = os.path.join(WORK, "rss.txt")
+    timecmd = ["/usr/bin/time", "-o", rssf, "-f", "%M"] if os.access("/usr/bin/time", os.X_OK) else []
+    t = time.monotonic()
+    with open(os.path.join(C, cmd[-1]), "rb") as fin, open(os.devnull, "wb") as null:
+        r = subprocess.run(timecmd + cmd[:-1], cwd=C, stdin=fin, stdout=null, stderr=subprocess.PIPE)
+    el = time.monotonic() - t
+    if r.returncode != 0:
+        failures.append("%s: exit status %d: %s" % (label, r.returncode, r.stderr.decode(errors="replace")[-200:]))
+        R["seq"] = "ERR"
+    else:
+        R["seq"] = IMG / el / 1e6
+    try:
+        R["rss_cold"] = int(open(rssf).read().split()[-1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return R
+
+
+# ---- run ------------------------------------------------------------------------------
+results = {}
+tstart = time.monotonic()
+cache_warm = "autodecomp-cache-size=" + mib(2 * IMG + 64 * MiB)
+for key, label, f, frame in ours:
+    if not want(key):
+        continue
+    log("== %s (%s)" % (label, f))
+    cold = "autodecomp-cache-size=" + mib(min(8 * frame, IMG // 2))
+    base = ["--filter=" + OURS, "file", f]
+    results[key] = measure_server(key, label, base, base + [cold], base + [cache_warm], True)
+    results[key]["cache"] = mib(min(8 * frame, IMG // 2))
+for key, label, args in servers:
+    if not want(key):
+        continue
+    log("== anchor %s" % label)
+    results[key] = measure_server(key, label, args, args, args, False)
+for key, label, cmd in clis:
+    if not want(key):
+        continue
+    log("== anchor %s" % label)
+    results[key] = measure_cli(key, label, cmd)
+elapsed = time.monotonic() - tstart
+
+
+# ---- table ----------------------------------------------------------------------------
+def num(v, fmt):
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    return fmt % v
+
+
+def ratio(ours_v, key):
+    r = results.get(key, {})
+    return r
+
+
+def rat(x, y):
+    if isinstance(x, float) and isinstance(y, float) and y > 0:
+        return "%.2f" % (x / y)
+    return "–"
+
+
+SHORT = {"A:file": "file", "A:xzf4": "xz filter", "A:xzf16": "xz filter", "A:xzf1": "xz filter",
+         "A:qzstd": "qemu zstd", "A:gzf": "gzip filter", "C:xz4": "xz -dc", "C:xz16": "xz -dc",
+         "C:xz1": "xz -dc", "C:zstd": "zstd -dc", "C:bgzip": "bgzip -dc", "C:gzip": "gzip -dc", "C:lbzip2": "lbzip2 -dc"}
+hdr = ["configuration", "file MiB", "first 4K ms", "seq MB/s", "seq ratio", "cold IOPS",
+       "cold ratio", "warm IOPS", "warm ÷ file", "RSS cold MiB", "RSS warm MiB",
+       "plugin reads (ops / KiB)"]
+rows = []
+fsizes = {k: f for k, _, f, _ in ours}
+fsizes.update({k: (a_[-1]) for k, _, a_ in servers})
+fsizes.update({k: c[-1] for k, _, c in clis})
+for key in [k for k, *_ in ours] + [k for k, *_ in servers] + [k for k, *_ in clis]:
+    if key not in results:
+        continue
+    R = results[key]
+    fs = os.path.getsize(os.path.join(C, fsizes[key]))
+    seqr = coldr = warmr = ""
+    if key in SEQ_ANCHOR:
+        seqr = " ".join("%s %s" % (rat(R.get("seq"), results.get(k, {}).get("seq")), SHORT[k])
+                        for k in SEQ_ANCHOR[key] if k in results)
+        if key in COLD_ANCHOR and COLD_ANCHOR[key] in results:
+            coldr = "%s %s" % (rat(R.get("cold"), results[COLD_ANCHOR[key]].get("cold")), SHORT[COLD_ANCHOR[key]])
+        if WARM_ANCHOR in results:
+            warmr = rat(R.get("warm"), results[WARM_ANCHOR].get("warm"))
+    label = R["label"] if key.startswith(("A:", "C:")) else "**%s**" % R["label"]
+    if "cache" in R:
+        label += " (cold cache %s)" % R["cache"]
+    pr = R.get("preads")
+    rows.append([label, "%.1f" % (fs / MiB), num(R.get("first"), "%.0f") if not isinstance(R.get("first"), float) else "%.1f" % (R["first"] * 1000),
+                 num(R.get("seq"), "%.0f"), seqr or "", num(R.get("cold"), "%.0f"), coldr,
+                 num(R.get("warm"), "%.0f"), warmr, num(R.get("rss_cold") and R["rss_cold"] / MiB, "%.0f"),
+                 num(R.get("rss_warm") and R["rss_warm"] / MiB, "%.0f"),
+                 ("%d / %.0f" % (pr[0], pr[1] / 1024)) if pr else ("–" if key.startswith(("C:", "A:q")) else "?")])
+
+
+def md(rows):
+    out = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["--:"] * (len(hdr) - 1)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+cpu = "?"
+try:
+    for l in open("/proc/cpuinfo"):
+        if l.startswith("model name"):
+            cpu = l.split(":", 1)[1].strip(); break
+except OSError:
+    pass
+tools = subprocess.run(["nbdkit", "--version"], capture_output=True, text=True).stdout.strip()
+head = ("# nbdkit-autodecomp benchmark\n\n"
+        "- date: %s\n- machine: %s, nproc %d, CPU %s, %d MiB RAM\n- corpus: %s, disk.img %d MiB%s\n"
+        "- %s; fio randread bs=4k iodepth=8 %d s; run took %.0f s\n" % (
+            time.strftime("%Y-%m-%d %H:%M:%S %Z"), platform.node(), os.cpu_count(), cpu,
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MiB,
+            C, IMG // MiB, " (--quick)" if a.quick else "", tools, a.runtime, elapsed))
+legend = """
+Bold rows are autodecomp (`nbdkit --filter=autodecomp file X`); the others are anchors.
+first 4K: from starting the server until `pread(4096, 0)` returns on a fresh server.
+seq: `nbdcopy URI null:` (command-line anchors: decompress to /dev/null), MB = 10^6 bytes.
+ratios are ours ÷ the named anchor (> 1 is better for ours).
+cold: autodecomp-cache-size as shown (8 frames, at most 1/2 of the image; anchors their defaults);
+warm: cache 2× the image, after one sequential pass.
+RSS: VmHWM of the server process (command-line anchors: their max RSS); cold = after the cold random
+and sequential runs, warm = after the warm runs.
+plugin reads: nbdkit stats filter below the filter, for connect + one 4 KiB read at %d (a block holding data).
+"""
+table = md(rows)
+print(table)
+with open(a.out, "w") as f:
+    f.write(head + "\n" + table + "\n" + legend % DATA_OFF)
+    if failures or notes:
+        f.write("\nProblems:\n\n" + "".join("- %s\n" % x for x in failures + notes))
+for x in notes:
+    log("note: " + x)
+for x in failures:
+    log("FAILED: " + x)
+shutil.rmtree(WORK, ignore_errors=True)
+log("wrote %s" % a.out)
+sys.exit(1 if failures else 0)
