@@ -16,7 +16,7 @@
 
 #include "cache.h"
 
-enum { ENTRY_LOADING, ENTRY_READY };
+enum { ENTRY_LOADING, ENTRY_READY, ENTRY_FAILED };
 
 #define NR_BUCKETS 65536
 
@@ -190,40 +190,40 @@ new_entry_locked (struct ad_cache *cache, const void *owner,
   return e;
 }
 
-/* Settle a freshly decoded entry: keep a flag for an all-zero frame. */
-static void
-settle_locked (struct ad_cache *cache, struct ad_cache_entry *e)
-{
-  e->state = ENTRY_READY;
-  pthread_cond_broadcast (&cache->loaded);
-}
-
 struct ad_cache_entry *
-ad_cache_get (struct ad_cache *cache, const void *owner, uint64_t frame_no,
-              size_t size, ad_cache_fill_fn *fill, void *opaque,
-              struct ad_error *err)
+ad_cache_acquire (struct ad_cache *cache, const void *owner,
+                  uint64_t frame_no, size_t size, bool *created,
+                  struct ad_error *err)
 {
   struct ad_cache_entry *e;
-  char *buf;
-  bool zero;
 
+  *created = false;
   pthread_mutex_lock (&cache->lock);
- again:
   e = lookup_locked (cache, owner, frame_no);
-  if (e && e->state == ENTRY_LOADING) {
-    cache->stats.waits++;
-    pthread_cond_wait (&cache->loaded, &cache->lock);
-    goto again;
-  }
   if (e) {
     if (e->refs++ == 0)
       lru_unlink_locked (cache, e);
-    cache->stats.hits++;
+    if (e->state == ENTRY_READY)
+      cache->stats.hits++;
+    else
+      cache->stats.waits++;
     pthread_mutex_unlock (&cache->lock);
     return e;
   }
+  pthread_mutex_unlock (&cache->lock);
 
-  /* A miss: reserve the bytes, mark it LOADING, decode unlocked. */
+  /* A miss: reserve the bytes and insert the entry LOADING.  Its
+   * buffer is allocated by the filler, when the decode starts.
+   */
+  pthread_mutex_lock (&cache->lock);
+  e = lookup_locked (cache, owner, frame_no);
+  if (e) {
+    if (e->refs++ == 0)
+      lru_unlink_locked (cache, e);
+    cache->stats.waits++;
+    pthread_mutex_unlock (&cache->lock);
+    return e;
+  }
   cache->stats.misses++;
   make_room_locked (cache, size);
   e = new_entry_locked (cache, owner, frame_no, size);
@@ -233,35 +233,146 @@ ad_cache_get (struct ad_cache *cache, const void *owner, uint64_t frame_no,
     return NULL;
   }
   e->refs = 1;
+  *created = true;
   pthread_mutex_unlock (&cache->lock);
+  return e;
+}
 
-  buf = malloc (size ? size : 1);
-  if (buf == NULL)
-    ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for a frame",
-                  size);
-  else if (fill (opaque, buf, err) == -1) {
-    free (buf);
-    buf = NULL;
-  }
-  zero = buf && ad_is_zero (buf, size);
+int
+ad_cache_alloc (struct ad_cache *cache, struct ad_cache_entry *e,
+                struct ad_error *err)
+{
+  e->data = malloc (e->size ? e->size : 1);
+  if (e->data == NULL)
+    return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for a "
+                         "frame", e->size);
+  return 0;
+}
 
+void
+ad_cache_ref (struct ad_cache *cache, struct ad_cache_entry *e)
+{
   pthread_mutex_lock (&cache->lock);
-  if (buf == NULL) {
-    /* Failed: forget it, so a later read tries again. */
-    remove_entry_locked (cache, e);
-    pthread_cond_broadcast (&cache->loaded);
-    pthread_mutex_unlock (&cache->lock);
-    return NULL;
-  }
-  if (zero) {
-    free (buf);
-    e->zero = true;
-    cache->bytes -= size;
+  if (e->refs++ == 0)
+    lru_unlink_locked (cache, e);
+  pthread_mutex_unlock (&cache->lock);
+}
+
+void
+ad_cache_progress (struct ad_cache *cache, struct ad_cache_entry *e,
+                   size_t ready)
+{
+  pthread_mutex_lock (&cache->lock);
+  e->ready = ready;
+  pthread_cond_broadcast (&cache->loaded);
+  pthread_mutex_unlock (&cache->lock);
+}
+
+void
+ad_cache_finish (struct ad_cache *cache, struct ad_cache_entry *e,
+                 const struct ad_error *failed)
+{
+  struct ad_error *copy = NULL;
+  bool zero = false;
+
+  if (failed) {
+    copy = malloc (sizeof *copy);
+    if (copy)
+      *copy = *failed;
   }
   else
-    e->data = buf;
-  settle_locked (cache, e);
+    zero = ad_is_zero (e->data, e->size);
+
+  pthread_mutex_lock (&cache->lock);
+  if (failed) {
+    /* The buffer, if any, goes with the last reference. */
+    /* Forget it, so a later read tries again; the readers holding it
+     * see the error, and the last one frees it.
+     */
+    e->state = ENTRY_FAILED;
+    e->error = copy;
+    hash_remove_locked (cache, e);
+    cache->bytes -= e->size;
+    cache->stats.entries--;
+  }
+  else {
+    e->state = ENTRY_READY;
+    e->ready = e->size;
+    if (zero) {
+      /* Keep a flag, not the buffer.  Readers that hold the entry may
+       * still be copying from it: the last one frees it.
+       */
+      e->zero = true;
+      cache->bytes -= e->size;
+      if (e->refs == 1) {
+        free (e->data);
+        e->data = NULL;
+      }
+    }
+  }
+  pthread_cond_broadcast (&cache->loaded);
   pthread_mutex_unlock (&cache->lock);
+}
+
+int
+ad_cache_wait (struct ad_cache *cache, struct ad_cache_entry *e, size_t end,
+               struct ad_error *err)
+{
+  int r = 0;
+
+  if (end == 0 || end > e->size)
+    end = e->size;
+  pthread_mutex_lock (&cache->lock);
+  while (e->state == ENTRY_LOADING && e->ready < end)
+    pthread_cond_wait (&cache->loaded, &cache->lock);
+  if (e->state == ENTRY_FAILED) {
+    if (e->error)
+      *err = *e->error;
+    else
+      ad_error_set (err, EIO, "decoding the frame failed");
+    r = -1;
+  }
+  pthread_mutex_unlock (&cache->lock);
+  return r;
+}
+
+bool
+ad_cache_peek (struct ad_cache *cache, const void *owner, uint64_t frame_no,
+               bool *zero)
+{
+  struct ad_cache_entry *e;
+  bool r;
+
+  pthread_mutex_lock (&cache->lock);
+  e = lookup_locked (cache, owner, frame_no);
+  r = e && e->state == ENTRY_READY;
+  *zero = r && e->zero;
+  pthread_mutex_unlock (&cache->lock);
+  return r;
+}
+
+struct ad_cache_entry *
+ad_cache_get (struct ad_cache *cache, const void *owner, uint64_t frame_no,
+              size_t size, ad_cache_fill_fn *fill, void *opaque,
+              struct ad_error *err)
+{
+  struct ad_cache_entry *e;
+  bool created;
+
+  e = ad_cache_acquire (cache, owner, frame_no, size, &created, err);
+  if (e == NULL)
+    return NULL;
+  if (created) {
+    int r = ad_cache_alloc (cache, e, err);
+
+    if (r == 0)
+      r = fill (opaque, e->data, err);
+    ad_cache_finish (cache, e, r == -1 ? err : NULL);
+  }
+  if (ad_cache_wait (cache, e, 0, err) == -1) {
+    ad_cache_put (cache, e);
+    return NULL;
+  }
   return e;
 }
 
@@ -270,8 +381,18 @@ ad_cache_put (struct ad_cache *cache, struct ad_cache_entry *e)
 {
   pthread_mutex_lock (&cache->lock);
   if (--e->refs == 0) {
-    lru_push_head_locked (cache, e);
-    make_room_locked (cache, 0);
+    if (e->state == ENTRY_FAILED) {
+      free (e->error);
+      entry_free (e);
+    }
+    else {
+      if (e->zero && e->data) {
+        free (e->data);
+        e->data = NULL;
+      }
+      lru_push_head_locked (cache, e);
+      make_room_locked (cache, 0);
+    }
   }
   pthread_mutex_unlock (&cache->lock);
 }
@@ -281,7 +402,7 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
                  uint64_t frame_no, const void *data, size_t size)
 {
   struct ad_cache_entry *e;
-  bool zero = ad_is_zero (data, size);
+  bool zero = data == NULL || ad_is_zero (data, size);
   char *buf = NULL;
 
   if (!zero) {
@@ -313,7 +434,9 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
   }
   else
     e->data = buf;
-  settle_locked (cache, e);
+  e->state = ENTRY_READY;
+  e->ready = size;
+  pthread_cond_broadcast (&cache->loaded);
   lru_push_head_locked (cache, e);
   pthread_mutex_unlock (&cache->lock);
 }

@@ -9,8 +9,9 @@
  *
  * A frame is decoded once however many readers ask for it at the same
  * time: the first reader inserts a LOADING entry and decodes outside
- * the lock; the others wait for it.  A decode that fails leaves nothing
- * in the cache, and the waiters try again themselves (so a transient
+ * the lock (or hands it to a decode worker); the others wait for it.
+ * A decode that fails leaves nothing in the cache: the readers waiting
+ * for it get its error, and a later read tries again (so a transient
  * error below is not remembered).
  *
  * A frame that decodes to all zeros keeps no buffer, only a flag.
@@ -30,10 +31,12 @@ struct ad_cache_entry {
   const void *owner;
   uint64_t frame_no;
   size_t size;
-  bool zero;                    /* All zeros: data is NULL. */
+  bool zero;                    /* All zeros: do not read data. */
   char *data;                   /* size bytes, unless zero. */
   /* Private to cache.c from here on. */
   int state;
+  size_t ready;                 /* While loading: [0, ready) decoded. */
+  struct ad_error *error;       /* Why the fill failed. */
   unsigned refs;
   struct ad_cache_entry *hash_next;
   struct ad_cache_entry *lru_prev, *lru_next;
@@ -63,8 +66,45 @@ extern struct ad_cache_entry *ad_cache_get (struct ad_cache *cache,
 extern void ad_cache_put (struct ad_cache *cache,
                           struct ad_cache_entry *entry);
 
+/* The same in steps, for fills that run on another thread (the
+ * decode workers) and readers that may use a frame's first bytes
+ * before the rest is decoded.
+ *
+ * ad_cache_acquire returns the entry with a reference.  If it was not
+ * there, it is created LOADING, *created is set, and the caller must
+ * give it a buffer (ad_cache_alloc, when the decode starts), fill it
+ * and call ad_cache_finish exactly once (with NULL, or the error that
+ * stopped it).  A filler may
+ * publish progress with ad_cache_progress.  ad_cache_wait waits until
+ * [0, end) of the entry can be read (end 0: until it is complete) and
+ * returns 0, or -1 with the filler's error.
+ */
+extern struct ad_cache_entry *ad_cache_acquire (struct ad_cache *cache,
+                                                const void *owner,
+                                                uint64_t frame_no,
+                                                size_t size, bool *created,
+                                                struct ad_error *err);
+extern int ad_cache_alloc (struct ad_cache *cache,
+                           struct ad_cache_entry *entry,
+                           struct ad_error *err);
+extern void ad_cache_ref (struct ad_cache *cache,
+                          struct ad_cache_entry *entry);
+extern void ad_cache_progress (struct ad_cache *cache,
+                               struct ad_cache_entry *entry, size_t ready);
+extern void ad_cache_finish (struct ad_cache *cache,
+                             struct ad_cache_entry *entry,
+                             const struct ad_error *failed);
+extern int ad_cache_wait (struct ad_cache *cache,
+                          struct ad_cache_entry *entry, size_t end,
+                          struct ad_error *err);
+
+/* Is the frame known (ready) now, and is it all zeros? */
+extern bool ad_cache_peek (struct ad_cache *cache, const void *owner,
+                           uint64_t frame_no, bool *zero);
+
 /* Insert a copy of an already decoded frame, unless it is present.
- * Used for frames decoded anyway while indexing.
+ * Used for frames decoded anyway while indexing.  data NULL: the frame
+ * is known to be all zeros.
  */
 extern void ad_cache_insert (struct ad_cache *cache, const void *owner,
                              uint64_t frame_no, const void *data,

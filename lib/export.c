@@ -85,23 +85,17 @@ emit_to_cache (void *opaque, struct ad_index *idx, size_t frame_no,
     ad_cache_insert (exp->cache, exp, frame_no, data, frame.usize);
 }
 
-struct fill_ctx {
-  struct ad_export *exp;
-  struct ad_source *src;
-  const struct ad_frame *frame;
-  size_t frame_no;
-};
-
-static int
-fill_frame (void *opaque, void *buf, struct ad_error *err)
+void
+ad_reader_init (struct ad_reader *reader)
 {
-  struct fill_ctx *ctx = opaque;
+  memset (reader, 0, sizeof *reader);
+  pthread_mutex_init (&reader->lock, NULL);
+}
 
-  if (ctx->exp->on_decode)
-    ctx->exp->on_decode (ctx->exp->on_decode_opaque, ctx->frame_no,
-                         ctx->frame);
-  return ad_index_decode_frame (ctx->exp->idx, ctx->src, ctx->frame,
-                                ctx->frame_no, buf, err);
+void
+ad_reader_destroy (struct ad_reader *reader)
+{
+  pthread_mutex_destroy (&reader->lock);
 }
 
 static struct ad_spill *
@@ -117,93 +111,594 @@ get_spill (struct ad_export *exp, struct ad_error *err)
   return spill;
 }
 
-/* Serve [offset, offset + count) of one frame; buf may be NULL to
- * only bring the frame into the cache or the spill.
+/* Decode jobs.
+ *
+ * A job decodes a run of consecutive frames (one frame, or several
+ * small ones) whose cache entries the reader created LOADING.  The
+ * reader reads the compressed bytes of the whole run from the source
+ * in one call, in its own thread (the source belongs to a connection
+ * and may not be used from elsewhere), and a decode worker decodes
+ * them from memory through a "window" source that serves only that
+ * range.  The job holds one pool slot from before its input is read
+ * until it is done.
  */
+
+/* Frames per job are limited by their decoded and compressed sizes. */
+#define JOB_MAX_OUTPUT (4 * 1024 * 1024ULL)
+#define JOB_MAX_INPUT (16 * 1024 * 1024ULL)
+#define JOB_MAX_FRAMES 64
+
+struct job {
+  struct ad_export *exp;
+  bool ahead;                   /* Read-ahead (nobody waits yet). */
+  size_t n;
+  size_t frame_no[JOB_MAX_FRAMES];
+  struct ad_frame frame[JOB_MAX_FRAMES];
+  struct ad_cache_entry *entry[JOB_MAX_FRAMES];
+  char *input;
+  uint64_t input_off;
+  size_t input_len;
+  uint64_t source_size;
+};
+
+struct window {
+  const char *buf;
+  uint64_t off;
+  size_t len;
+};
+
 static int
-read_in_frame (struct ad_export *exp, struct ad_source *src,
-               const struct ad_frame *frame, size_t frame_no,
-               char *buf, size_t count, uint64_t offset,
-               struct ad_error *err)
+window_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+              struct ad_error *err)
 {
-  uint64_t in_frame = offset - frame->uoff;
+  struct window *w = opaque;
 
-  if (frame->usize > AD_LARGE_FRAME) {
-    struct ad_spill *spill = get_spill (exp, err);
-    char scratch[1];
-
-    if (spill == NULL)
-      return -1;
-    if (buf == NULL) {
-      /* Decoding up to the end of the range is what is wanted. */
-      in_frame += count - 1;
-      count = 1;
-      buf = scratch;
-    }
-    return ad_spill_read (spill, src, frame, frame_no, buf, count, in_frame,
-                          err);
-  }
-  else {
-    struct fill_ctx ctx = { exp, src, frame, frame_no };
-    struct ad_cache_entry *e;
-
-    e = ad_cache_get (exp->cache, exp, frame_no, frame->usize, fill_frame,
-                      &ctx, err);
-    if (e == NULL)
-      return -1;
-    if (buf) {
-      if (e->zero)
-        memset (buf, 0, count);
-      else
-        memcpy (buf, e->data + in_frame, count);
-    }
-    ad_cache_put (exp->cache, e);
-    return 0;
-  }
+  if (offset < w->off || offset - w->off > w->len ||
+      count > w->len - (offset - w->off))
+    return ad_error_set (err, EIO, "decoder read %zu bytes at compressed "
+                         "offset %" PRIu64 ", outside its frame", count,
+                         offset);
+  memcpy (buf, w->buf + (offset - w->off), count);
+  return 0;
 }
 
-static int
-read_range (struct ad_export *exp, struct ad_source *src, char *buf,
-            size_t count, uint64_t offset, struct ad_error *err)
+struct progress_ctx {
+  struct ad_cache *cache;
+  struct ad_cache_entry *entry;
+};
+
+static void
+publish_progress (void *opaque, uint64_t done)
 {
+  struct progress_ctx *p = opaque;
+
+  ad_cache_progress (p->cache, p->entry, done);
+}
+
+/* Decode one frame into its LOADING entry and settle the entry. */
+static void
+fill_entry (struct ad_export *exp, struct ad_source *src,
+            const struct ad_frame *frame, size_t frame_no,
+            struct ad_cache_entry *e)
+{
+  struct progress_ctx p = { exp->cache, e };
+  struct ad_error err;
+  int r;
+
+  ad_error_clear (&err);
+  if (exp->on_decode)
+    exp->on_decode (exp->on_decode_opaque, frame_no, frame);
+  r = ad_cache_alloc (exp->cache, e, &err);
+  if (r == 0)
+    r = ad_index_decode_frame_progress (exp->idx, src, frame, frame_no,
+                                        e->data,
+                                        exp->progressive ? publish_progress
+                                        : NULL, &p, &err);
+  ad_cache_finish (exp->cache, e, r == -1 ? &err : NULL);
+}
+
+static void
+run_job (void *arg)
+{
+  struct job *job = arg;
+  struct ad_export *exp = job->exp;
+  struct window w = { job->input, job->input_off, job->input_len };
+  struct ad_source src;
+  size_t i;
+
+  memset (&src, 0, sizeof src);
+  src.pread = window_pread;
+  src.opaque = &w;
+  src.size = job->source_size;
+  for (i = 0; i < job->n; i++) {
+    fill_entry (exp, &src, &job->frame[i], job->frame_no[i], job->entry[i]);
+    ad_cache_put (exp->cache, job->entry[i]);
+  }
+  if (job->ahead)
+    __atomic_add_fetch (&exp->readahead_frames, job->n, __ATOMIC_RELAXED);
+  free (job->input);
+  ad_pool_release (exp->pool);
+  free (job);
+}
+
+/* Read the job's input and hand it to a worker; the job holds a slot
+ * and a reference to each entry.  On failure every entry is settled
+ * with the error and the slot given back.
+ */
+static int
+submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
+            struct ad_error *err)
+{
+  const struct ad_frame *last = &job->frame[job->n - 1];
+  size_t i;
+
+  job->exp = exp;
+  job->source_size = src->size;
+  job->input_off = job->frame[0].coff;
+  job->input_len = last->coff + last->csize - job->input_off;
+  job->input = malloc (job->input_len ? job->input_len : 1);
+  if (job->input == NULL)
+    ad_error_set (err, ENOMEM, "cannot allocate %zu bytes of compressed "
+                  "input", job->input_len);
+  else if (ad_source_pread (src, job->input, job->input_len,
+                            job->input_off, err) == 0 &&
+           ad_pool_submit (exp->pool, run_job, job, !job->ahead, err) == 0)
+    return 0;
+
+  ad_error_prefix (err, "%s: frame %zu at compressed offset %" PRIu64,
+                   exp->idx->ops->name, job->frame_no[0], job->input_off);
+  for (i = 0; i < job->n; i++) {
+    ad_cache_finish (exp->cache, job->entry[i], err);
+    ad_cache_put (exp->cache, job->entry[i]);
+  }
+  free (job->input);
+  ad_pool_release (exp->pool);
+  free (job);
+  return -1;
+}
+
+/* Can frame b join a job that ends with frame a? */
+static bool
+fits_job (const struct job *job, const struct ad_frame *b)
+{
+  const struct ad_frame *first = &job->frame[0];
+  const struct ad_frame *a = &job->frame[job->n - 1];
+  uint64_t output = b->uoff + b->usize - first->uoff;
+
+  return job->n < JOB_MAX_FRAMES &&
+    b->coff >= a->coff && b->coff <= a->coff + a->csize &&
+    output <= JOB_MAX_OUTPUT &&
+    b->coff + b->csize - first->coff <= JOB_MAX_INPUT;
+}
+
+/* A piece of a request: one frame, the entry that holds it (in-memory
+ * frames), and what the reader wants from it.
+ */
+struct piece {
+  struct ad_frame frame;
+  size_t frame_no;
+  struct ad_cache_entry *entry; /* NULL for a large (spill) frame. */
+  bool created;
+  uint64_t offset;              /* Uncompressed offset wanted. */
+  size_t count;
+  char *buf;                    /* Where it goes, or NULL. */
+};
+
+/* Decode the pieces this reader created: in its own thread without
+ * workers, else in jobs of consecutive frames.  On failure, every
+ * created entry not yet handed to a job is settled with the error.
+ */
+static int
+start_pieces (struct ad_export *exp, struct ad_source *src,
+              struct piece *pieces, size_t n, struct ad_error *err)
+{
+  size_t i = 0, k;
+  int r = 0;
+
+  while (i < n) {
+    struct job *job;
+
+    if (!pieces[i].created) {
+      i++;
+      continue;
+    }
+    if (r == -1) {
+      ad_cache_finish (exp->cache, pieces[i].entry, err);
+      pieces[i++].created = false;
+      continue;
+    }
+    if (exp->pool == NULL) {
+      fill_entry (exp, src, &pieces[i].frame, pieces[i].frame_no,
+                  pieces[i].entry);
+      pieces[i++].created = false;
+      continue;
+    }
+    job = calloc (1, sizeof *job);
+    if (job == NULL) {
+      r = ad_error_set (err, ENOMEM, "out of memory");
+      continue;
+    }
+    /* Gather the run of created frames that fit one job. */
+    for (k = i; k < n && pieces[k].created; k++) {
+      if (job->n > 0 && !fits_job (job, &pieces[k].frame))
+        break;
+      job->frame[job->n] = pieces[k].frame;
+      job->frame_no[job->n] = pieces[k].frame_no;
+      job->entry[job->n] = pieces[k].entry;
+      ad_cache_ref (exp->cache, pieces[k].entry);
+      job->n++;
+      pieces[k].created = false;
+    }
+    i = k;
+    ad_pool_acquire (exp->pool, true);
+    if (submit_job (exp, src, job, err) == -1)
+      r = -1;
+  }
+  return r;
+}
+
+/* Decode frames ahead of a sequential reader, from frame_no on, until
+ * the read-ahead window past uoff is covered or no slot is free.
+ * Returns the first frame not yet started.
+ */
+static size_t
+read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
+            uint64_t uoff)
+{
+  size_t nframes = ad_index_nframes (exp->idx);
+
+  while (frame_no < nframes) {
+    struct ad_frame f;
+    struct ad_error err;
+    struct job *job;
+    bool created;
+
+    ad_index_get_frame (exp->idx, frame_no, &f);
+    if (f.uoff >= uoff + exp->readahead || f.usize > AD_LARGE_FRAME)
+      break;
+    if (!ad_pool_acquire (exp->pool, false))
+      break;
+    job = calloc (1, sizeof *job);
+    if (job == NULL) {
+      ad_pool_release (exp->pool);
+      break;
+    }
+    job->ahead = true;
+    ad_error_clear (&err);
+    while (frame_no < nframes) {
+      struct ad_cache_entry *e;
+
+      ad_index_get_frame (exp->idx, frame_no, &f);
+      if (f.uoff >= uoff + exp->readahead || f.usize > AD_LARGE_FRAME ||
+          (job->n > 0 && !fits_job (job, &f)))
+        break;
+      e = ad_cache_acquire (exp->cache, exp, frame_no, f.usize, &created,
+                            &err);
+      if (e == NULL)
+        break;
+      frame_no++;
+      if (!created) {
+        ad_cache_put (exp->cache, e);
+        if (job->n > 0)
+          break;
+        continue;
+      }
+      job->frame[job->n] = f;
+      job->frame_no[job->n] = frame_no - 1;
+      job->entry[job->n] = e;
+      job->n++;
+    }
+    if (job->n == 0) {
+      free (job);
+      ad_pool_release (exp->pool);
+      continue;
+    }
+    if (submit_job (exp, src, job, &err) == -1)
+      break;
+  }
+  return frame_no;
+}
+
+/* Read-ahead is worth it when this reader keeps reading near where
+ * its last reads ended (several requests in flight arrive in any
+ * order).
+ */
+#define SEQ_SLACK (8 * 1024 * 1024ULL)
+#define SEQ_STREAK 3
+
+static void
+note_read (struct ad_export *exp, struct ad_reader *reader,
+           struct ad_source *src, uint64_t offset, size_t count)
+{
+  uint64_t end = offset + count;
+  size_t from, next;
+  struct ad_frame f;
+  struct ad_error err;
+
+  if (reader == NULL || exp->pool == NULL || exp->readahead == 0)
+    return;
+  pthread_mutex_lock (&reader->lock);
+  if (offset + SEQ_SLACK >= reader->end && offset <= reader->end + SEQ_SLACK) {
+    if (reader->streak < SEQ_STREAK)
+      reader->streak++;
+  }
+  else {
+    reader->streak = 0;
+    reader->ahead = 0;
+  }
+  if (end > reader->end || reader->streak == 0)
+    reader->end = end;
+  if (reader->streak < SEQ_STREAK) {
+    pthread_mutex_unlock (&reader->lock);
+    return;
+  }
+  /* Start after the frame holding the end of this read, if the index
+   * already knows it (read-ahead never extends the index).
+   */
+  ad_error_clear (&err);
+  pthread_mutex_lock (&exp->idx->lock);
+  if (end >= exp->idx->indexed)
+    end = exp->size;
+  pthread_mutex_unlock (&exp->idx->lock);
+  if (end >= exp->size ||
+      ad_index_find (exp->idx, src, end, &f, &from, NULL, NULL, &err) == -1) {
+    pthread_mutex_unlock (&reader->lock);
+    return;
+  }
+  if (reader->ahead > from)
+    from = reader->ahead;
+  next = read_ahead (exp, src, from, end);
+  if (next > reader->ahead)
+    reader->ahead = next;
+  pthread_mutex_unlock (&reader->lock);
+}
+
+/* Serve [offset, offset + count) (buf NULL: only bring it into the
+ * cache or the spill).
+ */
+static int
+read_range (struct ad_export *exp, struct ad_reader *reader,
+            struct ad_source *src, char *buf, size_t count, uint64_t offset,
+            struct ad_error *err)
+{
+  struct piece stack_pieces[16], *pieces = stack_pieces;
+  size_t n = 0, alloc = 16, i;
+  uint64_t pos = offset;
+  size_t left = count;
+  int r = 0;
+
   if (offset > exp->size || count > exp->size - offset)
     return ad_error_set (err, EINVAL, "read of %zu bytes at offset %"
                          PRIu64 " is past the end of the %" PRIu64
                          "-byte image", count, offset, exp->size);
 
-  while (count > 0) {
-    struct ad_frame frame;
-    size_t frame_no, n;
+  /* 1. Find the frames and take their cache entries, creating those
+   * that are missing.
+   */
+  while (left > 0) {
+    struct piece *p;
+    size_t len;
 
-    if (ad_index_find (exp->idx, src, offset, &frame, &frame_no,
-                       emit_to_cache, exp, err) == -1)
-      return -1;
-    n = frame.uoff + frame.usize - offset;
-    if (n > count)
-      n = count;
-    if (read_in_frame (exp, src, &frame, frame_no, buf, n, offset,
-                       err) == -1)
-      return -1;
-    if (buf)
-      buf += n;
-    count -= n;
-    offset += n;
+    if (n == alloc) {
+      struct piece *more = malloc (2 * alloc * sizeof *more);
+      if (more == NULL) {
+        r = ad_error_set (err, ENOMEM, "out of memory");
+        break;
+      }
+      memcpy (more, pieces, n * sizeof *more);
+      if (pieces != stack_pieces)
+        free (pieces);
+      pieces = more;
+      alloc *= 2;
+    }
+    p = &pieces[n];
+    memset (p, 0, sizeof *p);
+    if (ad_index_find (exp->idx, src, pos, &p->frame, &p->frame_no,
+                       emit_to_cache, exp, err) == -1) {
+      r = -1;
+      break;
+    }
+    len = p->frame.uoff + p->frame.usize - pos;
+    if (len > left)
+      len = left;
+    p->offset = pos;
+    p->count = len;
+    p->buf = buf ? buf + (pos - offset) : NULL;
+    if (p->frame.usize <= AD_LARGE_FRAME) {
+      p->entry = ad_cache_acquire (exp->cache, exp, p->frame_no,
+                                   p->frame.usize, &p->created, err);
+      if (p->entry == NULL) {
+        r = -1;
+        break;
+      }
+    }
+    n++;
+    pos += len;
+    left -= len;
   }
-  return 0;
+
+  /* 2. Start decoding what we created, and read ahead. */
+  if (start_pieces (exp, src, pieces, n, err) == -1)
+    r = -1;
+  if (r == 0)
+    note_read (exp, reader, src, offset, count);
+
+  /* 3. Wait for each piece and copy it. */
+  for (i = 0; i < n; i++) {
+    struct piece *p = &pieces[i];
+    uint64_t in_frame = p->offset - p->frame.uoff;
+
+    if (r == 0 && p->entry == NULL) {
+      struct ad_spill *spill = get_spill (exp, err);
+      char scratch[1];
+      char *to = p->buf;
+      size_t cnt = p->count;
+
+      if (to == NULL) {
+        /* Decoding up to the end of the range is what is wanted. */
+        in_frame += cnt - 1;
+        cnt = 1;
+        to = scratch;
+      }
+      if (spill == NULL ||
+          ad_spill_read (spill, src, &p->frame, p->frame_no, to, cnt,
+                         in_frame, err) == -1)
+        r = -1;
+    }
+    else if (p->entry) {
+      struct ad_cache_entry *e = p->entry;
+
+      if (r == 0 &&
+          ad_cache_wait (exp->cache, e, in_frame + p->count, err) == -1)
+        r = -1;
+      if (r == 0 && p->buf) {
+        if (e->zero)
+          memset (p->buf, 0, p->count);
+        else
+          memcpy (p->buf, e->data + in_frame, p->count);
+      }
+      ad_cache_put (exp->cache, e);
+    }
+  }
+  if (pieces != stack_pieces)
+    free (pieces);
+  return r;
+}
+
+int
+ad_export_read (struct ad_export *exp, struct ad_reader *reader,
+                struct ad_source *src, void *buf, size_t count,
+                uint64_t offset, struct ad_error *err)
+{
+  return read_range (exp, reader, src, buf, count, offset, err);
 }
 
 int
 ad_export_pread (struct ad_export *exp, struct ad_source *src, void *buf,
                  size_t count, uint64_t offset, struct ad_error *err)
 {
-  return read_range (exp, src, buf, count, offset, err);
+  return read_range (exp, NULL, src, buf, count, offset, err);
 }
 
 int
 ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
                     size_t count, uint64_t offset, struct ad_error *err)
 {
-  return read_range (exp, src, NULL, count, offset, err);
+  return read_range (exp, NULL, src, NULL, count, offset, err);
+}
+
+/* Frames compressed this well are decoded by extents to see whether
+ * they are zeros (through a small buffer, nothing is kept).
+ */
+#define ZERO_PROBE_RATIO 128
+#define ZERO_PROBE_BUF (64 * 1024)
+
+static int
+probe_zero (struct ad_export *exp, struct ad_source *src,
+            const struct ad_frame *frame, size_t frame_no, bool *zero,
+            struct ad_error *err)
+{
+  struct ad_index *idx = exp->idx;
+  void *dec = NULL;
+  char *buf;
+  uint64_t done = 0;
+  ssize_t r;
+
+  *zero = false;
+  buf = malloc (ZERO_PROBE_BUF);
+  if (buf == NULL)
+    return ad_error_set (err, ENOMEM, "out of memory");
+  if (idx->ops->decoder_new (idx, frame, frame_no, &dec, err) == -1)
+    goto fail;
+  while (done < frame->usize) {
+    size_t want = frame->usize - done < ZERO_PROBE_BUF
+      ? frame->usize - done : ZERO_PROBE_BUF;
+
+    r = idx->ops->decoder_read (dec, src, buf, want, err);
+    if (r == -1)
+      goto fail;
+    if (r == 0 || !ad_is_zero (buf, r))
+      break;                    /* Not zeros, or short: say data. */
+    done += r;
+  }
+  if (done == frame->usize) {
+    /* Run the frame's final checks before trusting it. */
+    r = idx->ops->decoder_read (dec, src, buf, 1, err);
+    if (r == -1)
+      goto fail;
+    *zero = r == 0;
+  }
+  idx->ops->decoder_free (dec);
+  free (buf);
+  return 0;
+
+ fail:
+  if (dec)
+    idx->ops->decoder_free (dec);
+  free (buf);
+  return -1;
+}
+
+int
+ad_export_extents (struct ad_export *exp, struct ad_source *src,
+                   size_t count, uint64_t offset, ad_extent_fn *fn,
+                   void *opaque, struct ad_error *err)
+{
+  uint64_t end = offset + count;
+  bool first = true;
+
+  if (offset >= exp->size || count > exp->size - offset)
+    return ad_error_set (err, EINVAL, "extents of %zu bytes at offset %"
+                         PRIu64 " are past the end of the %" PRIu64
+                         "-byte image", count, offset, exp->size);
+
+  while (offset < end) {
+    struct ad_frame f;
+    size_t frame_no;
+    uint64_t len;
+    bool zero = false, known;
+
+    if (first) {
+      if (ad_index_find (exp->idx, src, offset, &f, &frame_no,
+                         emit_to_cache, exp, err) == -1)
+        return -1;
+    }
+    else {
+      /* Only frames already indexed: never extend the index here. */
+      pthread_mutex_lock (&exp->idx->lock);
+      known = offset < exp->idx->indexed;
+      pthread_mutex_unlock (&exp->idx->lock);
+      if (!known ||
+          ad_index_find (exp->idx, src, offset, &f, &frame_no, NULL, NULL,
+                         err) == -1)
+        break;
+    }
+
+    if (f.flags & AD_FRAME_ZERO)
+      zero = true;
+    else if (!ad_cache_peek (exp->cache, exp, frame_no, &zero) &&
+             f.usize > AD_LARGE_FRAME / 8 / 1024 && /* not tiny */
+             f.usize <= AD_LARGE_FRAME &&
+             f.csize <= f.usize / ZERO_PROBE_RATIO) {
+      if (probe_zero (exp, src, &f, frame_no, &zero, err) == -1) {
+        if (!first)
+          break;                /* Report what is known so far. */
+        return -1;
+      }
+      __atomic_add_fetch (&exp->zero_probes, 1, __ATOMIC_RELAXED);
+      if (zero)
+        ad_cache_insert (exp->cache, exp, frame_no, NULL, f.usize);
+    }
+    len = f.uoff + f.usize - offset;
+    if (len > end - offset)
+      len = end - offset;
+    if (fn (opaque, offset, len, zero) == -1)
+      return ad_error_set (err, errno ? errno : ENOMEM,
+                           "cannot record extents");
+    offset += len;
+    first = false;
+  }
+  return 0;
 }
 
 uint64_t

@@ -21,6 +21,7 @@
 #include "format.h"
 #include "cache.h"
 #include "spill.h"
+#include "pool.h"
 
 /* Frames larger than this are decoded progressively into the spill
  * file instead of whole into memory.
@@ -36,11 +37,36 @@ struct ad_export {
   pthread_mutex_t lock;
   struct ad_spill *spill;       /* Created at the first large read. */
 
+  /* Set by the caller after ad_export_open (all optional). */
+  struct ad_pool *pool;         /* Decode workers (not owned); NULL:
+                                   decode in the reader's thread. */
+  bool progressive;             /* Serve bytes of a frame decoding in
+                                   memory before its check is verified. */
+  uint64_t readahead;           /* Bytes decoded ahead of a sequential
+                                   reader; 0: none. */
+
+  /* Counters (updated atomically). */
+  uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
+  uint64_t zero_probes;         /* Frames found zero by extents. */
+
   /* Optional: told about every frame decoded into the cache. */
   void (*on_decode) (void *opaque, size_t frame_no,
                      const struct ad_frame *frame);
   void *on_decode_opaque;
 };
+
+/* What one reader (a connection) did last, to detect sequential
+ * access.  Initialise with ad_reader_init; used by one export.
+ */
+struct ad_reader {
+  pthread_mutex_t lock;
+  uint64_t end;                 /* Highest end of a recent read. */
+  unsigned streak;              /* Reads near end in a row. */
+  size_t ahead;                 /* Read-ahead issued below this frame. */
+};
+
+extern void ad_reader_init (struct ad_reader *reader);
+extern void ad_reader_destroy (struct ad_reader *reader);
 
 /* Detect (format AD_FORMAT_UNKNOWN) or check the forced format, and
  * build the index.  A forced format the data does not match is an
@@ -59,6 +85,26 @@ extern void ad_export_free (struct ad_export *exp);
 extern int ad_export_pread (struct ad_export *exp, struct ad_source *src,
                             void *buf, size_t count, uint64_t offset,
                             struct ad_error *err);
+
+/* The same for a reader whose sequential reads are served ahead by
+ * the decode workers (reader may be NULL).
+ */
+extern int ad_export_read (struct ad_export *exp, struct ad_reader *reader,
+                           struct ad_source *src, void *buf, size_t count,
+                           uint64_t offset, struct ad_error *err);
+
+/* Describe the image from offset on as data or zeros: calls fn for
+ * consecutive pieces starting at offset, at least one and none past
+ * offset + count.  Frames known to be zeros (cached as zeros, or
+ * compressed so well that decoding them to check costs little) are
+ * zero; everything else is data.  Decodes nothing into memory.
+ */
+typedef int ad_extent_fn (void *opaque, uint64_t offset, uint64_t length,
+                          bool zero);
+extern int ad_export_extents (struct ad_export *exp, struct ad_source *src,
+                              size_t count, uint64_t offset,
+                              ad_extent_fn *fn, void *opaque,
+                              struct ad_error *err);
 
 /* Decode the frames that hold [offset, offset + count) into the cache
  * (or the spill) without copying them anywhere.

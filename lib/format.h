@@ -191,6 +191,19 @@ extern int ad_index_decode_frame (struct ad_index *idx,
                                   size_t frame_no, void *out,
                                   struct ad_error *err);
 
+/* The same, telling progress how many bytes of out are decoded so far
+ * (they are not yet verified by the frame's check: only a return of 0
+ * says that the whole frame is right).
+ */
+typedef void ad_progress_fn (void *opaque, uint64_t done);
+extern int ad_index_decode_frame_progress (struct ad_index *idx,
+                                           struct ad_source *src,
+                                           const struct ad_frame *frame,
+                                           size_t frame_no, void *out,
+                                           ad_progress_fn *progress,
+                                           void *opaque,
+                                           struct ad_error *err);
+
 /* Portable helpers for the formats. */
 static inline uint32_t
 ad_le32 (const unsigned char *p)

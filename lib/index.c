@@ -219,6 +219,20 @@ ad_index_decode_frame (struct ad_index *idx, struct ad_source *src,
                        const struct ad_frame *frame, size_t frame_no,
                        void *out, struct ad_error *err)
 {
+  return ad_index_decode_frame_progress (idx, src, frame, frame_no, out,
+                                         NULL, NULL, err);
+}
+
+/* With progress, the output is produced in steps of this size. */
+#define PROGRESS_STEP (1024 * 1024)
+
+int
+ad_index_decode_frame_progress (struct ad_index *idx, struct ad_source *src,
+                                const struct ad_frame *frame,
+                                size_t frame_no, void *out,
+                                ad_progress_fn *progress, void *opaque,
+                                struct ad_error *err)
+{
   const char *name = idx->ops->name;
   void *dec = NULL;
   uint64_t done = 0;
@@ -235,8 +249,11 @@ ad_index_decode_frame (struct ad_index *idx, struct ad_source *src,
   if (idx->ops->decoder_new (idx, frame, frame_no, &dec, err) == -1)
     goto fail;
   while (done < frame->usize) {
-    n = idx->ops->decoder_read (dec, src, (char *) out + done,
-                                frame->usize - done, err);
+    uint64_t want = frame->usize - done;
+
+    if (progress && want > PROGRESS_STEP)
+      want = PROGRESS_STEP;
+    n = idx->ops->decoder_read (dec, src, (char *) out + done, want, err);
     if (n == -1)
       goto fail;
     if (n == 0) {
@@ -246,6 +263,8 @@ ad_index_decode_frame (struct ad_index *idx, struct ad_source *src,
       goto fail;
     }
     done += n;
+    if (progress)
+      progress (opaque, done);
   }
   /* The frame must end exactly here: this also runs the final checks. */
   n = idx->ops->decoder_read (dec, src, &extra, 1, err);

@@ -35,9 +35,14 @@ NBDKIT_DLL_PUBLIC int autodecomp_debug_frames = 0;
 static enum ad_format format_param = AD_FORMAT_UNKNOWN;  /* auto */
 static int64_t cache_size = 256 * 1024 * 1024;
 static struct ad_options options;
+static bool progressive = false;
+static int64_t readahead = -1;          /* -1: from the cache size. */
 
-/* The frame cache, shared by every connection and export. */
+/* The frame cache and the decode workers, shared by every connection
+ * and export.
+ */
 static struct ad_cache *cache;
+static struct ad_pool *pool;
 
 /* Exports, by name, built by the first connection that needs them. */
 struct named_export {
@@ -52,6 +57,7 @@ static struct named_export *exports;
 struct handle {
   char *exportname;
   struct named_export *export;  /* Set in prepare. */
+  struct ad_reader reader;      /* This connection's access pattern. */
 };
 
 static void
@@ -70,10 +76,12 @@ autodecomp_unload (void)
 
     next = e->next;
     if (idx)
-      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes, "
+      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
+                    "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
                     "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
                     "frames, %" PRIu64 " bytes decoded into the spill file",
-                    e->name, idx->frames_decoded, idx->indexed, idx->size,
+                    e->name, idx->frames_decoded, e->exp->readahead_frames,
+                    e->exp->zero_probes, idx->indexed, idx->size,
                     idx->nframes, ad_spill_total (e->exp->spill));
     ad_export_free (e->exp);
     free (e->name);
@@ -141,6 +149,20 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   else if (strcmp (key, "autodecomp-threads") == 0)
     return nbdkit_parse_unsigned (key, value, &options.threads);
+  else if (strcmp (key, "autodecomp-readahead") == 0) {
+    if (parse_size_param (key, value, 0, &u) == -1)
+      return -1;
+    readahead = u;
+    return 0;
+  }
+  else if (strcmp (key, "autodecomp-progressive") == 0) {
+    int r = nbdkit_parse_bool (value);
+
+    if (r == -1)
+      return -1;
+    progressive = r;
+    return 0;
+  }
   else
     return next (nxdata, key, value);
 }
@@ -154,7 +176,11 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "autodecomp-gzip-size=trailer|decode\n" \
   "                          Size of one gzip member: from its trailer\n" \
   "                          (default) or by decoding it all at connect.\n" \
-  "autodecomp-threads=N        Threads for sizing passes (default: CPUs)."
+  "autodecomp-threads=N        Decode threads (default: CPUs).\n" \
+  "autodecomp-readahead=SIZE   Decoded ahead of sequential readers\n" \
+  "                          (default: a quarter of the cache, at most 64M).\n" \
+  "autodecomp-progressive=BOOL Serve a frame's bytes before its check is\n" \
+  "                          verified (default false)."
 
 static int
 autodecomp_thread_model (void)
@@ -170,7 +196,39 @@ autodecomp_get_ready (int thread_model)
     nbdkit_error ("autodecomp: cannot allocate the cache: %m");
     return -1;
   }
+  if (readahead == -1) {
+    readahead = cache_size / 4;
+    if (readahead > 64 * 1024 * 1024)
+      readahead = 64 * 1024 * 1024;
+  }
   return 0;
+}
+
+/* Threads are started only now, after nbdkit has forked into the
+ * background.
+ */
+static int
+autodecomp_after_fork (nbdkit_backend *nxdata)
+{
+  struct ad_error err;
+
+  ad_error_clear (&err);
+  pool = ad_pool_new (options.threads, 0, &err);
+  if (pool == NULL) {
+    nbdkit_error ("autodecomp: %s", err.msg);
+    return -1;
+  }
+  nbdkit_debug ("autodecomp: %u decode threads, cache %" PRIi64 " bytes, "
+                "read-ahead %" PRIi64 " bytes", ad_pool_threads (pool),
+                cache_size, readahead);
+  return 0;
+}
+
+static void
+autodecomp_cleanup (nbdkit_backend *nxdata)
+{
+  ad_pool_free (pool);
+  pool = NULL;
 }
 
 static void *
@@ -193,6 +251,7 @@ autodecomp_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     free (h);
     return NULL;
   }
+  ad_reader_init (&h->reader);
   return h;
 }
 
@@ -201,6 +260,7 @@ autodecomp_close (void *handle)
 {
   struct handle *h = handle;
 
+  ad_reader_destroy (&h->reader);
   free (h->exportname);
   free (h);
 }
@@ -310,6 +370,9 @@ build_export (nbdkit_next *next, const char *name)
   }
   e->exp->on_decode = log_decode;
   e->exp->on_decode_opaque = e;
+  e->exp->pool = pool;
+  e->exp->progressive = progressive;
+  e->exp->readahead = readahead;
   nbdkit_debug ("autodecomp: export '%s': %s, %" PRIu64 " bytes from %"
                 PRIu64 " compressed, %zu frames indexed%s, "
                 "%" PRIu64 " reads below", name,
@@ -380,7 +443,7 @@ autodecomp_can_extents (nbdkit_next *next, void *handle)
 
   if (is_raw (h))
     return next->can_extents (next);
-  return 0;
+  return 1;
 }
 
 static int
@@ -420,7 +483,38 @@ autodecomp_pread (nbdkit_next *next, void *handle, void *buf,
 
   source_of_next (&src, next, h->export->compressed_size);
   ad_error_clear (&e);
-  if (ad_export_pread (h->export->exp, &src, buf, count, offset, &e) == -1)
+  if (ad_export_read (h->export->exp, &h->reader, &src, buf, count, offset,
+                      &e) == -1)
+    return report (&e, err);
+  return 0;
+}
+
+static int
+add_extent (void *opaque, uint64_t offset, uint64_t length, bool zero)
+{
+  struct nbdkit_extents *extents = opaque;
+
+  return nbdkit_add_extent (extents, offset, length,
+                            zero ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO
+                            : 0);
+}
+
+static int
+autodecomp_extents (nbdkit_next *next, void *handle, uint32_t count,
+                    uint64_t offset, uint32_t flags,
+                    struct nbdkit_extents *extents, int *err)
+{
+  struct handle *h = handle;
+  struct ad_source src;
+  struct ad_error e;
+
+  if (is_raw (h))
+    return next->extents (next, count, offset, flags, extents, err);
+
+  source_of_next (&src, next, h->export->compressed_size);
+  ad_error_clear (&e);
+  if (ad_export_extents (h->export->exp, &src, count, offset, add_extent,
+                         extents, &e) == -1)
     return report (&e, err);
   return 0;
 }
@@ -452,6 +546,8 @@ static struct nbdkit_filter filter = {
   .config_help        = autodecomp_config_help,
   .thread_model       = autodecomp_thread_model,
   .get_ready          = autodecomp_get_ready,
+  .after_fork         = autodecomp_after_fork,
+  .cleanup            = autodecomp_cleanup,
   .open               = autodecomp_open,
   .close              = autodecomp_close,
   .prepare            = autodecomp_prepare,
@@ -461,6 +557,7 @@ static struct nbdkit_filter filter = {
   .can_multi_conn     = autodecomp_can_multi_conn,
   .can_cache          = autodecomp_can_cache,
   .pread              = autodecomp_pread,
+  .extents            = autodecomp_extents,
   .cache              = autodecomp_cache,
 };
 

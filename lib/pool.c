@@ -1,0 +1,197 @@
+/* autodecomp: the decode workers (see pool.h).
+ *
+ * Two FIFO queues, urgent and read-ahead, under one mutex; workers take
+ * from the urgent queue first.  Slots are a counter with a condition
+ * variable.
+ */
+
+#include <config.h>
+
+#include <stdlib.h>
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pool.h"
+
+struct job {
+  ad_pool_job_fn *fn;
+  void *arg;
+  struct job *next;
+};
+
+struct queue {
+  struct job *head, *tail;
+};
+
+struct ad_pool {
+  pthread_mutex_t lock;
+  pthread_cond_t work;          /* A job was queued, or stop was set. */
+  pthread_cond_t slot_free;
+  struct queue urgent, ahead;
+  bool stop;
+  unsigned slots, slots_used;
+  unsigned nthreads;
+  pthread_t *threads;
+};
+
+static void
+queue_push (struct queue *q, struct job *j)
+{
+  j->next = NULL;
+  if (q->tail)
+    q->tail->next = j;
+  else
+    q->head = j;
+  q->tail = j;
+}
+
+static struct job *
+queue_pop (struct queue *q)
+{
+  struct job *j = q->head;
+
+  if (j) {
+    q->head = j->next;
+    if (q->head == NULL)
+      q->tail = NULL;
+  }
+  return j;
+}
+
+static void *
+worker (void *opaque)
+{
+  struct ad_pool *pool = opaque;
+
+  pthread_mutex_lock (&pool->lock);
+  for (;;) {
+    struct job *j = queue_pop (&pool->urgent);
+
+    if (j == NULL)
+      j = queue_pop (&pool->ahead);
+    if (j == NULL) {
+      if (pool->stop)
+        break;
+      pthread_cond_wait (&pool->work, &pool->lock);
+      continue;
+    }
+    pthread_mutex_unlock (&pool->lock);
+    j->fn (j->arg);
+    free (j);
+    pthread_mutex_lock (&pool->lock);
+  }
+  pthread_mutex_unlock (&pool->lock);
+  return NULL;
+}
+
+struct ad_pool *
+ad_pool_new (unsigned threads, unsigned slots, struct ad_error *err)
+{
+  struct ad_pool *pool;
+  unsigned i;
+  int r;
+
+  if (threads == 0) {
+    long n = sysconf (_SC_NPROCESSORS_ONLN);
+    threads = n > 0 ? n : 1;
+  }
+  if (slots == 0)
+    slots = threads + 1;
+  pool = calloc (1, sizeof *pool);
+  if (pool == NULL ||
+      (pool->threads = calloc (threads, sizeof (pthread_t))) == NULL) {
+    free (pool);
+    ad_error_set (err, ENOMEM, "decode workers: out of memory");
+    return NULL;
+  }
+  pthread_mutex_init (&pool->lock, NULL);
+  pthread_cond_init (&pool->work, NULL);
+  pthread_cond_init (&pool->slot_free, NULL);
+  pool->slots = slots;
+  for (i = 0; i < threads; i++) {
+    r = pthread_create (&pool->threads[i], NULL, worker, pool);
+    if (r != 0) {
+      ad_error_set (err, r, "decode workers: pthread_create: %s",
+                    strerror (r));
+      pool->nthreads = i;
+      ad_pool_free (pool);
+      return NULL;
+    }
+  }
+  pool->nthreads = threads;
+  return pool;
+}
+
+void
+ad_pool_free (struct ad_pool *pool)
+{
+  unsigned i;
+
+  if (pool == NULL)
+    return;
+  pthread_mutex_lock (&pool->lock);
+  pool->stop = true;
+  pthread_cond_broadcast (&pool->work);
+  pthread_mutex_unlock (&pool->lock);
+  for (i = 0; i < pool->nthreads; i++)
+    pthread_join (pool->threads[i], NULL);
+  pthread_cond_destroy (&pool->slot_free);
+  pthread_cond_destroy (&pool->work);
+  pthread_mutex_destroy (&pool->lock);
+  free (pool->threads);
+  free (pool);
+}
+
+unsigned
+ad_pool_threads (const struct ad_pool *pool)
+{
+  return pool->nthreads;
+}
+
+bool
+ad_pool_acquire (struct ad_pool *pool, bool wait)
+{
+  bool got = false;
+
+  pthread_mutex_lock (&pool->lock);
+  for (;;) {
+    if (pool->slots_used < pool->slots) {
+      pool->slots_used++;
+      got = true;
+      break;
+    }
+    if (!wait)
+      break;
+    pthread_cond_wait (&pool->slot_free, &pool->lock);
+  }
+  pthread_mutex_unlock (&pool->lock);
+  return got;
+}
+
+void
+ad_pool_release (struct ad_pool *pool)
+{
+  pthread_mutex_lock (&pool->lock);
+  pool->slots_used--;
+  pthread_cond_signal (&pool->slot_free);
+  pthread_mutex_unlock (&pool->lock);
+}
+
+int
+ad_pool_submit (struct ad_pool *pool, ad_pool_job_fn *fn, void *arg,
+                bool urgent, struct ad_error *err)
+{
+  struct job *j = malloc (sizeof *j);
+
+  if (j == NULL)
+    return ad_error_set (err, ENOMEM, "decode workers: out of memory");
+  j->fn = fn;
+  j->arg = arg;
+  pthread_mutex_lock (&pool->lock);
+  queue_push (urgent ? &pool->urgent : &pool->ahead, j);
+  pthread_cond_signal (&pool->work);
+  pthread_mutex_unlock (&pool->lock);
+  return 0;
+}
