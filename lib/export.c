@@ -17,9 +17,15 @@ ad_export_open (struct ad_source *src, enum ad_format format,
                 const struct ad_options *opts, struct ad_cache *cache,
                 struct ad_error *err)
 {
+  struct ad_open_source os;
   struct ad_export *exp;
   enum ad_format found;
 
+  /* Detect and open through the windows (see source.h); the caller's
+   * counters still see every read below.
+   */
+  ad_open_source_init (&os, src);
+  src = &os.src;
   found = ad_detect (src, err);
   if (found == AD_FORMAT_UNKNOWN)
     return NULL;

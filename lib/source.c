@@ -76,3 +76,77 @@ ad_source_init_mem (struct ad_source *src, const void *data, size_t size)
   src->opaque = (void *) data;
   src->size = size;
 }
+
+/* The opening source: small reads near the start and the end of the
+ * image (where formats keep their headers, footers and indexes) are
+ * served from two windows, each read from the source once.
+ */
+static int
+open_window_load (struct ad_source *inner, struct ad_open_window *w,
+                  uint64_t off, size_t len, struct ad_error *err)
+{
+  if (ad_source_pread (inner, w->buf, len, off, err) == -1)
+    return -1;
+  w->off = off;
+  w->len = len;
+  return 0;
+}
+
+static bool
+in_window (const struct ad_open_window *w, uint64_t offset, size_t count)
+{
+  return w->len > 0 && offset >= w->off && offset - w->off <= w->len &&
+    count <= w->len - (offset - w->off);
+}
+
+static int
+open_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+            struct ad_error *err)
+{
+  struct ad_open_source *os = opaque;
+  struct ad_source *inner = os->inner;
+  uint64_t size = inner->size;
+  size_t n;
+
+  /* Small reads in the first or last AD_OPEN_WINDOW bytes load that
+   * window (once).
+   */
+  if (count <= AD_OPEN_WINDOW) {
+    n = size < AD_OPEN_WINDOW ? size : AD_OPEN_WINDOW;
+    if (os->head.len == 0 && offset + count <= n &&
+        open_window_load (inner, &os->head, 0, n, err) == -1)
+      return -1;
+    if (os->tail.len == 0 && offset >= size - n &&
+        open_window_load (inner, &os->tail, size - n, n, err) == -1)
+      return -1;
+  }
+  if (in_window (&os->head, offset, count)) {
+    memcpy (buf, os->head.buf + (offset - os->head.off), count);
+    return 0;
+  }
+  if (in_window (&os->tail, offset, count)) {
+    memcpy (buf, os->tail.buf + (offset - os->tail.off), count);
+    return 0;
+  }
+  /* A read that runs into the tail window reads only what is before. */
+  if (os->tail.len > 0 && offset < os->tail.off &&
+      offset + count > os->tail.off &&
+      offset + count <= os->tail.off + os->tail.len) {
+    n = os->tail.off - offset;
+    if (ad_source_pread (inner, buf, n, offset, err) == -1)
+      return -1;
+    memcpy ((char *) buf + n, os->tail.buf, count - n);
+    return 0;
+  }
+  return ad_source_pread (inner, buf, count, offset, err);
+}
+
+void
+ad_open_source_init (struct ad_open_source *os, struct ad_source *inner)
+{
+  memset (os, 0, sizeof *os);
+  os->inner = inner;
+  os->src.pread = open_pread;
+  os->src.opaque = os;
+  os->src.size = inner->size;
+}

@@ -13,6 +13,7 @@
 #ifndef AUTODECOMP_SOURCE_H
 #define AUTODECOMP_SOURCE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,5 +45,28 @@ extern int ad_source_pread (struct ad_source *src, void *buf, size_t count,
 extern void ad_source_init_fd (struct ad_source *src, int fd, uint64_t size);
 extern void ad_source_init_mem (struct ad_source *src,
                                 const void *data, size_t size);
+
+/* A source for opening an image: small reads within the first and the
+ * last AD_OPEN_WINDOW bytes are served from one read of each, so that
+ * detecting the format and reading its headers, footer and index cost
+ * a few reads of the source below, not one per field.  Wraps inner
+ * (not owned); valid as long as it lives.
+ */
+#define AD_OPEN_WINDOW 4096
+
+struct ad_open_window {
+  uint64_t off;
+  size_t len;                   /* 0: not loaded. */
+  char buf[AD_OPEN_WINDOW];
+};
+
+struct ad_open_source {
+  struct ad_source src;         /* Read this. */
+  struct ad_source *inner;
+  struct ad_open_window head, tail;
+};
+
+extern void ad_open_source_init (struct ad_open_source *os,
+                                 struct ad_source *inner);
 
 #endif /* AUTODECOMP_SOURCE_H */

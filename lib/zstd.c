@@ -688,7 +688,7 @@ open_seek_table (struct ad_index *idx, struct ad_source *src,
   size_t esize, k;
   uint64_t table_size, table_start, entries_size, done;
   uint64_t csum = 0, usum = 0, lead, pos, coff, uoff;
-  uint64_t first = UINT64_MAX, last = UINT64_MAX;
+  uint64_t first = UINT64_MAX;
   bool has_sums;
   int r = -1;
 
@@ -773,7 +773,6 @@ open_seek_table (struct ad_index *idx, struct ad_source *src,
     if (u > 0) {
       if (first == UINT64_MAX)
         first = i;
-      last = i;
     }
   }
   if (usum > INT64_MAX) {
@@ -821,7 +820,11 @@ open_seek_table (struct ad_index *idx, struct ad_source *src,
         .uoff = uoff, .usize = u, .coff = coff, .csize = c,
       };
 
-      if ((i == first || i == last) &&
+      /* The first frame's header is read cheaply with the file's
+       * first bytes; every frame is checked against its entry when it
+       * is decoded.
+       */
+      if (i == first &&
           probe_frame (priv, src, coff, c, u, err) == -1) {
         ad_error_prefix (err, "seek table entry %" PRIu32, i);
         goto out;
