@@ -47,5 +47,6 @@ void
 ad_error_clear (struct ad_error *err)
 {
   err->errnum = 0;
+  err->transient = false;
   err->msg[0] = '\0';
 }

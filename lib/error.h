@@ -10,11 +10,14 @@
 #define AUTODECOMP_ERROR_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 #define AD_ERROR_MSG_MAX 512
 
 struct ad_error {
   int errnum;                   /* An errno value, EIO unless better. */
+  bool transient;               /* The source below failed (trying again
+                                   may work), rather than the data. */
   char msg[AD_ERROR_MSG_MAX];
 };
 

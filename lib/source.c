@@ -23,7 +23,11 @@ ad_source_pread (struct ad_source *src, void *buf, size_t count,
     return 0;
   __atomic_add_fetch (&src->reads, 1, __ATOMIC_RELAXED);
   __atomic_add_fetch (&src->bytes_read, count, __ATOMIC_RELAXED);
-  return src->pread (src->opaque, buf, count, offset, err);
+  if (src->pread (src->opaque, buf, count, offset, err) == -1) {
+    err->transient = true;
+    return -1;
+  }
+  return 0;
 }
 
 static int

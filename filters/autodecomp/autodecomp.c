@@ -47,7 +47,8 @@ static struct ad_pool *pool;
 /* Exports, by name, built by the first connection that needs them. */
 struct named_export {
   char *name;
-  struct ad_export *exp;
+  struct ad_export *exp;        /* NULL if the image could not be opened. */
+  char *failed;                 /* Then why (not a failure below). */
   uint64_t compressed_size;
   struct named_export *next;
 };
@@ -72,9 +73,15 @@ autodecomp_unload (void)
   struct named_export *e, *next;
 
   for (e = exports; e; e = next) {
-    struct ad_index *idx = e->exp->idx;
+    struct ad_index *idx = e->exp ? e->exp->idx : NULL;
 
     next = e->next;
+    if (e->exp == NULL) {
+      free (e->failed);
+      free (e->name);
+      free (e);
+      continue;
+    }
     if (idx)
       nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
                     "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
@@ -364,6 +371,13 @@ build_export (nbdkit_next *next, const char *name)
   e->exp = ad_export_open (&src, format_param, &options, cache, &err);
   if (e->exp == NULL) {
     nbdkit_error ("autodecomp: %s", err.msg);
+    /* Remember what is wrong with the image itself, so that later
+     * connections do not pay for the same pass again; a failure of the
+     * plugin below is not remembered.
+     */
+    if (!err.transient && err.errnum != ENOMEM &&
+        (e->failed = strdup (err.msg)) != NULL)
+      return e;
     free (e->name);
     free (e);
     return NULL;
@@ -407,8 +421,28 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
       exports = e;
     }
   }
+  else if (e->exp == NULL) {
+    /* The image failed to open before.  Say why again, unless it has
+     * changed size since (then it is a new image: forget the failure).
+     */
+    if ((int64_t) e->compressed_size == next->get_size (next))
+      nbdkit_error ("autodecomp: %s (as when an earlier connection opened "
+                    "this export)", e->failed);
+    else {
+      struct named_export *fresh = build_export (next, h->exportname);
+
+      if (fresh) {
+        free (e->failed);
+        e->failed = fresh->failed;
+        e->exp = fresh->exp;
+        e->compressed_size = fresh->compressed_size;
+        free (fresh->name);
+        free (fresh);
+      }
+    }
+  }
   pthread_mutex_unlock (&exports_lock);
-  if (e == NULL)
+  if (e == NULL || e->exp == NULL)
     return -1;
   h->export = e;
   return 0;
