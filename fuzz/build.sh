@@ -30,7 +30,7 @@ fi
 san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
 cflags="-g -O1 -fno-omit-frame-pointer -std=gnu11 -pthread
         -Wall -Wextra -Wshadow -Wno-unused-parameter ${FUZZ_CFLAGS:-}"
-libs="-llzma -lzstd -lz -lbz2 -lxxhash -lpthread"
+libs="-llzma -lzstd -lz -ldeflate -lbz2 -lxxhash -lpthread"
 # Limits the library lets tests lower, lowered so that small inputs
 # reach the code behind them: gzip merges spans once a sizing pass holds
 # more than MAX_WINDOWS windows (32768 by default, 1 GiB of output).

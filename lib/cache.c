@@ -169,6 +169,31 @@ make_room_locked (struct ad_cache *cache, uint64_t extra)
   }
 }
 
+/* The same for a new entry of size bytes, handing it the buffer of an
+ * evicted entry of the same size if there is one: its pages are
+ * already mapped, and faulting in fresh ones costs more than decoding
+ * on some machines.
+ */
+static char *
+make_room_reuse_locked (struct ad_cache *cache, uint64_t size)
+{
+  char *reuse = NULL;
+
+  while (cache->bytes + size > cache->max_bytes && cache->lru_tail) {
+    struct ad_cache_entry *victim = cache->lru_tail;
+
+    if (reuse == NULL && !victim->zero && victim->data &&
+        victim->size == size) {
+      reuse = victim->data;
+      victim->data = NULL;
+      cache->stats.reused++;
+    }
+    remove_entry_locked (cache, victim);
+    cache->stats.evictions++;
+  }
+  return reuse;
+}
+
 static struct ad_cache_entry *
 new_entry_locked (struct ad_cache *cache, const void *owner,
                   uint64_t frame_no, size_t size)
@@ -196,6 +221,7 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
                   struct ad_error *err)
 {
   struct ad_cache_entry *e;
+  char *reuse;
 
   *created = false;
   pthread_mutex_lock (&cache->lock);
@@ -225,13 +251,15 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
     return e;
   }
   cache->stats.misses++;
-  make_room_locked (cache, size);
+  reuse = make_room_reuse_locked (cache, size);
   e = new_entry_locked (cache, owner, frame_no, size);
   if (e == NULL) {
     pthread_mutex_unlock (&cache->lock);
+    free (reuse);
     ad_error_set (err, ENOMEM, "cache: out of memory");
     return NULL;
   }
+  e->data = reuse;
   e->refs = 1;
   *created = true;
   pthread_mutex_unlock (&cache->lock);
@@ -242,6 +270,8 @@ int
 ad_cache_alloc (struct ad_cache *cache, struct ad_cache_entry *e,
                 struct ad_error *err)
 {
+  if (e->data)
+    return 0;                   /* Handed over by an evicted entry. */
   e->data = malloc (e->size ? e->size : 1);
   if (e->data == NULL)
     return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for a "

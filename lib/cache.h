@@ -44,6 +44,7 @@ struct ad_cache_entry {
 
 struct ad_cache_stats {
   uint64_t hits, misses, waits, evictions, inserts;
+  uint64_t reused;              /* Buffers handed from evicted entries. */
   uint64_t bytes, max_bytes, entries;
 };
 

@@ -91,6 +91,23 @@ emit_to_cache (void *opaque, struct ad_index *idx, size_t frame_no,
     ad_cache_insert (exp->cache, exp, frame_no, data, frame.usize);
 }
 
+/* A format that indexes lazily (gzip) appends a frame to the index and
+ * then emits its bytes to the cache, both while holding advance_lock.
+ * A reader that finds the newest frame before it is in the cache waits
+ * for that advance to finish instead of decoding the frame again.
+ */
+static void
+wait_for_emit (struct ad_export *exp, size_t frame_no)
+{
+  struct ad_index *idx = exp->idx;
+
+  if (idx->ops->advance && frame_no + 1 == ad_index_nframes (idx) &&
+      !ad_cache_contains (exp->cache, exp, frame_no)) {
+    pthread_mutex_lock (&idx->advance_lock);
+    pthread_mutex_unlock (&idx->advance_lock);
+  }
+}
+
 void
 ad_reader_init (struct ad_reader *reader)
 {
@@ -511,6 +528,7 @@ read_range (struct ad_export *exp, struct ad_reader *reader,
     p->count = len;
     p->buf = buf ? buf + (pos - offset) : NULL;
     if (p->frame.usize <= AD_LARGE_FRAME) {
+      wait_for_emit (exp, p->frame_no);
       p->entry = ad_cache_acquire (exp->cache, exp, p->frame_no,
                                    p->frame.usize, &p->created, err);
       if (p->entry == NULL) {

@@ -2,8 +2,8 @@
 # Build the library and its unit tests with AddressSanitizer +
 # UndefinedBehaviorSanitizer, and with ThreadSanitizer, and run them on
 # the test corpus: every image through ad-verify under ASan/UBSan, one
-# image of each kind of index with four threads on one shared export
-# under TSan, and the
+# image of each kind of index with four threads and two decode workers
+# (progressive reads) on one shared export under TSan, and the
 # cache unit test.  Run from the top of a configured build tree (it
 # uses its config.h and the corpus the test suite made), by ./check.
 set -e
@@ -13,8 +13,8 @@ top=$(pwd)
 [ -f config.h ] || { echo "check-sanitizers: run ./configure first" >&2; exit 1; }
 [ -f "$CORPUS/disk.img" ] || { echo "check-sanitizers: no corpus in $CORPUS (run make check first)" >&2; exit 1; }
 
-libs="-llzma -lzstd -lz -lbz2 -lxxhash -lpthread"
-srcs="lib/error.c lib/source.c lib/detect.c lib/index.c lib/cache.c
+libs="-llzma -lzstd -lz -ldeflate -lbz2 -lxxhash -lpthread"
+srcs="lib/error.c lib/source.c lib/detect.c lib/index.c lib/cache.c lib/pool.c
       lib/spill.c lib/export.c lib/gzip.c lib/xz.c lib/bzip2.c lib/zstd.c"
 
 build ()
@@ -47,7 +47,9 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 build-asan/test-cache
 n=0
 while read -r comp orig; do
-  build-asan/ad-verify -n 150 "$comp" "$orig" >/dev/null
+  # Every other image through the decode workers (as the filter reads).
+  if [ $((n % 2)) = 0 ]; then workers=2; else workers=0; fi
+  build-asan/ad-verify -n 150 -w $workers "$comp" "$orig" >/dev/null
   n=$((n + 1))
 done < <(pairs)
 echo "check-sanitizers: ASan + UBSan: $n images verified"
@@ -60,8 +62,8 @@ build-tsan/test-cache
 n=0
 for f in disk.img.xz disk-1block.img.xz disk-seekable.img.zst disk.img.zst \
          disk.img.gz disk.img.bgz disk.img.bz2; do
-  build-tsan/ad-verify -t 4 -c 8000000 -n 120 "$CORPUS/$f" "$CORPUS/disk.img" \
-    >/dev/null
+  build-tsan/ad-verify -t 4 -c 8000000 -n 120 -w 2 -p "$CORPUS/$f" \
+    "$CORPUS/disk.img" >/dev/null
   n=$((n + 1))
 done
-echo "check-sanitizers: TSan: $n images verified with 4 threads"
+echo "check-sanitizers: TSan: $n images verified with 4 threads and 2 decode workers"

@@ -331,25 +331,28 @@ random_reads=("/usr/bin/python3" "$srcdir/random-reads.py")
 # elapsed: seconds since the script started (bash SECONDS).
 elapsed () { echo "${SECONDS}s"; }
 
-# run_random_reads_all CONNS COUNT: for every pair, start a server and do
-# COUNT random reads through CONNS connections at once.
+# run_random_reads_all CONNS COUNT [PAIRS-FUNCTION [FILTER-ARGS...]]: for
+# every pair (of test_pairs, or of the function given), start a server
+# (with the filter parameters given) and do COUNT random reads through
+# CONNS connections at once.
 run_random_reads_all ()
 {
-    local conns=$1 count=$2 comp orig name n=0 seed
+    local conns=$1 count=$2 pairs=${3:-test_pairs} comp orig name n=0 seed
+    shift 2; [ $# -eq 0 ] || shift
     count=$(reads_for x "$count")
     while read -r comp orig <&3; do
         name=$(basename "$comp")
-        start_nbdkit "$name" --filter="$FILTER" file "$comp"
+        start_nbdkit "$name" --filter="$FILTER" file "$comp" "$@"
         seed=${AUTODECOMP_SEED:-$(( (RANDOM << 15) | RANDOM ))}
         tlimit 600 "${random_reads[@]}" --label "$name" --uri "$uri" --original "$orig" \
             --count "$count" --connections "$conns" --seed "$seed" ||
             fail "$name: random reads failed; reproduce with:" \
-                 "nbdkit -U - --filter=$FILTER file $comp --run" \
+                 "nbdkit -U - --filter=$FILTER file $comp $* --run" \
                  "'/usr/bin/python3 $srcdir/random-reads.py --uri \"\$uri\" --original $orig --count $count --connections $conns --seed $seed'"
         nbdkit_alive || fail "$name: nbdkit died"
         stop_nbdkit
         n=$((n+1))
-    done 3< <(test_pairs)
+    done 3< <($pairs)
     [ "$n" -gt 0 ] || skip "no pairs the filter can serve"
     note "$n pairs ok ($(elapsed))"
 }

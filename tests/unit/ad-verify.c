@@ -1,6 +1,7 @@
 /* ad-verify: check the library against an original, without nbdkit.
  *
- *   ad-verify [-n READS] [-s SEED] [-t THREADS] [-c CACHE] COMPRESSED ORIGINAL
+ *   ad-verify [-n READS] [-s SEED] [-t THREADS] [-c CACHE] [-w WORKERS]
+ *             [-p] COMPRESSED ORIGINAL
  *
  * Opens COMPRESSED through the library (detect, index, cache, spill),
  * checks that its size equals ORIGINAL's, reads the whole image in
@@ -8,7 +9,9 @@
  * lengths (1 byte to 4 MiB, many crossing frame boundaries), and
  * compares every byte.  With -t, THREADS threads make the random reads
  * at the same time on the one shared export (for the thread
- * sanitizer).  Prints what it checked.  Used by the unit tests and
+ * sanitizer).  With -w, frames are decoded by a pool of WORKERS decode
+ * threads, with read-ahead for the sequential read (as in the filter);
+ * -p also serves frames progressively.  Prints what it checked.  Used by the unit tests and
  * under the sanitizers.
  */
 
@@ -24,6 +27,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <pthread.h>
+#include <stdbool.h>
 
 #include "format.h"
 #include "cache.h"
@@ -40,13 +44,14 @@ rnd (uint64_t *s)
 }
 
 static int
-check (struct ad_export *exp, struct ad_source *src, const char *orig,
-       char *buf, size_t count, uint64_t offset)
+check (struct ad_export *exp, struct ad_reader *reader,
+       struct ad_source *src, const char *orig, char *buf, size_t count,
+       uint64_t offset)
 {
   struct ad_error err;
 
   ad_error_clear (&err);
-  if (ad_export_pread (exp, src, buf, count, offset, &err) == -1) {
+  if (ad_export_read (exp, reader, src, buf, count, offset, &err) == -1) {
     fprintf (stderr, "ad-verify: read %zu at %" PRIu64 ": %s\n", count,
              offset, err.msg);
     return -1;
@@ -81,8 +86,10 @@ random_reads (void *arg)
   struct worker *w = arg;
   uint64_t s = w->seed, off;
   char *buf = malloc (maxlen);
+  struct ad_reader reader;
   unsigned long i;
 
+  ad_reader_init (&reader);
   for (i = 0; i < w->reads && w->osize > 0 && !w->failed; i++) {
     uint64_t len;
     switch (rnd (&s) % 4) {
@@ -94,9 +101,10 @@ random_reads (void *arg)
     if (len > w->osize)
       len = w->osize;
     off = rnd (&s) % (w->osize - len + 1);
-    if (check (w->exp, w->src, w->orig, buf, len, off) == -1)
+    if (check (w->exp, &reader, w->src, w->orig, buf, len, off) == -1)
       w->failed = 1;
   }
+  ad_reader_destroy (&reader);
   free (buf);
   return NULL;
 }
@@ -104,7 +112,10 @@ random_reads (void *arg)
 int
 main (int argc, char *argv[])
 {
-  unsigned long reads = 2000, threads = 1;
+  unsigned long reads = 2000, threads = 1, workers = 0;
+  bool progressive = false;
+  struct ad_pool *pool = NULL;
+  struct ad_reader reader;
   uint64_t seed = 1, s, cache_size = 64 << 20;
   struct worker w[64];
   pthread_t tid[64];
@@ -121,13 +132,15 @@ main (int argc, char *argv[])
   unsigned long i;
 
   ad_options_init (&opts);
-  while ((c = getopt (argc, argv, "n:s:f:t:c:")) != -1) {
+  while ((c = getopt (argc, argv, "n:s:f:t:c:w:p")) != -1) {
     switch (c) {
     case 't': threads = strtoul (optarg, NULL, 0); break;
     case 'c': cache_size = strtoull (optarg, NULL, 0); break;
     case 'n': reads = strtoul (optarg, NULL, 0); break;
     case 's': seed = strtoull (optarg, NULL, 0); break;
     case 'f': opts.max_frame = strtoull (optarg, NULL, 0); break;
+    case 'w': workers = strtoul (optarg, NULL, 0); break;
+    case 'p': progressive = true; break;
     default: goto usage;
     }
   }
@@ -136,7 +149,8 @@ main (int argc, char *argv[])
   if (argc - optind != 2) {
   usage:
     fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] [-t THREADS] "
-             "[-c CACHE] [-f MAX-FRAME] COMPRESSED ORIGINAL\n");
+             "[-c CACHE] [-f MAX-FRAME] [-w WORKERS] [-p] COMPRESSED "
+             "ORIGINAL\n");
     return 2;
   }
   fd = open (argv[optind], O_RDONLY);
@@ -170,6 +184,16 @@ main (int argc, char *argv[])
     printf ("%s: raw, nothing to check\n", argv[optind]);
     return 0;
   }
+  if (workers > 0) {
+    pool = ad_pool_new (workers, 0, &err);
+    if (pool == NULL) {
+      fprintf (stderr, "ad-verify: %s\n", err.msg);
+      return 1;
+    }
+    exp->pool = pool;
+    exp->readahead = cache_size / 4;
+    exp->progressive = progressive;
+  }
   buf = malloc (maxlen);
 
   /* Random reads first (so the spill and the gzip pass are exercised
@@ -187,20 +211,24 @@ main (int argc, char *argv[])
       return 1;
   }
   s = seed;
+  ad_reader_init (&reader);
   for (off = 0; off < osize; ) {
     uint64_t len = 1 + rnd (&s) % maxlen;
     if (len > osize - off)
       len = osize - off;
-    if (check (exp, &src, orig, buf, len, off) == -1)
+    if (check (exp, &reader, &src, orig, buf, len, off) == -1)
       return 1;
     off += len;
   }
+  ad_reader_destroy (&reader);
   printf ("%s: %s, %" PRIu64 " bytes, %zu frames, %lu random reads + "
-          "sequential read OK, %" PRIu64 " frame decodes, %" PRIu64
-          " source reads\n", argv[optind], ad_format_name (exp->format),
-          osize, ad_index_nframes (exp->idx), reads,
-          exp->idx->frames_decoded, src.reads);
+          "sequential read OK, %" PRIu64 " frame decodes (%" PRIu64
+          " by read-ahead), %" PRIu64 " source reads\n", argv[optind],
+          ad_format_name (exp->format), osize, ad_index_nframes (exp->idx),
+          reads, exp->idx->frames_decoded, exp->readahead_frames,
+          src.reads);
   free (buf);
+  ad_pool_free (pool);
   ad_export_free (exp);
   ad_cache_free (cache);
   return 0;
