@@ -346,7 +346,7 @@ ad_cache_finish (struct ad_cache *cache, struct ad_cache_entry *e,
 
 int
 ad_cache_wait (struct ad_cache *cache, struct ad_cache_entry *e, size_t end,
-               struct ad_error *err)
+               bool *zero, struct ad_error *err)
 {
   int r = 0;
 
@@ -362,6 +362,8 @@ ad_cache_wait (struct ad_cache *cache, struct ad_cache_entry *e, size_t end,
       ad_error_set (err, EIO, "decoding the frame failed");
     r = -1;
   }
+  if (zero)
+    *zero = e->zero;
   pthread_mutex_unlock (&cache->lock);
   return r;
 }
@@ -399,7 +401,7 @@ ad_cache_get (struct ad_cache *cache, const void *owner, uint64_t frame_no,
       r = fill (opaque, e->data, err);
     ad_cache_finish (cache, e, r == -1 ? err : NULL);
   }
-  if (ad_cache_wait (cache, e, 0, err) == -1) {
+  if (ad_cache_wait (cache, e, 0, NULL, err) == -1) {
     ad_cache_put (cache, e);
     return NULL;
   }

@@ -78,7 +78,9 @@ extern void ad_cache_put (struct ad_cache *cache,
  * stopped it).  A filler may
  * publish progress with ad_cache_progress.  ad_cache_wait waits until
  * [0, end) of the entry can be read (end 0: until it is complete) and
- * returns 0, or -1 with the filler's error.
+ * returns 0, or -1 with the filler's error; *zero (if not NULL) says
+ * whether to read zeros rather than data (a reader must not look at
+ * entry->zero itself while the entry may still be loading).
  */
 extern struct ad_cache_entry *ad_cache_acquire (struct ad_cache *cache,
                                                 const void *owner,
@@ -97,7 +99,7 @@ extern void ad_cache_finish (struct ad_cache *cache,
                              const struct ad_error *failed);
 extern int ad_cache_wait (struct ad_cache *cache,
                           struct ad_cache_entry *entry, size_t end,
-                          struct ad_error *err);
+                          bool *zero, struct ad_error *err);
 
 /* Is the frame known (ready) now, and is it all zeros? */
 extern bool ad_cache_peek (struct ad_cache *cache, const void *owner,

@@ -73,9 +73,52 @@ ad_export_free (struct ad_export *exp)
   if (exp->cache)
     ad_cache_drop_owner (exp->cache, exp);
   ad_spill_free (exp->spill);
+  free (exp->decoded_once);
   ad_index_free (exp->idx);
   pthread_mutex_destroy (&exp->lock);
   free (exp);
+}
+
+/* Offsets proven by decoding (autodecomp-verify-offsets): a frame's
+ * offset is the sum of the sizes of the frames before it, so it is
+ * proven once each of them has decoded to its declared size.
+ */
+static bool
+needs_proof (struct ad_export *exp)
+{
+  return exp->verify_offsets && exp->idx && exp->idx->sizes_unchecked;
+}
+
+static void
+mark_decoded (struct ad_export *exp, size_t frame_no)
+{
+  if (!needs_proof (exp))
+    return;
+  pthread_mutex_lock (&exp->lock);
+  if (exp->decoded_once == NULL) {
+    /* Formats with unchecked sizes index everything at open. */
+    exp->decoded_once_len = ad_index_nframes (exp->idx);
+    exp->decoded_once = calloc (exp->decoded_once_len ?
+                                exp->decoded_once_len : 1, 1);
+  }
+  if (exp->decoded_once && frame_no < exp->decoded_once_len) {
+    exp->decoded_once[frame_no] = 1;
+    while (exp->verified < exp->decoded_once_len &&
+           exp->decoded_once[exp->verified])
+      exp->verified++;
+  }
+  pthread_mutex_unlock (&exp->lock);
+}
+
+static size_t
+verified_frames (struct ad_export *exp)
+{
+  size_t v;
+
+  pthread_mutex_lock (&exp->lock);
+  v = exp->verified;
+  pthread_mutex_unlock (&exp->lock);
+  return v;
 }
 
 /* Frames that the index decodes anyway (the gzip pass) go to the cache. */
@@ -89,6 +132,7 @@ emit_to_cache (void *opaque, struct ad_index *idx, size_t frame_no,
   ad_index_get_frame (idx, frame_no, &frame);
   if (frame.usize <= AD_LARGE_FRAME)
     ad_cache_insert (exp->cache, exp, frame_no, data, frame.usize);
+  mark_decoded (exp, frame_no);
 }
 
 /* A format that indexes lazily (gzip) appends a frame to the index and
@@ -217,6 +261,11 @@ fill_entry (struct ad_export *exp, struct ad_source *src,
                                         e->data,
                                         exp->progressive ? publish_progress
                                         : NULL, &p, &err);
+  /* Before the entry settles, so that a reader woken by it sees the
+   * frame counted.
+   */
+  if (r == 0)
+    mark_decoded (exp, frame_no);
   ad_cache_finish (exp->cache, e, r == -1 ? &err : NULL);
 }
 
@@ -440,7 +489,9 @@ note_read (struct ad_export *exp, struct ad_reader *reader,
 
   if (reader == NULL || exp->pool == NULL || exp->readahead == 0)
     return;
-  pthread_mutex_lock (&reader->lock);
+  /* Another request of this reader is looking ahead already. */
+  if (pthread_mutex_trylock (&reader->lock) != 0)
+    return;
   if (offset + SEQ_SLACK >= reader->end && offset <= reader->end + SEQ_SLACK) {
     if (reader->streak < SEQ_STREAK)
       reader->streak++;
@@ -479,10 +530,48 @@ note_read (struct ad_export *exp, struct ad_reader *reader,
 /* Serve [offset, offset + count) (buf NULL: only bring it into the
  * cache or the spill).
  */
+static int read_range (struct ad_export *exp, struct ad_reader *reader,
+                       struct ad_source *src, char *buf, size_t count,
+                       uint64_t offset, bool prove, struct ad_error *err);
+
+/* Decode (into the cache) every frame before frame_no that has not
+ * decoded yet, in steps, so that its offset is proven.
+ */
+#define PROVE_STEP (32 * 1024 * 1024ULL)
+
+static int
+prove_offset (struct ad_export *exp, struct ad_source *src, size_t frame_no,
+              struct ad_error *err)
+{
+  for (;;) {
+    size_t v = verified_frames (exp);
+    struct ad_frame first, target;
+    uint64_t len;
+
+    if (v >= frame_no)
+      return 0;
+    ad_index_get_frame (exp->idx, v, &first);
+    ad_index_get_frame (exp->idx, frame_no, &target);
+    len = target.uoff - first.uoff;
+    if (len > PROVE_STEP)
+      len = PROVE_STEP;
+    if (read_range (exp, NULL, src, NULL, len, first.uoff, false, err) == -1)
+      return ad_error_prefix (err, "%s: frame %zu is served only once "
+                              "every frame before it has decoded "
+                              "(autodecomp-verify-offsets), and frame %zu "
+                              "did not", exp->idx->ops->name, frame_no, v);
+    if (verified_frames (exp) == v)
+      return ad_error_set (err, EIO, "%s: frame %zu: the frames before it "
+                           "could not all be decoded to prove its offset "
+                           "(autodecomp-verify-offsets)",
+                           exp->idx->ops->name, frame_no);
+  }
+}
+
 static int
 read_range (struct ad_export *exp, struct ad_reader *reader,
             struct ad_source *src, char *buf, size_t count, uint64_t offset,
-            struct ad_error *err)
+            bool prove, struct ad_error *err)
 {
   struct piece stack_pieces[16], *pieces = stack_pieces;
   size_t n = 0, alloc = 16, i;
@@ -494,6 +583,19 @@ read_range (struct ad_export *exp, struct ad_reader *reader,
     return ad_error_set (err, EINVAL, "read of %zu bytes at offset %"
                          PRIu64 " is past the end of the %" PRIu64
                          "-byte image", count, offset, exp->size);
+
+  /* 0. Where frame sizes are unchecked, prove where the first frame
+   * starts (the later ones follow from the frames of this read).
+   */
+  if (prove && count > 0 && needs_proof (exp)) {
+    struct ad_frame f;
+    size_t first_no;
+
+    if (ad_index_find (exp->idx, src, offset, &f, &first_no, emit_to_cache,
+                       exp, err) == -1 ||
+        prove_offset (exp, src, first_no, err) == -1)
+      return -1;
+  }
 
   /* 1. Find the frames and take their cache entries, creating those
    * that are missing.
@@ -568,15 +670,19 @@ read_range (struct ad_export *exp, struct ad_reader *reader,
           ad_spill_read (spill, src, &p->frame, p->frame_no, to, cnt,
                          in_frame, err) == -1)
         r = -1;
+      else if (ad_spill_frontier (spill, p->frame_no) >= p->frame.usize)
+        mark_decoded (exp, p->frame_no);
     }
     else if (p->entry) {
       struct ad_cache_entry *e = p->entry;
+      bool zero = false;
 
       if (r == 0 &&
-          ad_cache_wait (exp->cache, e, in_frame + p->count, err) == -1)
+          ad_cache_wait (exp->cache, e, in_frame + p->count, &zero,
+                         err) == -1)
         r = -1;
       if (r == 0 && p->buf) {
-        if (e->zero)
+        if (zero)
           memset (p->buf, 0, p->count);
         else
           memcpy (p->buf, e->data + in_frame, p->count);
@@ -594,21 +700,21 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
                 struct ad_source *src, void *buf, size_t count,
                 uint64_t offset, struct ad_error *err)
 {
-  return read_range (exp, reader, src, buf, count, offset, err);
+  return read_range (exp, reader, src, buf, count, offset, true, err);
 }
 
 int
 ad_export_pread (struct ad_export *exp, struct ad_source *src, void *buf,
                  size_t count, uint64_t offset, struct ad_error *err)
 {
-  return read_range (exp, NULL, src, buf, count, offset, err);
+  return read_range (exp, NULL, src, buf, count, offset, true, err);
 }
 
 int
 ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
                     size_t count, uint64_t offset, struct ad_error *err)
 {
-  return read_range (exp, NULL, src, NULL, count, offset, err);
+  return read_range (exp, NULL, src, NULL, count, offset, true, err);
 }
 
 /* Frames compressed this well are decoded by extents to see whether
@@ -698,7 +804,9 @@ ad_export_extents (struct ad_export *exp, struct ad_source *src,
         break;
     }
 
-    if (f.flags & AD_FRAME_ZERO)
+    if (needs_proof (exp) && frame_no > verified_frames (exp))
+      zero = false;             /* Where it starts is not proven yet. */
+    else if (f.flags & AD_FRAME_ZERO)
       zero = true;
     else if (!ad_cache_peek (exp->cache, exp, frame_no, &zero) &&
              f.usize > AD_LARGE_FRAME / 8 / 1024 && /* not tiny */
@@ -710,8 +818,10 @@ ad_export_extents (struct ad_export *exp, struct ad_source *src,
         return -1;
       }
       __atomic_add_fetch (&exp->zero_probes, 1, __ATOMIC_RELAXED);
-      if (zero)
+      if (zero) {
         ad_cache_insert (exp->cache, exp, frame_no, NULL, f.usize);
+        mark_decoded (exp, frame_no);
+      }
     }
     len = f.uoff + f.usize - offset;
     if (len > end - offset)

@@ -44,6 +44,14 @@ struct ad_export {
                                    memory before its check is verified. */
   uint64_t readahead;           /* Bytes decoded ahead of a sequential
                                    reader; 0: none. */
+  bool verify_offsets;          /* Where frame sizes are unchecked (see
+                                   format.h), serve a frame only once
+                                   every frame before it has decoded. */
+
+  /* Frames [0, verified) have decoded at least once (verify_offsets). */
+  size_t verified;
+  unsigned char *decoded_once;  /* Per frame, or NULL. */
+  size_t decoded_once_len;
 
   /* Counters (updated atomically). */
   uint64_t readahead_frames;    /* Frames decoded by read-ahead. */

@@ -129,6 +129,14 @@ struct ad_index {
 
   pthread_mutex_t advance_lock;
 
+  /* Set by open when the frame sizes come from fields that no check
+   * covers (BGZF ISIZE, zstd frame headers and seek tables): a damaged
+   * size fails its own frame, but shifts every frame after it, whose
+   * own checks still pass.  (An xz index has a CRC32; bzip2 and
+   * non-BGZF gzip sizes come from decoding.)
+   */
+  bool sizes_unchecked;
+
   /* Counters for debugging and tests (updated atomically). */
   uint64_t frames_decoded;
 

@@ -1324,6 +1324,7 @@ bgzf_index (struct ad_index *idx, struct gz_priv *priv,
     pos += msize;
   }
   priv->kind = GZ_BGZF;
+  idx->sizes_unchecked = true;
   if (coll_append_all (idx, priv, total, err) == -1)
     return -1;
   return 1;

@@ -36,6 +36,7 @@ static enum ad_format format_param = AD_FORMAT_UNKNOWN;  /* auto */
 static int64_t cache_size = 256 * 1024 * 1024;
 static struct ad_options options;
 static bool progressive = false;
+static bool verify_offsets = false;
 static int64_t readahead = -1;          /* -1: from the cache size. */
 
 /* The frame cache and the decode workers, shared by every connection
@@ -170,6 +171,14 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     progressive = r;
     return 0;
   }
+  else if (strcmp (key, "autodecomp-verify-offsets") == 0) {
+    int r = nbdkit_parse_bool (value);
+
+    if (r == -1)
+      return -1;
+    verify_offsets = r;
+    return 0;
+  }
   else
     return next (nxdata, key, value);
 }
@@ -187,7 +196,9 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "autodecomp-readahead=SIZE   Decoded ahead of sequential readers\n" \
   "                          (default: a quarter of the cache, at most 64M).\n" \
   "autodecomp-progressive=BOOL Serve a frame's bytes before its check is\n" \
-  "                          verified (default false)."
+  "                          verified (default false).\n" \
+  "autodecomp-verify-offsets=BOOL  Serve a BGZF or zstd frame only once\n" \
+  "                          every frame before it has decoded (default false)."
 
 static int
 autodecomp_thread_model (void)
@@ -386,6 +397,7 @@ build_export (nbdkit_next *next, const char *name)
   e->exp->on_decode_opaque = e;
   e->exp->pool = pool;
   e->exp->progressive = progressive;
+  e->exp->verify_offsets = verify_offsets;
   e->exp->readahead = readahead;
   nbdkit_debug ("autodecomp: export '%s': %s, %" PRIu64 " bytes from %"
                 PRIu64 " compressed, %zu frames indexed%s, "

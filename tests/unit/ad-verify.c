@@ -221,6 +221,9 @@ main (int argc, char *argv[])
     off += len;
   }
   ad_reader_destroy (&reader);
+  /* Let read-ahead still in flight finish before counting. */
+  ad_pool_free (pool);
+  pool = NULL;
   printf ("%s: %s, %" PRIu64 " bytes, %zu frames, %lu random reads + "
           "sequential read OK, %" PRIu64 " frame decodes (%" PRIu64
           " by read-ahead), %" PRIu64 " source reads\n", argv[optind],
