@@ -719,36 +719,37 @@ open_seek_table (struct ad_index *idx, struct ad_source *src,
                          "-byte file", nentries, table_size, src->size);
   table_start = src->size - SKIPPABLE_HEADER_SIZE - table_size;
 
-  /* The skippable frame around it. */
-  if (ad_source_pread (src, hdr, sizeof hdr, table_start, err) == -1)
-    return -1;
-  if (ad_le32 (hdr) != SEEK_TABLE_MAGIC)
-    return ad_error_set (err, EIO, "seek table of %" PRIu32 " entries "
-                         "should start at offset %" PRIu64 " with magic "
-                         "0x%08x, found 0x%08" PRIx32, nentries, table_start,
-                         SEEK_TABLE_MAGIC, ad_le32 (hdr));
-  if (ad_le32 (hdr + 4) != table_size)
-    return ad_error_set (err, EIO, "seek table frame at offset %" PRIu64
-                         " has Frame_Size %" PRIu32 ", the table is %"
-                         PRIu64 " bytes", table_start, ad_le32 (hdr + 4),
-                         table_size);
-
-  /* Seek_Table_Entries, read in large chunks (bounded by the file). */
-  if (entries_size > 0) {
-    table = malloc (entries_size);
-    if (table == NULL)
-      return ad_error_set (err, ENOMEM, "seek table of %" PRIu64 " bytes: "
-                           "%m", entries_size);
-  }
-  for (done = 0; done < entries_size; ) {
-    uint64_t n = entries_size - done;
+  /* The skippable frame around it and Seek_Table_Entries, read in one
+   * go (in large chunks for a huge table; bounded by the file).
+   */
+  table = malloc (SKIPPABLE_HEADER_SIZE + entries_size);
+  if (table == NULL)
+    return ad_error_set (err, ENOMEM, "seek table of %" PRIu64 " bytes: "
+                         "%m", entries_size);
+  for (done = 0; done < SKIPPABLE_HEADER_SIZE + entries_size; ) {
+    uint64_t n = SKIPPABLE_HEADER_SIZE + entries_size - done;
     if (n > CHUNK_SIZE)
       n = CHUNK_SIZE;
-    if (ad_source_pread (src, table + done, n,
-                         table_start + SKIPPABLE_HEADER_SIZE + done,
+    if (ad_source_pread (src, table + done, n, table_start + done,
                          err) == -1)
       goto out;
     done += n;
+  }
+  memcpy (hdr, table, sizeof hdr);
+  memmove (table, table + SKIPPABLE_HEADER_SIZE, entries_size);
+  if (ad_le32 (hdr) != SEEK_TABLE_MAGIC) {
+    ad_error_set (err, EIO, "seek table of %" PRIu32 " entries "
+                  "should start at offset %" PRIu64 " with magic "
+                  "0x%08x, found 0x%08" PRIx32, nentries, table_start,
+                  SEEK_TABLE_MAGIC, ad_le32 (hdr));
+    goto out;
+  }
+  if (ad_le32 (hdr + 4) != table_size) {
+    ad_error_set (err, EIO, "seek table frame at offset %" PRIu64
+                  " has Frame_Size %" PRIu32 ", the table is %"
+                  PRIu64 " bytes", table_start, ad_le32 (hdr + 4),
+                  table_size);
+    goto out;
   }
 
   /* The entries must cover exactly the frames before the table. */
