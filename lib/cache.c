@@ -28,7 +28,24 @@ struct ad_cache {
   struct ad_cache_entry *buckets[NR_BUCKETS];
   struct ad_cache_entry *lru_head, *lru_tail;
   struct ad_cache_stats stats;
+
+  /* Buffers of entries that went away, kept for new entries of the
+   * same size: first-touch page faults cost more than decoding on some
+   * virtual machines, so memory is recycled rather than given back.
+   * Newest first; counted with bytes against max_bytes.
+   */
+  struct spare *spare_head, *spare_tail;
+  uint64_t spare_bytes;
 };
+
+/* A spare buffer describes itself in its first bytes. */
+struct spare {
+  struct spare *prev, *next;
+  size_t size;
+};
+
+#define SPARE_MIN (64 * 1024)
+#define SPARE_SEARCH 64         /* Spares looked at for a matching size. */
 
 bool
 ad_is_zero (const void *buf, size_t size)
@@ -71,9 +88,78 @@ ad_cache_new (uint64_t max_bytes)
 }
 
 static void
-entry_free (struct ad_cache_entry *e)
+spare_unlink_locked (struct ad_cache *cache, struct spare *sp)
 {
-  free (e->data);
+  if (sp->prev)
+    sp->prev->next = sp->next;
+  else
+    cache->spare_head = sp->next;
+  if (sp->next)
+    sp->next->prev = sp->prev;
+  else
+    cache->spare_tail = sp->prev;
+  cache->spare_bytes -= sp->size;
+}
+
+/* Free the oldest spares until the cache and its spares fit. */
+static void
+trim_spares_locked (struct ad_cache *cache)
+{
+  while (cache->spare_tail &&
+         cache->bytes + cache->spare_bytes > cache->max_bytes) {
+    struct spare *sp = cache->spare_tail;
+
+    spare_unlink_locked (cache, sp);
+    free (sp);
+  }
+}
+
+/* A buffer of size bytes is no longer used by any entry. */
+static void
+give_back_locked (struct ad_cache *cache, char *data, size_t size)
+{
+  struct spare *sp = (struct spare *) data;
+
+  if (data == NULL)
+    return;
+  if (size < SPARE_MIN) {
+    free (data);
+    return;
+  }
+  sp->size = size;
+  sp->prev = NULL;
+  sp->next = cache->spare_head;
+  if (cache->spare_head)
+    cache->spare_head->prev = sp;
+  else
+    cache->spare_tail = sp;
+  cache->spare_head = sp;
+  cache->spare_bytes += size;
+  trim_spares_locked (cache);
+}
+
+/* A spare of exactly size bytes, or NULL. */
+static char *
+take_spare_locked (struct ad_cache *cache, size_t size)
+{
+  struct spare *sp;
+  int n;
+
+  for (sp = cache->spare_head, n = 0; sp && n < SPARE_SEARCH;
+       sp = sp->next, n++)
+    if (sp->size == size) {
+      spare_unlink_locked (cache, sp);
+      cache->stats.reused++;
+      return (char *) sp;
+    }
+  return NULL;
+}
+
+static void
+entry_free (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  give_back_locked (cache, e->data, e->size);
+  free (e->error);
   free (e);
 }
 
@@ -88,8 +174,16 @@ ad_cache_free (struct ad_cache *cache)
     struct ad_cache_entry *e = cache->buckets[i], *next;
     for (; e; e = next) {
       next = e->hash_next;
-      entry_free (e);
+      free (e->data);
+      free (e->error);
+      free (e);
     }
+  }
+  while (cache->spare_head) {
+    struct spare *sp = cache->spare_head;
+
+    spare_unlink_locked (cache, sp);
+    free (sp);
   }
   pthread_cond_destroy (&cache->loaded);
   pthread_mutex_destroy (&cache->lock);
@@ -154,7 +248,7 @@ remove_entry_locked (struct ad_cache *cache, struct ad_cache_entry *e)
   if (!e->zero)
     cache->bytes -= e->size;
   cache->stats.entries--;
-  entry_free (e);
+  entry_free (cache, e);
 }
 
 /* Evict unreferenced entries until extra more bytes fit, or nothing is
@@ -167,6 +261,9 @@ make_room_locked (struct ad_cache *cache, uint64_t extra)
     remove_entry_locked (cache, cache->lru_tail);
     cache->stats.evictions++;
   }
+  cache->bytes += extra;
+  trim_spares_locked (cache);
+  cache->bytes -= extra;
 }
 
 /* The same for a new entry of size bytes, handing it the buffer of an
@@ -191,6 +288,11 @@ make_room_reuse_locked (struct ad_cache *cache, uint64_t size)
     remove_entry_locked (cache, victim);
     cache->stats.evictions++;
   }
+  if (reuse == NULL)
+    reuse = take_spare_locked (cache, size);
+  cache->bytes += size;
+  trim_spares_locked (cache);
+  cache->bytes -= size;
   return reuse;
 }
 
@@ -272,6 +374,11 @@ ad_cache_alloc (struct ad_cache *cache, struct ad_cache_entry *e,
 {
   if (e->data)
     return 0;                   /* Handed over by an evicted entry. */
+  pthread_mutex_lock (&cache->lock);
+  e->data = take_spare_locked (cache, e->size);
+  pthread_mutex_unlock (&cache->lock);
+  if (e->data)
+    return 0;
   e->data = malloc (e->size ? e->size : 1);
   if (e->data == NULL)
     return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for a "
@@ -335,7 +442,7 @@ ad_cache_finish (struct ad_cache *cache, struct ad_cache_entry *e,
       e->zero = true;
       cache->bytes -= e->size;
       if (e->refs == 1) {
-        free (e->data);
+        give_back_locked (cache, e->data, e->size);
         e->data = NULL;
       }
     }
@@ -408,25 +515,68 @@ ad_cache_get (struct ad_cache *cache, const void *owner, uint64_t frame_no,
   return e;
 }
 
+static void
+lru_push_tail_locked (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  e->lru_next = NULL;
+  e->lru_prev = cache->lru_tail;
+  if (cache->lru_tail)
+    cache->lru_tail->lru_next = e;
+  cache->lru_tail = e;
+  if (cache->lru_head == NULL)
+    cache->lru_head = e;
+}
+
+static void put_locked (struct ad_cache *cache, struct ad_cache_entry *e,
+                        size_t consumed);
+
 void
 ad_cache_put (struct ad_cache *cache, struct ad_cache_entry *e)
 {
   pthread_mutex_lock (&cache->lock);
+  put_locked (cache, e, 0);
+  pthread_mutex_unlock (&cache->lock);
+}
+
+void
+ad_cache_put_consumed (struct ad_cache *cache, struct ad_cache_entry *e,
+                       size_t count)
+{
+  pthread_mutex_lock (&cache->lock);
+  put_locked (cache, e, count ? count : 1);
+  pthread_mutex_unlock (&cache->lock);
+}
+
+static void
+put_locked (struct ad_cache *cache, struct ad_cache_entry *e, size_t consumed)
+{
+  if (consumed)
+    e->consumed += consumed;
   if (--e->refs == 0) {
-    if (e->state == ENTRY_FAILED) {
-      free (e->error);
-      entry_free (e);
-    }
+    if (e->state == ENTRY_FAILED)
+      entry_free (cache, e);
     else {
       if (e->zero && e->data) {
-        free (e->data);
+        give_back_locked (cache, e->data, e->size);
         e->data = NULL;
       }
-      lru_push_head_locked (cache, e);
+      if (e->consumed >= e->size && e->state == ENTRY_READY) {
+        /* Read whole by sequential readers: recycle it now. */
+        hash_remove_locked (cache, e);
+        if (!e->zero)
+          cache->bytes -= e->size;
+        cache->stats.entries--;
+        cache->stats.consumed++;
+        entry_free (cache, e);
+        return;
+      }
+      if (consumed)
+        lru_push_tail_locked (cache, e);
+      else
+        lru_push_head_locked (cache, e);
       make_room_locked (cache, 0);
     }
   }
-  pthread_mutex_unlock (&cache->lock);
 }
 
 void
@@ -440,7 +590,11 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
   if (!zero) {
     if (size > cache->max_bytes)
       return;
-    buf = malloc (size ? size : 1);
+    pthread_mutex_lock (&cache->lock);
+    buf = take_spare_locked (cache, size);
+    pthread_mutex_unlock (&cache->lock);
+    if (buf == NULL)
+      buf = malloc (size ? size : 1);
     if (buf == NULL)
       return;
     memcpy (buf, data, size);
@@ -448,8 +602,8 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
 
   pthread_mutex_lock (&cache->lock);
   if (lookup_locked (cache, owner, frame_no) != NULL) {
+    give_back_locked (cache, buf, size);
     pthread_mutex_unlock (&cache->lock);
-    free (buf);
     return;
   }
   cache->stats.inserts++;

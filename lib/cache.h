@@ -36,6 +36,7 @@ struct ad_cache_entry {
   /* Private to cache.c from here on. */
   int state;
   size_t ready;                 /* While loading: [0, ready) decoded. */
+  size_t consumed;              /* Bytes read by sequential readers. */
   struct ad_error *error;       /* Why the fill failed. */
   unsigned refs;
   struct ad_cache_entry *hash_next;
@@ -45,6 +46,7 @@ struct ad_cache_entry {
 struct ad_cache_stats {
   uint64_t hits, misses, waits, evictions, inserts;
   uint64_t reused;              /* Buffers handed from evicted entries. */
+  uint64_t consumed;            /* Frames dropped after a sequential read. */
   uint64_t bytes, max_bytes, entries;
 };
 
@@ -66,6 +68,16 @@ extern struct ad_cache_entry *ad_cache_get (struct ad_cache *cache,
                                             struct ad_error *err);
 extern void ad_cache_put (struct ad_cache *cache,
                           struct ad_cache_entry *entry);
+
+/* The same for a sequential reader that has read count bytes of the
+ * frame: the frame goes first in line for eviction, and once sequential
+ * readers have read as many bytes as it holds, it is dropped and its
+ * buffer recycled at once.  So a long copy does not push out what
+ * random readers use, and streams through a few frames of memory.
+ */
+extern void ad_cache_put_consumed (struct ad_cache *cache,
+                                   struct ad_cache_entry *entry,
+                                   size_t count);
 
 /* The same in steps, for fills that run on another thread (the
  * decode workers) and readers that may use a frame's first bytes

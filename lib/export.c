@@ -203,6 +203,7 @@ struct job {
   struct ad_frame frame[JOB_MAX_FRAMES];
   struct ad_cache_entry *entry[JOB_MAX_FRAMES];
   char *input;
+  size_t input_cap;
   uint64_t input_off;
   size_t input_len;
   uint64_t source_size;
@@ -288,7 +289,7 @@ run_job (void *arg)
   }
   if (job->ahead)
     __atomic_add_fetch (&exp->readahead_frames, job->n, __ATOMIC_RELAXED);
-  free (job->input);
+  ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
   ad_pool_release (exp->pool);
   free (job);
 }
@@ -308,7 +309,8 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
   job->source_size = src->size;
   job->input_off = job->frame[0].coff;
   job->input_len = last->coff + last->csize - job->input_off;
-  job->input = malloc (job->input_len ? job->input_len : 1);
+  job->input = ad_pool_buffer_get (exp->pool, job->input_len,
+                                   &job->input_cap);
   if (job->input == NULL)
     ad_error_set (err, ENOMEM, "cannot allocate %zu bytes of compressed "
                   "input", job->input_len);
@@ -323,7 +325,7 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
     ad_cache_finish (exp->cache, job->entry[i], err);
     ad_cache_put (exp->cache, job->entry[i]);
   }
-  free (job->input);
+  ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
   ad_pool_release (exp->pool);
   free (job);
   return -1;
@@ -494,10 +496,10 @@ note_read (struct ad_export *exp, struct ad_reader *reader,
     return;
   if (offset + SEQ_SLACK >= reader->end && offset <= reader->end + SEQ_SLACK) {
     if (reader->streak < SEQ_STREAK)
-      reader->streak++;
+      __atomic_store_n (&reader->streak, reader->streak + 1, __ATOMIC_RELAXED);
   }
   else {
-    reader->streak = 0;
+    __atomic_store_n (&reader->streak, 0, __ATOMIC_RELAXED);
     reader->ahead = 0;
   }
   if (end > reader->end || reader->streak == 0)
@@ -575,6 +577,7 @@ read_range (struct ad_export *exp, struct ad_reader *reader,
 {
   struct piece stack_pieces[16], *pieces = stack_pieces;
   size_t n = 0, alloc = 16, i;
+  bool sequential;
   uint64_t pos = offset;
   size_t left = count;
   int r = 0;
@@ -644,6 +647,8 @@ read_range (struct ad_export *exp, struct ad_reader *reader,
   }
 
   /* 2. Start decoding what we created, and read ahead. */
+  sequential = reader &&
+    __atomic_load_n (&reader->streak, __ATOMIC_RELAXED) >= SEQ_STREAK;
   if (start_pieces (exp, src, pieces, n, err) == -1)
     r = -1;
   if (r == 0)
@@ -687,7 +692,10 @@ read_range (struct ad_export *exp, struct ad_reader *reader,
         else
           memcpy (p->buf, e->data + in_frame, p->count);
       }
-      ad_cache_put (exp->cache, e);
+      if (sequential && r == 0 && p->buf)
+        ad_cache_put_consumed (exp->cache, e, p->count);
+      else
+        ad_cache_put (exp->cache, e);
     }
   }
   if (pieces != stack_pieces)

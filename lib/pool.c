@@ -8,6 +8,7 @@
 #include <config.h>
 
 #include <stdlib.h>
+#include <limits.h>
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
@@ -34,7 +35,16 @@ struct ad_pool {
   unsigned slots, slots_used;
   unsigned nthreads;
   pthread_t *threads;
+
+  /* Spare input buffers (at most slots of them). */
+  struct spare_buffer {
+    void *buf;
+    size_t cap;
+  } *spares;
+  unsigned nspares;
 };
+
+#define BUFFER_MIN (1024 * 1024)
 
 static void
 queue_push (struct queue *q, struct job *j)
@@ -110,6 +120,13 @@ ad_pool_new (unsigned threads, unsigned slots, struct ad_error *err)
   pthread_cond_init (&pool->work, NULL);
   pthread_cond_init (&pool->slot_free, NULL);
   pool->slots = slots;
+  pool->spares = calloc (slots, sizeof *pool->spares);
+  if (pool->spares == NULL) {
+    free (pool->threads);
+    free (pool);
+    ad_error_set (err, ENOMEM, "decode workers: out of memory");
+    return NULL;
+  }
   for (i = 0; i < threads; i++) {
     r = pthread_create (&pool->threads[i], NULL, worker, pool);
     if (r != 0) {
@@ -140,6 +157,9 @@ ad_pool_free (struct ad_pool *pool)
   pthread_cond_destroy (&pool->slot_free);
   pthread_cond_destroy (&pool->work);
   pthread_mutex_destroy (&pool->lock);
+  for (i = 0; i < pool->nspares; i++)
+    free (pool->spares[i].buf);
+  free (pool->spares);
   free (pool->threads);
   free (pool);
 }
@@ -194,4 +214,57 @@ ad_pool_submit (struct ad_pool *pool, ad_pool_job_fn *fn, void *arg,
   pthread_cond_signal (&pool->work);
   pthread_mutex_unlock (&pool->lock);
   return 0;
+}
+
+void *
+ad_pool_buffer_get (struct ad_pool *pool, size_t len, size_t *cap)
+{
+  void *buf = NULL;
+  unsigned i, best = UINT_MAX;
+
+  pthread_mutex_lock (&pool->lock);
+  for (i = 0; i < pool->nspares; i++)
+    if (pool->spares[i].cap >= len &&
+        (best == UINT_MAX || pool->spares[i].cap < pool->spares[best].cap))
+      best = i;
+  if (best != UINT_MAX) {
+    buf = pool->spares[best].buf;
+    *cap = pool->spares[best].cap;
+    pool->spares[best] = pool->spares[--pool->nspares];
+  }
+  pthread_mutex_unlock (&pool->lock);
+  if (buf == NULL) {
+    *cap = len < BUFFER_MIN ? BUFFER_MIN : len;
+    buf = malloc (*cap);
+  }
+  return buf;
+}
+
+void
+ad_pool_buffer_put (struct ad_pool *pool, void *buf, size_t cap)
+{
+  unsigned i, smallest = 0;
+
+  if (buf == NULL)
+    return;
+  pthread_mutex_lock (&pool->lock);
+  if (pool->nspares < pool->slots) {
+    pool->spares[pool->nspares].buf = buf;
+    pool->spares[pool->nspares++].cap = cap;
+    buf = NULL;
+  }
+  else {
+    /* Keep the larger buffers. */
+    for (i = 1; i < pool->nspares; i++)
+      if (pool->spares[i].cap < pool->spares[smallest].cap)
+        smallest = i;
+    if (pool->nspares > 0 && pool->spares[smallest].cap < cap) {
+      void *old = pool->spares[smallest].buf;
+      pool->spares[smallest].buf = buf;
+      pool->spares[smallest].cap = cap;
+      buf = old;
+    }
+  }
+  pthread_mutex_unlock (&pool->lock);
+  free (buf);
 }

@@ -19,6 +19,7 @@
 #define AUTODECOMP_POOL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "error.h"
 
@@ -48,5 +49,13 @@ extern void ad_pool_release (struct ad_pool *pool);
  */
 extern int ad_pool_submit (struct ad_pool *pool, ad_pool_job_fn *fn,
                            void *arg, bool urgent, struct ad_error *err);
+
+/* Buffers for the compressed input of jobs, recycled (at most one per
+ * slot is kept): fresh memory costs page faults.  get returns a buffer
+ * of at least len bytes and its capacity in *cap, or NULL.
+ */
+extern void *ad_pool_buffer_get (struct ad_pool *pool, size_t len,
+                                 size_t *cap);
+extern void ad_pool_buffer_put (struct ad_pool *pool, void *buf, size_t cap);
 
 #endif /* AUTODECOMP_POOL_H */
