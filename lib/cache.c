@@ -13,6 +13,7 @@
 #include <string.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include "cache.h"
 
@@ -45,6 +46,36 @@ struct spare {
 };
 
 #define SPARE_MIN (64 * 1024)
+
+/* Frame buffers of at least this size are mapped directly rather than
+ * taken from malloc, so that freeing one gives its memory back (malloc
+ * keeps large freed chunks in per-thread arenas, and the process then
+ * holds more than the cache's size).
+ */
+#define MAP_MIN (1024 * 1024)
+
+static char *
+buffer_alloc (size_t size)
+{
+  void *p;
+
+  if (size < MAP_MIN)
+    return malloc (size ? size : 1);
+  p = mmap (NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+            -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static void
+buffer_free (void *p, size_t size)
+{
+  if (p == NULL)
+    return;
+  if (size < MAP_MIN)
+    free (p);
+  else
+    munmap (p, size);
+}
 #define SPARE_SEARCH 64         /* Spares looked at for a matching size. */
 
 bool
@@ -108,9 +139,10 @@ trim_spares_locked (struct ad_cache *cache)
   while (cache->spare_tail &&
          cache->bytes + cache->spare_bytes > cache->max_bytes) {
     struct spare *sp = cache->spare_tail;
+    size_t size = sp->size;
 
     spare_unlink_locked (cache, sp);
-    free (sp);
+    buffer_free (sp, size);
   }
 }
 
@@ -123,7 +155,7 @@ give_back_locked (struct ad_cache *cache, char *data, size_t size)
   if (data == NULL)
     return;
   if (size < SPARE_MIN) {
-    free (data);
+    buffer_free (data, size);
     return;
   }
   sp->size = size;
@@ -174,16 +206,17 @@ ad_cache_free (struct ad_cache *cache)
     struct ad_cache_entry *e = cache->buckets[i], *next;
     for (; e; e = next) {
       next = e->hash_next;
-      free (e->data);
+      buffer_free (e->data, e->size);
       free (e->error);
       free (e);
     }
   }
   while (cache->spare_head) {
     struct spare *sp = cache->spare_head;
+    size_t size = sp->size;
 
     spare_unlink_locked (cache, sp);
-    free (sp);
+    buffer_free (sp, size);
   }
   pthread_cond_destroy (&cache->loaded);
   pthread_mutex_destroy (&cache->lock);
@@ -357,7 +390,7 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
   e = new_entry_locked (cache, owner, frame_no, size);
   if (e == NULL) {
     pthread_mutex_unlock (&cache->lock);
-    free (reuse);
+    buffer_free (reuse, size);
     ad_error_set (err, ENOMEM, "cache: out of memory");
     return NULL;
   }
@@ -366,6 +399,23 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
   *created = true;
   pthread_mutex_unlock (&cache->lock);
   return e;
+}
+
+void
+ad_cache_reserve (struct ad_cache *cache, uint64_t bytes)
+{
+  pthread_mutex_lock (&cache->lock);
+  make_room_locked (cache, bytes);
+  cache->bytes += bytes;
+  pthread_mutex_unlock (&cache->lock);
+}
+
+void
+ad_cache_unreserve (struct ad_cache *cache, uint64_t bytes)
+{
+  pthread_mutex_lock (&cache->lock);
+  cache->bytes -= bytes;
+  pthread_mutex_unlock (&cache->lock);
 }
 
 int
@@ -379,7 +429,7 @@ ad_cache_alloc (struct ad_cache *cache, struct ad_cache_entry *e,
   pthread_mutex_unlock (&cache->lock);
   if (e->data)
     return 0;
-  e->data = malloc (e->size ? e->size : 1);
+  e->data = buffer_alloc (e->size);
   if (e->data == NULL)
     return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for a "
                          "frame", e->size);
@@ -594,7 +644,7 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
     buf = take_spare_locked (cache, size);
     pthread_mutex_unlock (&cache->lock);
     if (buf == NULL)
-      buf = malloc (size ? size : 1);
+      buf = buffer_alloc (size);
     if (buf == NULL)
       return;
     memcpy (buf, data, size);
@@ -611,7 +661,7 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
   e = new_entry_locked (cache, owner, frame_no, size);
   if (e == NULL) {
     pthread_mutex_unlock (&cache->lock);
-    free (buf);
+    buffer_free (buf, size);
     return;
   }
   if (zero) {

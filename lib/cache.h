@@ -99,6 +99,12 @@ extern struct ad_cache_entry *ad_cache_acquire (struct ad_cache *cache,
                                                 uint64_t frame_no,
                                                 size_t size, bool *created,
                                                 struct ad_error *err);
+/* Count memory used outside the cache (a decode's input and state)
+ * against its size while it is used, evicting to make room.
+ */
+extern void ad_cache_reserve (struct ad_cache *cache, uint64_t bytes);
+extern void ad_cache_unreserve (struct ad_cache *cache, uint64_t bytes);
+
 extern int ad_cache_alloc (struct ad_cache *cache,
                            struct ad_cache_entry *entry,
                            struct ad_error *err);

@@ -195,6 +195,9 @@ get_spill (struct ad_export *exp, struct ad_error *err)
 #define JOB_MAX_INPUT (16 * 1024 * 1024ULL)
 #define JOB_MAX_FRAMES 64
 
+/* What a decoder holds besides its input and output, at most. */
+#define DECODER_MEM (8 * 1024 * 1024ULL)
+
 struct job {
   struct ad_export *exp;
   bool ahead;                   /* Read-ahead (nobody waits yet). */
@@ -277,18 +280,30 @@ run_job (void *arg)
   struct ad_export *exp = job->exp;
   struct window w = { job->input, job->input_off, job->input_len };
   struct ad_source src;
+  uint64_t largest = 0, reserved;
   size_t i;
 
   memset (&src, 0, sizeof src);
   src.pread = window_pread;
   src.opaque = &w;
   src.size = job->source_size;
+  /* The decode's own memory (its input, and decoder state of about
+   * the frame's size, up to an 8 MiB dictionary) counts against the
+   * cache while it runs, so that what the process holds stays near the
+   * cache size however many decodes run.
+   */
+  for (i = 0; i < job->n; i++)
+    if (job->frame[i].usize > largest)
+      largest = job->frame[i].usize;
+  reserved = job->input_cap + (largest < DECODER_MEM ? largest : DECODER_MEM);
+  ad_cache_reserve (exp->cache, reserved);
   for (i = 0; i < job->n; i++) {
     fill_entry (exp, &src, &job->frame[i], job->frame_no[i], job->entry[i]);
     ad_cache_put (exp->cache, job->entry[i]);
   }
   if (job->ahead)
     __atomic_add_fetch (&exp->readahead_frames, job->n, __ATOMIC_RELAXED);
+  ad_cache_unreserve (exp->cache, reserved);
   ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
   ad_pool_release (exp->pool);
   free (job);
@@ -358,8 +373,14 @@ struct piece {
   char *buf;                    /* Where it goes, or NULL. */
 };
 
+/* A frame this small is decoded by the reader that needs it, in its
+ * own thread: handing it to a worker would cost more than decoding it
+ * (and it needs little memory, so it takes no slot).
+ */
+#define INLINE_MAX (256 * 1024)
+
 /* Decode the pieces this reader created: in its own thread without
- * workers, else in jobs of consecutive frames.  On failure, every
+ * workers or when they are small, else in jobs of consecutive frames.  On failure, every
  * created entry not yet handed to a job is settled with the error.
  */
 static int
@@ -381,7 +402,7 @@ start_pieces (struct ad_export *exp, struct ad_source *src,
       pieces[i++].created = false;
       continue;
     }
-    if (exp->pool == NULL) {
+    if (exp->pool == NULL || pieces[i].frame.usize <= INLINE_MAX) {
       fill_entry (exp, src, &pieces[i].frame, pieces[i].frame_no,
                   pieces[i].entry);
       pieces[i++].created = false;
