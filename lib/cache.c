@@ -37,6 +37,11 @@ struct ad_cache {
    */
   struct spare *spare_head, *spare_tail;
   uint64_t spare_bytes;
+
+  /* Memory of decodes in flight (ad_cache_reserve), and the part of it
+   * counted in bytes.
+   */
+  uint64_t overhead, overhead_counted;
 };
 
 /* A spare buffer describes itself in its first bytes. */
@@ -401,12 +406,35 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
   return e;
 }
 
+/* Decodes in flight may use this much memory outside the cache before
+ * the cache gives up room for them.
+ */
+#define OVERHEAD_ALLOWANCE (24 * 1024 * 1024ULL)
+
+/* Count the part of the decodes' memory beyond the allowance in bytes. */
+static void
+account_overhead_locked (struct ad_cache *cache)
+{
+  uint64_t want = cache->overhead > OVERHEAD_ALLOWANCE
+    ? cache->overhead - OVERHEAD_ALLOWANCE : 0;
+
+  if (want > cache->overhead_counted) {
+    uint64_t more = want - cache->overhead_counted;
+
+    make_room_locked (cache, more);
+    cache->bytes += more;
+  }
+  else
+    cache->bytes -= cache->overhead_counted - want;
+  cache->overhead_counted = want;
+}
+
 void
 ad_cache_reserve (struct ad_cache *cache, uint64_t bytes)
 {
   pthread_mutex_lock (&cache->lock);
-  make_room_locked (cache, bytes);
-  cache->bytes += bytes;
+  cache->overhead += bytes;
+  account_overhead_locked (cache);
   pthread_mutex_unlock (&cache->lock);
 }
 
@@ -414,7 +442,8 @@ void
 ad_cache_unreserve (struct ad_cache *cache, uint64_t bytes)
 {
   pthread_mutex_lock (&cache->lock);
-  cache->bytes -= bytes;
+  cache->overhead -= bytes;
+  account_overhead_locked (cache);
   pthread_mutex_unlock (&cache->lock);
 }
 
