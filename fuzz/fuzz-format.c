@@ -49,6 +49,10 @@
  * mutations of an xz file never get past the first CRC check.  A custom
  * mutator therefore recomputes those CRCs after three mutations in four
  * (of xz inputs only), letting the parser see inconsistent sizes.
+ * Likewise for bzip2 inputs it rewrites each stream's combined CRC
+ * (block CRCs cover decoded data, so they stay as mutated), and one
+ * time in eight first writes a block or end-of-stream magic at a random
+ * bit offset, a false magic for the parser to merge spans across.
  */
 
 #include <config.h>
@@ -65,7 +69,20 @@
 
 #include <lzma.h>
 #include <xxhash.h>
+
+/* ASan's region check, in the ASan build only (FUZZ_SANITIZE=address,
+ * the default; see build.sh).
+ */
+#if defined (__has_feature)
+#if __has_feature (address_sanitizer)
+#define FUZZ_ASAN 1
+#endif
+#endif
+#ifdef FUZZ_ASAN
 #include <sanitizer/asan_interface.h>
+#else
+#define __asan_region_is_poisoned(p, n) ((void *) 0)
+#endif
 
 #include "format.h"
 #include "source.h"
@@ -835,6 +852,106 @@ xz_fix_crcs (unsigned char *d, size_t size)
   }
 }
 
+/* bzip2: block CRCs cover the decoded data and cannot be fixed up
+ * cheaply, but the combined CRC of each stream (after the end-of-stream
+ * magic: the block CRCs folded together) can.  Find the magics at every
+ * bit offset (a byte of the magic prefilters, as lib/bzip2.c does with
+ * two), fold the CRC after each block magic, and write the result after
+ * each end-of-stream magic, so that mutations that drop, duplicate or
+ * reorder blocks get past the combined CRC check.
+ */
+#define BZ_BLOCK_MAGIC 0x314159265359ULL
+#define BZ_EOS_MAGIC 0x177245385090ULL
+#define BZ_MASK48 ((1ULL << 48) - 1)
+
+static uint64_t
+bz_get_bits (const unsigned char *d, uint64_t pos, unsigned n)
+{
+  uint64_t v = 0;
+
+  while (n-- > 0) {
+    v = (v << 1) | ((d[pos / 8] >> (7 - pos % 8)) & 1);
+    pos++;
+  }
+  return v;
+}
+
+static void
+bz_put_bits (unsigned char *d, uint64_t pos, uint64_t v, unsigned n)
+{
+  while (n-- > 0) {
+    unsigned char bit = 0x80 >> (pos % 8);
+
+    if ((v >> n) & 1)
+      d[pos / 8] |= bit;
+    else
+      d[pos / 8] &= ~bit;
+    pos++;
+  }
+}
+
+static void
+bz_fix_crcs (unsigned char *d, size_t size)
+{
+  static bool table[256];
+  static bool table_done;
+  uint32_t combined = 0;
+  size_t i;
+
+  if (!table_done) {
+    unsigned k;
+
+    for (k = 0; k < 8; k++) {
+      table[(BZ_BLOCK_MAGIC >> (16 - k)) & 0xff] = true;
+      table[(BZ_EOS_MAGIC >> (16 - k)) & 0xff] = true;
+    }
+    table_done = true;
+  }
+  /* i is the byte holding the magic's last bit; byte i - 2 lies inside
+   * the magic whatever its bit offset.
+   */
+  for (i = 7; i < size; i++) {
+    uint64_t reg;
+    int k;
+
+    if (!table[d[i - 2]])
+      continue;
+    reg = ((uint64_t) d[i - 7] << 56) | ((uint64_t) d[i - 6] << 48) |
+      ((uint64_t) d[i - 5] << 40) | ((uint64_t) d[i - 4] << 32) |
+      ((uint64_t) d[i - 3] << 24) | ((uint64_t) d[i - 2] << 16) |
+      ((uint64_t) d[i - 1] << 8) | d[i];
+    for (k = 7; k >= 0; k--) {
+      uint64_t v = (reg >> k) & BZ_MASK48;
+      uint64_t end = (uint64_t) i * 8 + 8 - k;      /* After the magic. */
+
+      if (end + 32 > (uint64_t) size * 8)
+        continue;
+      if (v == BZ_BLOCK_MAGIC)
+        combined = ((combined << 1) | (combined >> 31)) ^
+          (uint32_t) bz_get_bits (d, end, 32);
+      else if (v == BZ_EOS_MAGIC) {
+        bz_put_bits (d, end, combined, 32);
+        combined = 0;
+      }
+    }
+  }
+}
+
+/* bzip2: overwrite 48 bits at a random bit offset with a block or an
+ * end-of-stream magic, as chance (or an attacker) may put inside a
+ * block: the false magics that lib/bzip2.c merges spans across.
+ */
+static void
+bz_insert_magic (unsigned char *d, size_t size, unsigned seed)
+{
+  uint64_t nbits = (uint64_t) size * 8;
+
+  if (nbits < 48)
+    return;
+  bz_put_bits (d, (seed >> 4) % (nbits - 48 + 1),
+               seed & 8 ? BZ_EOS_MAGIC : BZ_BLOCK_MAGIC, 48);
+}
+
 size_t LLVMFuzzerMutate (uint8_t *data, size_t size, size_t max_size);
 
 size_t
@@ -848,6 +965,13 @@ LLVMFuzzerCustomMutator (uint8_t *data, size_t size, size_t max_size,
       (FUZZ_FORMAT == AD_FORMAT_XZ ||
        (size >= 6 && memcmp (data, xz_magic, 6) == 0)))
     xz_fix_crcs (data, size);
+  if (FUZZ_FORMAT == AD_FORMAT_BZIP2 ||
+      (size >= 3 && memcmp (data, "BZh", 3) == 0)) {
+    if (seed % 8 == 1)
+      bz_insert_magic (data, size, seed);
+    if (seed % 4 != 0)
+      bz_fix_crcs (data, size);
+  }
   return size;
 }
 

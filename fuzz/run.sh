@@ -11,8 +11,19 @@
 # Crashes, leaks and timeouts land in BUILDDIR/artifacts/TARGET/, the
 # log in BUILDDIR/logs/TARGET.log.
 #
-# Environment: FUZZ_BUILD (default fuzz/build), FUZZ_CORPUS (default
-# fuzz/corpus-TARGET), and what build.sh reads.
+# FUZZ_SANITIZE=undefined or none (see build.sh) runs a fast build,
+# for long runs that count executions; if such a run finds something,
+# its artifacts are replayed at once under the ASan build, and that
+# verdict is what counts.  Replaying (run.sh TARGET 0 FILE) uses the
+# ASan build unless FUZZ_SANITIZE says otherwise.
+#
+# FUZZ_LEDGER=FILE (e.g. fuzz/EXECUTIONS.md) appends a row for the run
+# to that executions ledger: date, target, build, seconds, executions,
+# findings.  fuzz/ledger.sh adds them up.
+#
+# Environment: FUZZ_BUILD (default fuzz/build, or fuzz/build-MODE for a
+# fast build), FUZZ_CORPUS (default fuzz/corpus-TARGET), FUZZ_LEDGER,
+# and what build.sh reads (FUZZ_SANITIZE, FUZZ_CC, ...).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +41,11 @@ case $seconds in
   ''|*[!0-9]*) echo "$usage" >&2; exit 2 ;;
 esac
 
-build=${FUZZ_BUILD:-$here/build}
+mode=${FUZZ_SANITIZE:-address}
+case $mode in
+  address) build=${FUZZ_BUILD:-$here/build} ;;
+  *) build=${FUZZ_BUILD:-$here/build-$mode} ;;
+esac
 "$here/build.sh" "$build" >&2
 build=$(cd "$build" && pwd)
 bin=$build/fuzz-$target
@@ -71,12 +86,37 @@ final_stat () {
 }
 execs=$(final_stat number_of_executed_units)
 rate=$(final_stat average_exec_per_sec)
-cov=$(grep -E '^#[0-9]+' "$log" | tail -1 |
+cov=$(grep -aE '^#[0-9]+' "$log" | tail -1 |
       grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)
 echo "fuzz-$target: ${execs:-?} executions (${rate:-?}/s)," \
      "${cov:-no coverage line}, exit $rc"
+findings=none
 if [ $rc -ne 0 ]; then
-  grep -E '^==[0-9]+==ERROR|SUMMARY:|ORACLE|^artifact_prefix|Test unit' \
+  grep -aE '^==[0-9]+==ERROR|SUMMARY:|ORACLE|^artifact_prefix|Test unit' \
        "$log" | head -20 || true
+  # The artifacts this run wrote.
+  arts=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log")
+  findings="rc $rc:"
+  [ -n "$arts" ] || findings="$findings no artifact"
+  for a in $arts; do
+    findings="$findings $(basename "$a")"
+    [ "$mode" != address ] || continue
+    echo "run.sh: replaying $a under ASan:" >&2
+    if FUZZ_SANITIZE=address FUZZ_BUILD= "$0" "$target" 0 "$a" \
+         > "$a.asan.log" 2>&1; then
+      echo "  passes under ASan (log: $a.asan.log)" >&2
+      findings="$findings (passes under ASan)"
+    else
+      echo "  fails under ASan (log: $a.asan.log):" >&2
+      grep -E '^==[0-9]+==ERROR|SUMMARY:|ORACLE' "$a.asan.log" |
+        head -5 >&2 || true
+      findings="$findings (fails under ASan too)"
+    fi
+  done
+fi
+
+if [ -n "${FUZZ_LEDGER:-}" ]; then
+  "$here/ledger.sh" add "$FUZZ_LEDGER" "$target" "$mode" "$seconds" \
+    "${execs:-0}" "${rate:-?}" "$findings"
 fi
 exit $rc

@@ -42,6 +42,12 @@
  *    libbz2 verifies the block CRC (and the combined CRC, the same
  *    number).  At most two candidates per worker wait in the queue, so
  *    memory stays at a few blocks per worker plus the read window.
+ *    Once a candidate fails for good (see "False magics" below), open
+ *    is all but certain to fail on it, so speculation stops there: no
+ *    more candidates are queued and those queued are dropped undecoded.
+ *    Step 2 decodes any span it still needs itself, so this changes
+ *    how much a corrupt image costs (a mutated image in the fuzzers
+ *    nearly always has one bad block), never the outcome.
  *
  * 2. After the workers finish, the calling thread walks the hits in file
  *    order as the stream grammar says: a header "BZh1".."BZh9" whose
@@ -195,9 +201,24 @@ struct bz_block {
   uint8_t zero;
 };
 
+/* Spare memory for libbz2 (see "libbz2's memory" below). */
+#define ARENA_SLOTS 3
+/* Before each block: its size, keeping 16-byte alignment. */
+#define ARENA_HEADER 16
+
+struct bz_arena {
+  pthread_mutex_t *lock;        /* NULL if only one thread uses it. */
+  void *spare[ARENA_SLOTS];     /* Freed blocks (headers), or NULL. */
+};
+
 struct bz_priv {
   struct bz_block *blocks;
   size_t n;
+  /* libbz2's memory for the decoders (see "libbz2's memory" below);
+   * every decoder is freed before the index is closed.
+   */
+  pthread_mutex_t arena_lock;
+  struct bz_arena arena;
 };
 
 /* The result of decoding one rewrapped block. */
@@ -339,12 +360,109 @@ bz_strerror (int ret)
   }
 }
 
+/*----------------------------------------------------------------------
+ * libbz2's memory.
+ *
+ * Every BZ2_bzDecompressInit allocates its state (about 64 KiB), and
+ * the first block header then allocates the inverse BWT array, level *
+ * 400000 bytes (3.6 MB for -9), freed again by BZ2_bzDecompressEnd.
+ * The sizing pass decodes one candidate after another, and every frame
+ * read starts a new decoder, so these two allocations repeat for every
+ * block.  An arena keeps the last few freed blocks and hands them out
+ * again when the same size is asked for (libbz2 asks for only these two
+ * sizes in its fast mode).  It is used by one thread at a time (a
+ * worker's own), or behind a mutex (the index's, shared by decoders).
+ * libbz2 does not expect zeroed memory.
+ */
+
+static void *
+arena_alloc (void *opaque, int items, int size)
+{
+  struct bz_arena *a = opaque;
+  unsigned char *p = NULL;
+  size_t n, i;
+
+  if (items < 0 || size < 0 ||
+      (size > 0 && (size_t) items > (SIZE_MAX - ARENA_HEADER) / size))
+    return NULL;
+  n = (size_t) items * size;
+  if (a->lock)
+    pthread_mutex_lock (a->lock);
+  for (i = 0; i < ARENA_SLOTS; i++) {
+    size_t have;
+
+    if (a->spare[i] == NULL)
+      continue;
+    memcpy (&have, a->spare[i], sizeof have);
+    if (have == n) {
+      p = a->spare[i];
+      a->spare[i] = NULL;
+      break;
+    }
+  }
+  if (a->lock)
+    pthread_mutex_unlock (a->lock);
+  if (p == NULL) {
+    p = malloc (ARENA_HEADER + n);
+    if (p == NULL)
+      return NULL;
+    memcpy (p, &n, sizeof n);
+  }
+  return p + ARENA_HEADER;
+}
+
+static void
+arena_free (void *opaque, void *ptr)
+{
+  struct bz_arena *a = opaque;
+  unsigned char *p;
+  size_t i;
+
+  if (ptr == NULL)
+    return;
+  p = (unsigned char *) ptr - ARENA_HEADER;
+  if (a->lock)
+    pthread_mutex_lock (a->lock);
+  for (i = 0; i < ARENA_SLOTS; i++)
+    if (a->spare[i] == NULL) {
+      a->spare[i] = p;
+      p = NULL;
+      break;
+    }
+  if (a->lock)
+    pthread_mutex_unlock (a->lock);
+  free (p);
+}
+
+/* Free the spare blocks (when nobody uses the arena any more). */
+static void
+arena_release (struct bz_arena *a)
+{
+  size_t i;
+
+  for (i = 0; i < ARENA_SLOTS; i++) {
+    free (a->spare[i]);
+    a->spare[i] = NULL;
+  }
+}
+
+/* Make s use the arena a (before BZ2_bzDecompressInit). */
+static void
+use_arena (bz_stream *s, struct bz_arena *a)
+{
+  s->bzalloc = arena_alloc;
+  s->bzfree = arena_free;
+  s->opaque = a;
+}
+
 /* Decode a rewrapped one-block stream of a block of nbits bits,
- * counting its output in scratch.  Fills r; never fails otherwise.
+ * counting its output in scratch, with libbz2's memory from arena.
+ * Fills r; never fails otherwise.
  */
 static void
 decode_rewrapped (const unsigned char *in, size_t inlen, uint64_t nbits,
-                  int level, unsigned char *scratch, struct decode_result *r)
+                  int level, unsigned char *scratch, struct bz_arena *arena,
+                  struct decode_result *r)
 {
   bz_stream s;
   uint64_t total_in;
@@ -358,6 +476,7 @@ decode_rewrapped (const unsigned char *in, size_t inlen, uint64_t nbits,
     return;
   }
   memset (&s, 0, sizeof s);
+  use_arena (&s, arena);
   ret = BZ2_bzDecompressInit (&s, 0, 0);
   if (ret != BZ_OK) {
     r->bzret = ret;
@@ -420,31 +539,48 @@ struct pool {
   size_t qhead, qlen, qcap;
   int stop;                     /* No more jobs will come. */
   int abort;                    /* Drop queued jobs undecoded. */
+  int failed;                   /* A candidate failed for good. */
   pthread_t *threads;
   unsigned nthreads;
-  unsigned char *inline_scratch; /* When no thread could be started. */
+  /* When no thread could be started, jobs run on the calling thread. */
+  unsigned char *inline_scratch;
+  struct bz_arena inline_arena;
 };
 
-static void
-run_job (struct job *job, unsigned char *scratch, int abort)
+/* Decode a job's candidate and record the result in its hit.  With
+ * abort, drop it undecoded: the hit goes back to SPEC_NONE, so that
+ * parse_streams decodes the span itself if it turns out to need it.
+ * Returns 1 if the candidate failed for good: it failed having read
+ * only its own bits, so no merge can save it, and open will fail on it
+ * when the stream grammar reaches it (which it almost always does).
+ */
+static int
+run_job (struct job *job, unsigned char *scratch, struct bz_arena *arena,
+         int abort)
 {
   struct decode_result r;
+  int failed = 0;
 
-  if (abort || scratch == NULL) {
-    job->hit->bzret = abort ? BZ_SEQUENCE_ERROR : BZ_MEM_ERROR;
+  if (abort)
+    job->hit->status = SPEC_NONE;
+  else if (scratch == NULL) {
+    job->hit->bzret = BZ_MEM_ERROR;
     job->hit->status = SPEC_FAIL;
+    failed = 1;
   }
   else {
     decode_rewrapped (job->buf, job->len, job->nbits, job->level, scratch,
-                      &r);
+                      arena, &r);
     job->hit->status = r.ok ? SPEC_OK : SPEC_FAIL;
     job->hit->need_more = r.need_more;
     job->hit->bzret = r.bzret;
     job->hit->usize = r.usize;
     job->hit->zero = r.zero;
+    failed = !r.ok && (!r.need_more || r.bzret == BZ_MEM_ERROR);
   }
   free (job->buf);
   free (job);
+  return failed;
 }
 
 static void *
@@ -452,6 +588,7 @@ worker (void *arg)
 {
   struct pool *pool = arg;
   unsigned char *scratch = malloc (SCRATCH_SIZE);
+  struct bz_arena arena = { .lock = NULL };
 
   for (;;) {
     struct job *job;
@@ -467,11 +604,16 @@ worker (void *arg)
     job = pool->queue[pool->qhead];
     pool->qhead = (pool->qhead + 1) % pool->qcap;
     pool->qlen--;
-    abort = pool->abort;
+    abort = pool->abort || pool->failed;
     pthread_cond_signal (&pool->nonfull);
     pthread_mutex_unlock (&pool->lock);
-    run_job (job, scratch, abort);
+    if (run_job (job, scratch, &arena, abort)) {
+      pthread_mutex_lock (&pool->lock);
+      pool->failed = 1;
+      pthread_mutex_unlock (&pool->lock);
+    }
   }
+  arena_release (&arena);
   free (scratch);
   return NULL;
 }
@@ -506,11 +648,32 @@ pool_start (struct pool *pool, unsigned nthreads, struct ad_error *err)
   return 0;
 }
 
+/* Has a candidate failed for good?  Then speculation stops: the
+ * calling thread queues no more jobs and the workers drop those queued
+ * (see run_job), since open is about to fail.  Parsing still decodes
+ * whatever span it reaches without a result, so an early stop never
+ * changes the outcome, only how much work a corrupt image costs.
+ */
+static int
+pool_failed (struct pool *pool)
+{
+  int failed;
+
+  if (pool->nthreads == 0)
+    return pool->failed;
+  pthread_mutex_lock (&pool->lock);
+  failed = pool->failed;
+  pthread_mutex_unlock (&pool->lock);
+  return failed;
+}
+
 static void
 pool_push (struct pool *pool, struct job *job)
 {
   if (pool->nthreads == 0) {
-    run_job (job, pool->inline_scratch, 0);
+    if (run_job (job, pool->inline_scratch, &pool->inline_arena,
+                 pool->failed))
+      pool->failed = 1;
     return;
   }
   pthread_mutex_lock (&pool->lock);
@@ -540,13 +703,14 @@ pool_finish (struct pool *pool, int abort)
     pthread_join (pool->threads[i], NULL);
   /* Only possible with no threads, when nothing is ever queued. */
   while (pool->qlen > 0) {
-    run_job (pool->queue[pool->qhead], NULL, 1);
+    run_job (pool->queue[pool->qhead], NULL, NULL, 1);
     pool->qhead = (pool->qhead + 1) % pool->qcap;
     pool->qlen--;
   }
   free (pool->queue);
   free (pool->threads);
   free (pool->inline_scratch);
+  arena_release (&pool->inline_arena);
   pthread_mutex_destroy (&pool->lock);
   pthread_cond_destroy (&pool->nonempty);
   pthread_cond_destroy (&pool->nonfull);
@@ -631,6 +795,7 @@ struct bz_open {
   int cur_level;                /* Level of the last header seen. */
 
   unsigned char *scratch;       /* For synchronous decodes. */
+  struct bz_arena arena;        /* Likewise. */
 };
 
 /* Record the magics that end in the byte at file offset pos, given reg,
@@ -757,7 +922,7 @@ queue_span (struct bz_open *st, struct bz_hit *h, uint64_t end_bit,
   struct job *job;
 
   h->job_level = level;
-  if (nbits > MAX_BLOCK_CSIZE (level) * 8) {
+  if (nbits > MAX_BLOCK_CSIZE (level) * 8 || pool_failed (&st->pool)) {
     h->status = SPEC_NONE;
     return 0;
   }
@@ -914,7 +1079,8 @@ decode_span_sync (struct bz_open *st, uint64_t start_bit, uint64_t end_bit,
     return -1;
   }
   rewrap (buf, buf + 4, start_bit % 8, nbits, level, crc);
-  decode_rewrapped (buf, rewrap_size (nbits), nbits, level, st->scratch, r);
+  decode_rewrapped (buf, rewrap_size (nbits), nbits, level, st->scratch,
+                    &st->arena, r);
   free (buf);
   return 0;
 }
@@ -1083,6 +1249,31 @@ parse_streams (struct bz_open *st, struct bz_block **blocks_out,
   return -1;
 }
 
+/* Does the image lack the header "BZh1".."BZh9" followed by a block or
+ * end-of-stream magic at offset 0 (which parse_streams requires)?
+ * Returns 1 with the error filled if it does, or if it could not be
+ * read, else 0.
+ */
+static int
+bad_first_header (struct ad_source *src, struct ad_error *err)
+{
+  unsigned char h[10];
+  uint64_t magic;
+
+  if (src->size >= sizeof h) {
+    if (ad_source_pread (src, h, sizeof h, 0, err) == -1)
+      return 1;
+    magic = ((uint64_t) ad_be32 (h + 4) << 16) | ((h[8] << 8) | h[9]);
+    if (h[0] == 'B' && h[1] == 'Z' && h[2] == 'h' &&
+        h[3] >= '1' && h[3] <= '9' &&
+        (magic == BLOCK_MAGIC || magic == EOS_MAGIC))
+      return 0;
+  }
+  ad_error_set (err, EIO, "no stream header (\"BZh1\"..\"BZh9\" followed "
+                "by a block or end-of-stream magic) at offset 0");
+  return 1;
+}
+
 static unsigned
 thread_count (const struct ad_index *idx)
 {
@@ -1118,6 +1309,13 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
    */
   st.hits.max = src->size / 12 + 16;
 
+  /* Without a stream header at offset 0 open fails whatever follows:
+   * say so before the sizing pass decodes anything.  (parse_streams
+   * would report the same, after decoding every candidate.)
+   */
+  if (src->size > 0 && bad_first_header (src, err))
+    goto out;
+
   if (pool_start (&st.pool, thread_count (idx), err) == -1) {
     pool_finish (&st.pool, 1);
     goto out;
@@ -1140,6 +1338,8 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   }
   priv->blocks = blocks;
   priv->n = nblocks;
+  pthread_mutex_init (&priv->arena_lock, NULL);
+  priv->arena.lock = &priv->arena_lock;
   blocks = NULL;
   idx->priv = priv;
   idx->size = total;
@@ -1165,6 +1365,7 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   free (blocks);
   free (st.win);
   free (st.scratch);
+  arena_release (&st.arena);
   hit_table_free (&st.hits);
   return r;
 }
@@ -1176,6 +1377,8 @@ bzip2_close (struct ad_index *idx)
 
   if (priv) {
     free (priv->blocks);
+    arena_release (&priv->arena);
+    pthread_mutex_destroy (&priv->arena_lock);
     free (priv);
     idx->priv = NULL;
   }
@@ -1187,6 +1390,7 @@ bzip2_close (struct ad_index *idx)
 
 struct bz_decoder {
   struct bz_block block;
+  struct bz_arena *arena;       /* The index's. */
   uint64_t coff, csize;
   unsigned char *buf;           /* The rewrapped stream. */
   bz_stream strm;
@@ -1214,6 +1418,7 @@ bzip2_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
   if (d == NULL)
     return ad_error_set (err, ENOMEM, "calloc: %m");
   d->block = *b;
+  d->arena = &priv->arena;
   d->coff = frame->coff;
   d->csize = frame->csize;
   *decoder = d;
@@ -1246,6 +1451,7 @@ decoder_start (struct bz_decoder *d, struct ad_source *src,
       ad_be32 (d->buf + 10) != b->crc)
     return ad_error_set (err, EIO, "block magic or CRC differs from what "
                          "the index recorded (image changed?)");
+  use_arena (&d->strm, d->arena);
   ret = BZ2_bzDecompressInit (&d->strm, 0, 0);
   if (ret != BZ_OK)
     return ad_error_set (err, ret == BZ_MEM_ERROR ? ENOMEM : EIO,

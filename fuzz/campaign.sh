@@ -1,0 +1,98 @@
+#!/bin/bash
+# fuzz/campaign.sh [-s SLICE] [-t "TARGETS"] END
+#
+# A long fuzzing session that counts: runs the targets one at a time,
+# niced (nice -n 19: the fuzzers share the machine), in slices of
+# SLICE seconds (default 600), until END, which is a time of day in
+# UTC ("23:40") or a number of seconds from now.  Every run appends its
+# row to the executions ledger fuzz/EXECUTIONS.md (see ledger.sh), so
+# counts add up across sessions.
+#
+# Each round gives one slice to every target still short of the goal
+# of 10 million executions (by the ledger), the furthest from it first;
+# a target close to the goal gets only the time it needs (by its last
+# rate in the ledger, plus a quarter), the rest going to the others.
+# A target whose run finds something (crash, leak, timeout, broken
+# oracle) is left out of the following rounds; run.sh has replayed the
+# artifact under ASan already, and the ledger row names it.
+#
+# The build is the fast one (FUZZ_SANITIZE=undefined, see build.sh)
+# unless FUZZ_SANITIZE says otherwise.  Targets: -t "xz zstd gzip bzip2
+# detect" (the default).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+usage="usage: fuzz/campaign.sh [-s SLICE] [-t TARGETS] END (HH:MM UTC or seconds)"
+slice=600
+targets="xz zstd gzip bzip2 detect"
+while getopts s:t: opt; do
+  case $opt in
+    s) slice=$OPTARG ;;
+    t) targets=$OPTARG ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+end=${1:?$usage}
+case $end in
+  *:*) end_s=$(date -u -d "$end" +%s) ;;
+  *[!0-9]*|'') echo "$usage" >&2; exit 2 ;;
+  *) end_s=$(( $(date +%s) + end )) ;;
+esac
+
+export FUZZ_SANITIZE=${FUZZ_SANITIZE:-undefined}
+export FUZZ_LEDGER=$here/EXECUTIONS.md
+goal=10000000
+dropped=" "
+
+# Executions so far of target $1, by the ledger.
+total_of () {
+  "$here/ledger.sh" totals "$FUZZ_LEDGER" | awk -v t="$1" '$1 == t { print $2 }'
+}
+
+# The last rate (exec/s) of target $1 in this build, by the ledger; 0
+# if none.
+rate_of () {
+  awk -F'|' -v t="$1" -v b="$FUZZ_SANITIZE" '
+    function trim(s) { gsub(/^ +| +$/, "", s); return s }
+    NF >= 9 && trim($3) == t && trim($4) == b && trim($7) ~ /^[0-9]+$/ {
+      r = trim($7)
+    }
+    END { print r + 0 }' "$FUZZ_LEDGER"
+}
+
+while :; do
+  # This round: the targets short of the goal, fewest executions first.
+  round=$(for t in $targets; do
+            case $dropped in *" $t "*) continue ;; esac
+            n=$(total_of "$t")
+            [ "${n:-0}" -lt $goal ] && echo "${n:-0} $t"
+          done | sort -n | awk '{ print $2 }')
+  [ -n "$round" ] || { echo "campaign.sh: nothing left to run" >&2; break; }
+  for t in $round; do
+    left=$(( end_s - $(date +%s) ))
+    if [ $left -lt 30 ]; then
+      echo "campaign.sh: time is up" >&2
+      "$here/ledger.sh" totals "$FUZZ_LEDGER"
+      exit 0
+    fi
+    s=$(( left < slice ? left : slice ))
+    rate=$(rate_of "$t")
+    if [ "$rate" -gt 0 ]; then
+      need=$(( ($goal - $(total_of "$t")) * 5 / 4 / rate + 30 ))
+      [ $need -lt $s ] && s=$need
+    fi
+    # A tree being edited may not build for a while: that is no finding.
+    if ! "$here/build.sh" >/dev/null 2>&1; then
+      echo "campaign.sh: the build fails; trying again in a minute" >&2
+      sleep 60
+      continue
+    fi
+    echo "campaign.sh: $(date -u +%H:%M) $t for ${s}s ($FUZZ_SANITIZE)" >&2
+    if ! nice -n 19 "$here/run.sh" "$t" "$s"; then
+      echo "campaign.sh: $t found something; left out from now on" >&2
+      dropped="$dropped$t "
+    fi
+  done
+done
+"$here/ledger.sh" totals "$FUZZ_LEDGER"
