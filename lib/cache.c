@@ -44,9 +44,12 @@ struct ad_cache {
   uint64_t overhead, overhead_counted;
 };
 
-/* A spare buffer describes itself in its first bytes. */
+/* A spare buffer.  (Not kept inside the buffer itself: leak checkers
+ * do not look inside mmapped buffers for pointers.)
+ */
 struct spare {
   struct spare *prev, *next;
+  char *buf;
   size_t size;
 };
 
@@ -144,10 +147,10 @@ trim_spares_locked (struct ad_cache *cache)
   while (cache->spare_tail &&
          cache->bytes + cache->spare_bytes > cache->max_bytes) {
     struct spare *sp = cache->spare_tail;
-    size_t size = sp->size;
 
     spare_unlink_locked (cache, sp);
-    buffer_free (sp, size);
+    buffer_free (sp->buf, sp->size);
+    free (sp);
   }
 }
 
@@ -155,14 +158,15 @@ trim_spares_locked (struct ad_cache *cache)
 static void
 give_back_locked (struct ad_cache *cache, char *data, size_t size)
 {
-  struct spare *sp = (struct spare *) data;
+  struct spare *sp;
 
   if (data == NULL)
     return;
-  if (size < SPARE_MIN) {
+  if (size < SPARE_MIN || (sp = malloc (sizeof *sp)) == NULL) {
     buffer_free (data, size);
     return;
   }
+  sp->buf = data;
   sp->size = size;
   sp->prev = NULL;
   sp->next = cache->spare_head;
@@ -185,9 +189,12 @@ take_spare_locked (struct ad_cache *cache, size_t size)
   for (sp = cache->spare_head, n = 0; sp && n < SPARE_SEARCH;
        sp = sp->next, n++)
     if (sp->size == size) {
+      char *buf = sp->buf;
+
       spare_unlink_locked (cache, sp);
+      free (sp);
       cache->stats.reused++;
-      return (char *) sp;
+      return buf;
     }
   return NULL;
 }
@@ -218,10 +225,10 @@ ad_cache_free (struct ad_cache *cache)
   }
   while (cache->spare_head) {
     struct spare *sp = cache->spare_head;
-    size_t size = sp->size;
 
     spare_unlink_locked (cache, sp);
-    buffer_free (sp, size);
+    buffer_free (sp->buf, sp->size);
+    free (sp);
   }
   pthread_cond_destroy (&cache->loaded);
   pthread_mutex_destroy (&cache->lock);
