@@ -297,35 +297,22 @@ remove_entry_locked (struct ad_cache *cache, struct ad_cache_entry *e)
 }
 
 /* Evict unreferenced entries until extra more bytes fit, or nothing is
- * left to evict.
- */
-static void
-make_room_locked (struct ad_cache *cache, uint64_t extra)
-{
-  while (cache->bytes + extra > cache->max_bytes && cache->lru_tail) {
-    remove_entry_locked (cache, cache->lru_tail);
-    cache->stats.evictions++;
-  }
-  cache->bytes += extra;
-  trim_spares_locked (cache);
-  cache->bytes -= extra;
-}
-
-/* The same for a new entry of size bytes, handing it the buffer of an
- * evicted entry of the same size if there is one: its pages are
- * already mapped, and faulting in fresh ones costs more than decoding
- * on some machines.
+ * left to evict, then free spares beyond the size.  With want_buffer
+ * (extra is then the size of a new entry), return a buffer of exactly
+ * extra bytes for it, from an evicted entry or a spare, if there is
+ * one: its pages are already mapped, and faulting in fresh ones costs
+ * more than decoding on some machines.
  */
 static char *
-make_room_reuse_locked (struct ad_cache *cache, uint64_t size)
+make_room_locked (struct ad_cache *cache, uint64_t extra, bool want_buffer)
 {
   char *reuse = NULL;
 
-  while (cache->bytes + size > cache->max_bytes && cache->lru_tail) {
+  while (cache->bytes + extra > cache->max_bytes && cache->lru_tail) {
     struct ad_cache_entry *victim = cache->lru_tail;
 
-    if (reuse == NULL && !victim->zero && victim->data &&
-        victim->size == size) {
+    if (want_buffer && reuse == NULL && !victim->zero && victim->data &&
+        victim->size == extra) {
       reuse = victim->data;
       victim->data = NULL;
       cache->stats.reused++;
@@ -333,11 +320,11 @@ make_room_reuse_locked (struct ad_cache *cache, uint64_t size)
     remove_entry_locked (cache, victim);
     cache->stats.evictions++;
   }
-  if (reuse == NULL)
-    reuse = take_spare_locked (cache, size);
-  cache->bytes += size;
+  if (want_buffer && reuse == NULL)
+    reuse = take_spare_locked (cache, extra);
+  cache->bytes += extra;
   trim_spares_locked (cache);
-  cache->bytes -= size;
+  cache->bytes -= extra;
   return reuse;
 }
 
@@ -398,7 +385,7 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
     return e;
   }
   cache->stats.misses++;
-  reuse = make_room_reuse_locked (cache, size);
+  reuse = make_room_locked (cache, size, true);
   e = new_entry_locked (cache, owner, frame_no, size);
   if (e == NULL) {
     pthread_mutex_unlock (&cache->lock);
@@ -428,7 +415,7 @@ account_overhead_locked (struct ad_cache *cache)
   if (want > cache->overhead_counted) {
     uint64_t more = want - cache->overhead_counted;
 
-    make_room_locked (cache, more);
+    make_room_locked (cache, more, false);
     cache->bytes += more;
   }
   else
@@ -660,7 +647,7 @@ put_locked (struct ad_cache *cache, struct ad_cache_entry *e, size_t consumed)
         lru_push_tail_locked (cache, e);
       else
         lru_push_head_locked (cache, e);
-      make_room_locked (cache, 0);
+      make_room_locked (cache, 0, false);
     }
   }
 }
@@ -693,7 +680,7 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
     return;
   }
   cache->stats.inserts++;
-  make_room_locked (cache, zero ? 0 : size);
+  make_room_locked (cache, zero ? 0 : size, false);
   e = new_entry_locked (cache, owner, frame_no, size);
   if (e == NULL) {
     pthread_mutex_unlock (&cache->lock);
@@ -717,14 +704,9 @@ bool
 ad_cache_contains (struct ad_cache *cache, const void *owner,
                    uint64_t frame_no)
 {
-  struct ad_cache_entry *e;
-  bool r;
+  bool zero;
 
-  pthread_mutex_lock (&cache->lock);
-  e = lookup_locked (cache, owner, frame_no);
-  r = e && e->state == ENTRY_READY;
-  pthread_mutex_unlock (&cache->lock);
-  return r;
+  return ad_cache_peek (cache, owner, frame_no, &zero);
 }
 
 void

@@ -360,6 +360,16 @@ fits_job (const struct job *job, const struct ad_frame *b)
     b->coff + b->csize - first->coff <= JOB_MAX_INPUT;
 }
 
+static void
+job_add (struct job *job, const struct ad_frame *frame, size_t frame_no,
+         struct ad_cache_entry *entry)
+{
+  job->frame[job->n] = *frame;
+  job->frame_no[job->n] = frame_no;
+  job->entry[job->n] = entry;
+  job->n++;
+}
+
 /* A piece of a request: one frame, the entry that holds it (in-memory
  * frames), and what the reader wants from it.
  */
@@ -380,8 +390,9 @@ struct piece {
 #define INLINE_MAX (256 * 1024)
 
 /* Decode the pieces this reader created: in its own thread without
- * workers or when they are small, else in jobs of consecutive frames.  On failure, every
- * created entry not yet handed to a job is settled with the error.
+ * workers or when they are small, else in jobs of consecutive frames.
+ * On failure, every created entry not yet handed to a job is settled
+ * with the error.
  */
 static int
 start_pieces (struct ad_export *exp, struct ad_source *src,
@@ -417,11 +428,8 @@ start_pieces (struct ad_export *exp, struct ad_source *src,
     for (k = i; k < n && pieces[k].created; k++) {
       if (job->n > 0 && !fits_job (job, &pieces[k].frame))
         break;
-      job->frame[job->n] = pieces[k].frame;
-      job->frame_no[job->n] = pieces[k].frame_no;
-      job->entry[job->n] = pieces[k].entry;
       ad_cache_ref (exp->cache, pieces[k].entry);
-      job->n++;
+      job_add (job, &pieces[k].frame, pieces[k].frame_no, pieces[k].entry);
       pieces[k].created = false;
     }
     i = k;
@@ -430,6 +438,16 @@ start_pieces (struct ad_export *exp, struct ad_source *src,
       r = -1;
   }
   return r;
+}
+
+/* Is frame f within the read-ahead window that starts at uoff (and
+ * small enough for the cache)?
+ */
+static bool
+wanted_ahead (const struct ad_export *exp, const struct ad_frame *f,
+              uint64_t uoff)
+{
+  return f->uoff < uoff + exp->readahead && f->usize <= AD_LARGE_FRAME;
 }
 
 /* Decode frames ahead of a sequential reader, from frame_no on, until
@@ -449,7 +467,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
     bool created;
 
     ad_index_get_frame (exp->idx, frame_no, &f);
-    if (f.uoff >= uoff + exp->readahead || f.usize > AD_LARGE_FRAME)
+    if (!wanted_ahead (exp, &f, uoff))
       break;
     if (!ad_pool_acquire (exp->pool, false))
       break;
@@ -464,7 +482,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
       struct ad_cache_entry *e;
 
       ad_index_get_frame (exp->idx, frame_no, &f);
-      if (f.uoff >= uoff + exp->readahead || f.usize > AD_LARGE_FRAME ||
+      if (!wanted_ahead (exp, &f, uoff) ||
           (job->n > 0 && !fits_job (job, &f)))
         break;
       e = ad_cache_acquire (exp->cache, exp, frame_no, f.usize, &created,
@@ -478,10 +496,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
           break;
         continue;
       }
-      job->frame[job->n] = f;
-      job->frame_no[job->n] = frame_no - 1;
-      job->entry[job->n] = e;
-      job->n++;
+      job_add (job, &f, frame_no - 1, e);
     }
     if (job->n == 0) {
       free (job);

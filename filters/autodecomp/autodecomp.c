@@ -115,6 +115,17 @@ parse_size_param (const char *key, const char *value, uint64_t min,
 }
 
 static int
+parse_bool_param (const char *value, bool *out)
+{
+  int r = nbdkit_parse_bool (value);
+
+  if (r == -1)
+    return -1;
+  *out = r;
+  return 0;
+}
+
+static int
 autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                    const char *key, const char *value)
 {
@@ -163,22 +174,10 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     readahead = u;
     return 0;
   }
-  else if (strcmp (key, "autodecomp-progressive") == 0) {
-    int r = nbdkit_parse_bool (value);
-
-    if (r == -1)
-      return -1;
-    progressive = r;
-    return 0;
-  }
-  else if (strcmp (key, "autodecomp-verify-offsets") == 0) {
-    int r = nbdkit_parse_bool (value);
-
-    if (r == -1)
-      return -1;
-    verify_offsets = r;
-    return 0;
-  }
+  else if (strcmp (key, "autodecomp-progressive") == 0)
+    return parse_bool_param (value, &progressive);
+  else if (strcmp (key, "autodecomp-verify-offsets") == 0)
+    return parse_bool_param (value, &verify_offsets);
   else
     return next (nxdata, key, value);
 }

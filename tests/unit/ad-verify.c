@@ -32,16 +32,7 @@
 #include "format.h"
 #include "cache.h"
 #include "export.h"
-
-static uint64_t
-rnd (uint64_t *s)
-{
-  /* splitmix64 */
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
+#include "splitmix.h"
 
 static int
 check (struct ad_export *exp, struct ad_reader *reader,

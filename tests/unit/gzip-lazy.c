@@ -44,31 +44,22 @@
 #include "format.h"
 #include "cache.h"
 #include "export.h"
+#include "splitmix.h"
 
+/* A source that fails some reads, in front of the file's own. */
 struct flaky {
-  int fd;
+  struct ad_source file;
   unsigned percent;             /* Reads that fail, 0 to stop. */
   uint64_t fail_at;             /* Or fail only this read (from 1). */
   uint64_t seed;
   uint64_t reads, failures;
 };
 
-static uint64_t
-rnd (uint64_t *s)
-{
-  /* splitmix64 */
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
 static int
 flaky_pread (void *opaque, void *buf, size_t count, uint64_t offset,
              struct ad_error *err)
 {
   struct flaky *f = opaque;
-  char *p = buf;
 
   f->reads++;
   if ((f->percent && rnd (&f->seed) % 100 < f->percent) ||
@@ -77,15 +68,7 @@ flaky_pread (void *opaque, void *buf, size_t count, uint64_t offset,
     return ad_error_set (err, EIO, "injected EIO at offset %" PRIu64,
                          offset);
   }
-  while (count > 0) {
-    ssize_t r = pread (f->fd, p, count, offset);
-    if (r <= 0)
-      return ad_error_set (err, EIO, "pread at offset %" PRIu64, offset);
-    p += r;
-    count -= r;
-    offset += r;
-  }
-  return 0;
+  return f->file.pread (f->file.opaque, buf, count, offset, err);
 }
 
 static int read_all (struct ad_export *exp, struct ad_source *src,
@@ -226,7 +209,7 @@ main (int argc, char *argv[])
   struct stat st;
   const char *orig;
   uint64_t osize, decodes, pass_reads, k, max_runs = UINT64_MAX;
-  int ofd, c;
+  int fd, ofd, c;
 
   ad_options_init (&opts);
   while ((c = getopt (argc, argv, "s:p:k:")) != -1) {
@@ -245,13 +228,14 @@ main (int argc, char *argv[])
   }
   percent = fl.percent;
   fl.percent = 0;               /* Open without errors. */
-  fl.fd = open (argv[optind], O_RDONLY);
+  fd = open (argv[optind], O_RDONLY);
   ofd = open (argv[optind + 1], O_RDONLY);
-  if (fl.fd == -1 || ofd == -1) {
+  if (fd == -1 || ofd == -1) {
     perror ("open");
     return 2;
   }
-  fstat (fl.fd, &st);
+  fstat (fd, &st);
+  ad_source_init_fd (&fl.file, fd, st.st_size);
   memset (&src, 0, sizeof src);
   src.pread = flaky_pread;
   src.opaque = &fl;
