@@ -52,6 +52,7 @@ ad_export_open (struct ad_source *src, enum ad_format format,
   exp->format = format;
   exp->cache = cache;
   pthread_mutex_init (&exp->lock, NULL);
+  pthread_cond_init (&exp->jobs_done, NULL);
   if (format == AD_FORMAT_RAW) {
     exp->size = src->size;
     return exp;
@@ -70,11 +71,17 @@ ad_export_free (struct ad_export *exp)
 {
   if (exp == NULL)
     return;
+  /* Read-ahead jobs may outlive the reader that started them. */
+  pthread_mutex_lock (&exp->lock);
+  while (exp->jobs > 0)
+    pthread_cond_wait (&exp->jobs_done, &exp->lock);
+  pthread_mutex_unlock (&exp->lock);
   if (exp->cache)
     ad_cache_drop_owner (exp->cache, exp);
   ad_spill_free (exp->spill);
   free (exp->decoded_once);
   ad_index_free (exp->idx);
+  pthread_cond_destroy (&exp->jobs_done);
   pthread_mutex_destroy (&exp->lock);
   free (exp);
 }
@@ -246,6 +253,25 @@ publish_progress (void *opaque, uint64_t done)
   ad_cache_progress (p->cache, p->entry, done);
 }
 
+/* A job holds its export: ad_export_free waits for the last one. */
+static void
+job_begin (struct ad_export *exp)
+{
+  pthread_mutex_lock (&exp->lock);
+  exp->jobs++;
+  pthread_mutex_unlock (&exp->lock);
+}
+
+/* The job's last touch of exp. */
+static void
+job_end (struct ad_export *exp)
+{
+  pthread_mutex_lock (&exp->lock);
+  if (--exp->jobs == 0)
+    pthread_cond_broadcast (&exp->jobs_done);
+  pthread_mutex_unlock (&exp->lock);
+}
+
 /* Decode one frame into its LOADING entry and settle the entry. */
 static void
 fill_entry (struct ad_export *exp, struct ad_source *src,
@@ -307,6 +333,7 @@ run_job (void *arg)
   ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
   ad_pool_release (exp->pool);
   free (job);
+  job_end (exp);
 }
 
 /* Read the job's input and hand it to a worker; the job holds a slot
@@ -321,6 +348,7 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
   size_t i;
 
   job->exp = exp;
+  job_begin (exp);
   job->source_size = src->size;
   job->input_off = job->frame[0].coff;
   job->input_len = last->coff + last->csize - job->input_off;
@@ -343,6 +371,7 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
   ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
   ad_pool_release (exp->pool);
   free (job);
+  job_end (exp);
   return -1;
 }
 

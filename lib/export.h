@@ -36,6 +36,8 @@ struct ad_export {
 
   pthread_mutex_t lock;
   struct ad_spill *spill;       /* Created at the first large read. */
+  unsigned jobs;                /* Decode jobs in flight (under lock). */
+  pthread_cond_t jobs_done;     /* Signalled when jobs drops to 0. */
 
   /* Set by the caller after ad_export_open (all optional). */
   struct ad_pool *pool;         /* Decode workers (not owned); NULL:
@@ -85,6 +87,9 @@ extern struct ad_export *ad_export_open (struct ad_source *src,
                                          const struct ad_options *opts,
                                          struct ad_cache *cache,
                                          struct ad_error *err);
+/* Free the export once the decode jobs it started have finished (the
+ * caller makes sure no reader uses it any more).
+ */
 extern void ad_export_free (struct ad_export *exp);
 
 /* Read uncompressed bytes; [offset, offset + count) must be within the

@@ -85,6 +85,7 @@
 #define CHECKSUM_SIZE 4
 
 #define CHUNK_SIZE (8 * 1024 * 1024)       /* Sequential reads. */
+#define WALK_CHUNK (1024 * 1024)           /* Reads of the frame walk. */
 #define WHOLE_READ_MAX (16 * 1024 * 1024)  /* Frames read in one go. */
 #define MAX_SKIPPABLE_HOPS 1024            /* Probing without a buffer. */
 #define DCTX_POOL_MAX 16                   /* Decoder contexts kept. */
@@ -1358,7 +1359,7 @@ open_walk (struct ad_index *idx, struct ad_source *src,
   pthread_cond_init (&pool.cond, NULL);
   pool.nthreads = threads;
   pool.max_frame = idx->opts.max_frame;
-  w.alloc = src->size < CHUNK_SIZE ? src->size : CHUNK_SIZE;
+  w.alloc = src->size < WALK_CHUNK ? src->size : WALK_CHUNK;
   if (w.alloc < 64)
     w.alloc = 64;
   pool.buffer_size = w.alloc;

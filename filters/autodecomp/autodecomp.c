@@ -45,16 +45,39 @@ static int64_t readahead = -1;          /* -1: from the cache size. */
 static struct ad_cache *cache;
 static struct ad_pool *pool;
 
-/* Exports, by name, built by the first connection that needs them. */
+/* Exports, by name, opened by the first connection that needs them
+ * and shared by every connection to the same name.  Opening one (a
+ * bzip2 sizing pass can take seconds) holds only that export's lock,
+ * so connections to other exports go on meanwhile.
+ *
+ * An export lives while connections use it, and after that among the
+ * MAX_IDLE_EXPORTS most recently used idle ones, so that reconnecting
+ * does not index the image again while a server with many names (file
+ * dir=) does not keep them all.  If the plugin reports a different
+ * size for the image than when the export was opened, the image has
+ * changed: the export leaves the list (the connections using it keep
+ * it until they close) and the next connection opens a new one.
+ */
+#define MAX_IDLE_EXPORTS 16
+
 struct named_export {
   char *name;
+  pthread_mutex_t open_lock;    /* Held while the image is opened. */
+  bool opened;                  /* Then exp or failed is set. */
   struct ad_export *exp;        /* NULL if the image could not be opened. */
   char *failed;                 /* Then why (not a failure below). */
   uint64_t compressed_size;
+  /* Under exports_lock: */
+  unsigned users;               /* Connections holding it. */
+  uint64_t last_used;           /* export_clock when last released. */
+  bool listed;                  /* In exports (else freed by the last user). */
   struct named_export *next;
 };
 static pthread_mutex_t exports_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct named_export *exports;
+static uint64_t export_clock;
+
+static void release_export (struct named_export *e);
 
 struct handle {
   char *exportname;
@@ -69,32 +92,35 @@ autodecomp_load (void)
 }
 
 static void
+free_export (struct named_export *e)
+{
+  struct ad_index *idx = e->exp ? e->exp->idx : NULL;
+
+  if (idx)
+    nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
+                  "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
+                  "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
+                  "frames, %" PRIu64 " bytes decoded into the spill file",
+                  e->name, idx->frames_decoded, e->exp->readahead_frames,
+                  e->exp->zero_probes, idx->indexed, idx->size,
+                  idx->nframes, ad_spill_total (e->exp->spill));
+  ad_export_free (e->exp);
+  pthread_mutex_destroy (&e->open_lock);
+  free (e->failed);
+  free (e->name);
+  free (e);
+}
+
+static void
 autodecomp_unload (void)
 {
   struct named_export *e, *next;
 
   for (e = exports; e; e = next) {
-    struct ad_index *idx = e->exp ? e->exp->idx : NULL;
-
     next = e->next;
-    if (e->exp == NULL) {
-      free (e->failed);
-      free (e->name);
-      free (e);
-      continue;
-    }
-    if (idx)
-      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
-                    "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
-                    "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
-                    "frames, %" PRIu64 " bytes decoded into the spill file",
-                    e->name, idx->frames_decoded, e->exp->readahead_frames,
-                    e->exp->zero_probes, idx->indexed, idx->size,
-                    idx->nframes, ad_spill_total (e->exp->spill));
-    ad_export_free (e->exp);
-    free (e->name);
-    free (e);
+    free_export (e);
   }
+  exports = NULL;
   ad_cache_free (cache);
 }
 
@@ -277,6 +303,8 @@ autodecomp_close (void *handle)
 {
   struct handle *h = handle;
 
+  if (h->export)
+    release_export (h->export);
   ad_reader_destroy (&h->reader);
   free (h->exportname);
   free (h);
@@ -358,40 +386,30 @@ warn_if_not_seekable (struct named_export *e)
                 "it with %s", ad_format_name (e->exp->format), largest, fix);
 }
 
-static struct named_export *
-build_export (nbdkit_next *next, const char *name)
+/* Open the image into e (under e->open_lock).  On failure the error
+ * is logged; a failure of the image itself is remembered in e, so that
+ * later connections do not pay for the same pass again, while a
+ * failure of the plugin below leaves e unopened for the next one to
+ * try again.
+ */
+static int
+open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
 {
-  struct named_export *e;
   struct ad_source src;
   struct ad_error err;
-  int64_t size;
 
-  size = next->get_size (next);
-  if (size == -1)
-    return NULL;
-  e = calloc (1, sizeof *e);
-  if (e == NULL || (e->name = strdup (name)) == NULL) {
-    nbdkit_error ("autodecomp: out of memory");
-    free (e);
-    return NULL;
-  }
   e->compressed_size = size;
   source_of_next (&src, next, size);
   ad_error_clear (&err);
   e->exp = ad_export_open (&src, format_param, &options, cache, &err);
   if (e->exp == NULL) {
     nbdkit_error ("autodecomp: %s", err.msg);
-    /* Remember what is wrong with the image itself, so that later
-     * connections do not pay for the same pass again; a failure of the
-     * plugin below is not remembered.
-     */
     if (!err.transient && err.errnum != ENOMEM &&
         (e->failed = strdup (err.msg)) != NULL)
-      return e;
-    free (e->name);
-    free (e);
-    return NULL;
+      e->opened = true;
+    return -1;
   }
+  e->opened = true;
   e->exp->on_decode = log_decode;
   e->exp->on_decode_opaque = e;
   e->exp->pool = pool;
@@ -400,13 +418,98 @@ build_export (nbdkit_next *next, const char *name)
   e->exp->readahead = readahead;
   nbdkit_debug ("autodecomp: export '%s': %s, %" PRIu64 " bytes from %"
                 PRIu64 " compressed, %zu frames indexed%s, "
-                "%" PRIu64 " reads below", name,
+                "%" PRIu64 " reads below", e->name,
                 ad_format_name (e->exp->format), e->exp->size, e->compressed_size,
                 e->exp->idx ? ad_index_nframes (e->exp->idx) : 0,
                 e->exp->idx && !ad_index_complete (e->exp->idx)
                 ? " so far" : "", src.reads);
   warn_if_not_seekable (e);
+  return 0;
+}
+
+/* The listed export called name, created (unopened) if there is none,
+ * with one more user.
+ */
+static struct named_export *
+acquire_export (const char *name)
+{
+  struct named_export *e;
+
+  pthread_mutex_lock (&exports_lock);
+  for (e = exports; e; e = e->next)
+    if (strcmp (e->name, name) == 0)
+      break;
+  if (e == NULL) {
+    e = calloc (1, sizeof *e);
+    if (e == NULL || (e->name = strdup (name)) == NULL) {
+      pthread_mutex_unlock (&exports_lock);
+      free (e);
+      nbdkit_error ("autodecomp: out of memory");
+      return NULL;
+    }
+    pthread_mutex_init (&e->open_lock, NULL);
+    e->listed = true;
+    e->next = exports;
+    exports = e;
+  }
+  e->users++;
+  pthread_mutex_unlock (&exports_lock);
   return e;
+}
+
+static void
+unlist_locked (struct named_export *e)
+{
+  struct named_export **p;
+
+  for (p = &exports; *p; p = &(*p)->next)
+    if (*p == e) {
+      *p = e->next;
+      e->listed = false;
+      return;
+    }
+}
+
+/* One user fewer.  Frees e if it has left the list and this was its
+ * last user, and the least recently used idle exports beyond
+ * MAX_IDLE_EXPORTS.
+ */
+static void
+release_export (struct named_export *e)
+{
+  struct named_export *doomed = NULL, *p, *oldest;
+  unsigned idle;
+
+  pthread_mutex_lock (&exports_lock);
+  e->users--;
+  e->last_used = ++export_clock;
+  if (!e->listed && e->users == 0) {
+    e->next = doomed;
+    doomed = e;
+  }
+  for (;;) {
+    idle = 0;
+    oldest = NULL;
+    for (p = exports; p; p = p->next)
+      if (p->users == 0) {
+        idle++;
+        if (oldest == NULL || p->last_used < oldest->last_used)
+          oldest = p;
+      }
+    if (idle <= MAX_IDLE_EXPORTS)
+      break;
+    unlist_locked (oldest);
+    oldest->next = doomed;
+    doomed = oldest;
+  }
+  pthread_mutex_unlock (&exports_lock);
+
+  /* Outside the lock: freeing waits for the export's decode jobs. */
+  while (doomed) {
+    p = doomed->next;
+    free_export (doomed);
+    doomed = p;
+  }
 }
 
 static int
@@ -414,47 +517,48 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
   struct named_export *e;
+  int64_t size;
+  bool failed_before = false, ok;
 
   /* nbdkit checks our reads below against the size of this
    * connection's context, which it learns only when asked for it.
    */
-  if (next->get_size (next) == -1)
+  size = next->get_size (next);
+  if (size == -1)
     return -1;
 
-  pthread_mutex_lock (&exports_lock);
-  for (e = exports; e; e = e->next)
-    if (strcmp (e->name, h->exportname) == 0)
+  for (;;) {
+    e = acquire_export (h->exportname);
+    if (e == NULL)
+      return -1;
+    pthread_mutex_lock (&e->open_lock);
+    if (!e->opened || e->compressed_size == (uint64_t) size)
       break;
-  if (e == NULL) {
-    e = build_export (next, h->exportname);
-    if (e) {
-      e->next = exports;
-      exports = e;
-    }
+    /* The image has changed since this export was opened. */
+    pthread_mutex_unlock (&e->open_lock);
+    nbdkit_debug ("autodecomp: export '%s' is now %" PRIi64 " bytes, was %"
+                  PRIu64 ": opening it again", h->exportname, size,
+                  e->compressed_size);
+    pthread_mutex_lock (&exports_lock);
+    if (e->listed)
+      unlist_locked (e);
+    pthread_mutex_unlock (&exports_lock);
+    release_export (e);
   }
-  else if (e->exp == NULL) {
-    /* The image failed to open before.  Say why again, unless it has
-     * changed size since (then it is a new image: forget the failure).
-     */
-    if ((int64_t) e->compressed_size == next->get_size (next))
+  if (e->opened)
+    failed_before = e->exp == NULL;
+  else
+    open_export (e, next, size);
+  ok = e->exp != NULL;
+  pthread_mutex_unlock (&e->open_lock);
+
+  if (!ok) {
+    if (failed_before)
       nbdkit_error ("autodecomp: %s (as when an earlier connection opened "
                     "this export)", e->failed);
-    else {
-      struct named_export *fresh = build_export (next, h->exportname);
-
-      if (fresh) {
-        free (e->failed);
-        e->failed = fresh->failed;
-        e->exp = fresh->exp;
-        e->compressed_size = fresh->compressed_size;
-        free (fresh->name);
-        free (fresh);
-      }
-    }
-  }
-  pthread_mutex_unlock (&exports_lock);
-  if (e == NULL || e->exp == NULL)
+    release_export (e);
     return -1;
+  }
   h->export = e;
   return 0;
 }
