@@ -240,6 +240,17 @@ window_pread (void *opaque, void *buf, size_t count, uint64_t offset,
   return 0;
 }
 
+static const void *
+window_map (void *opaque, uint64_t offset, size_t count)
+{
+  struct window *w = opaque;
+
+  if (offset < w->off || offset - w->off > w->len ||
+      count > w->len - (offset - w->off))
+    return NULL;
+  return w->buf + (offset - w->off);
+}
+
 struct progress_ctx {
   struct ad_cache *cache;
   struct ad_cache_entry *entry;
@@ -311,6 +322,7 @@ run_job (void *arg)
 
   memset (&src, 0, sizeof src);
   src.pread = window_pread;
+  src.map = window_map;
   src.opaque = &w;
   src.size = job->source_size;
   /* The decode's own memory (its input, and decoder state of about

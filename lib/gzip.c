@@ -1657,13 +1657,16 @@ dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
   if (clen > ONE_READ_MAX || clen < MEMBER_MIN ||
       d->f.coff > src->size || clen > src->size - d->f.coff)
     return 0;
-  d->in = malloc (clen);
-  if (d->in == NULL)
-    return 0;
-  d->in_alloc = clen;
-  if (ad_source_pread (src, d->in, clen, d->f.coff, err) == -1)
-    return -1;
-  p = d->in;
+  p = ad_source_map (src, d->f.coff, clen);  /* In place, no copy. */
+  if (p == NULL) {
+    d->in = malloc (clen);
+    if (d->in == NULL)
+      return 0;
+    d->in_alloc = clen;
+    if (ad_source_pread (src, d->in, clen, d->f.coff, err) == -1)
+      return -1;
+    p = d->in;
+  }
   if (parse_header (p, clen < HEADER_MAX ? clen : HEADER_MAX, d->f.coff, &h,
                     &scratch) == -1 ||
       clen - h.len < 2 + TRAILER_SIZE)

@@ -30,6 +30,15 @@ ad_source_pread (struct ad_source *src, void *buf, size_t count,
   return 0;
 }
 
+const void *
+ad_source_map (struct ad_source *src, uint64_t offset, size_t count)
+{
+  if (src->map == NULL || count == 0 ||
+      offset > src->size || count > src->size - offset)
+    return NULL;
+  return src->map (src->opaque, offset, count);
+}
+
 static int
 fd_pread (void *opaque, void *buf, size_t count, uint64_t offset,
           struct ad_error *err)

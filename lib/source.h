@@ -28,6 +28,12 @@ struct ad_source {
   void *opaque;
   uint64_t size;                /* Size of the compressed image. */
 
+  /* Optional: the bytes [offset, offset + count) where they already
+   * lie in memory that stays valid while the source lives, or NULL
+   * (then pread them).  Decoders use it to read their input in place.
+   */
+  const void *(*map) (void *opaque, uint64_t offset, size_t count);
+
   /* Statistics, updated atomically by ad_source_pread. */
   uint64_t reads;
   uint64_t bytes_read;
@@ -38,6 +44,12 @@ struct ad_source {
  */
 extern int ad_source_pread (struct ad_source *src, void *buf, size_t count,
                             uint64_t offset, struct ad_error *err);
+
+/* The bytes [offset, offset + count) in place, if the source can map
+ * them (see map above), else NULL.  Not counted as a read.
+ */
+extern const void *ad_source_map (struct ad_source *src, uint64_t offset,
+                                  size_t count);
 
 /* Sources over a file descriptor and over memory, for tools, tests and
  * fuzzers.  Neither owns what it wraps.

@@ -528,6 +528,17 @@ read_chunk (struct xz_decoder *d, struct ad_source *src, struct ad_error *err)
 
   if (len == 0)
     return ad_error_set (err, EIO, "block is empty");
+  /* The whole Block in place: no copy. */
+  if (d->in == NULL) {
+    const void *p = ad_source_map (src, d->next, left);
+
+    if (p) {
+      d->strm.next_in = p;
+      d->strm.avail_in = left;
+      d->next += left;
+      return 0;
+    }
+  }
   if (d->in == NULL) {
     d->in = malloc (len);
     if (d->in == NULL)

@@ -313,6 +313,22 @@ dec_fill (struct zstd_decoder *d, struct ad_source *src, size_t want,
 
   if (avail >= want || d->next == d->cend)
     return 0;
+  if (d->in == NULL) {
+    /* The whole frame in place, no copy; else a buffer. */
+    const void *p = ad_source_map (src, d->next, d->cend - d->next);
+
+    if (p) {
+      d->inb.src = p;
+      d->inb.size = d->cend - d->next;
+      d->inb.pos = 0;
+      d->next = d->cend;
+      return 0;
+    }
+    d->in = malloc (d->in_alloc);
+    if (d->in == NULL)
+      return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for "
+                           "compressed data: %m", d->in_alloc);
+  }
   if (avail > 0)
     memmove (d->in, d->in + d->inb.pos, avail);
   n = d->in_alloc - avail;
@@ -343,10 +359,8 @@ dec_new (struct zstd_priv *priv, const struct ad_frame *frame,
   d->coff = d->next = frame->coff;
   d->cend = frame->coff + frame->csize;
   d->in_alloc = frame->csize <= WHOLE_READ_MAX ? frame->csize : CHUNK_SIZE;
-  d->in = malloc (d->in_alloc);
   d->dctx = get_dctx (priv);
-  if (d->in == NULL || d->dctx == NULL) {
-    free (d->in);
+  if (d->dctx == NULL) {
     put_dctx (priv, d->dctx);
     free (d);
     return ad_error_set (err, ENOMEM, "out of memory for the decoder");
@@ -403,7 +417,7 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
 
   if (dec_fill (d, src, FRAME_HEADER_MAX, err) == -1)
     return -1;
-  p = d->in + d->inb.pos;
+  p = (const unsigned char *) d->inb.src + d->inb.pos;
   avail = d->inb.size - d->inb.pos;
   offset = dec_offset (d);
 
@@ -488,7 +502,8 @@ dec_frame_end (struct zstd_decoder *d, struct ad_source *src,
   if (!d->has_sum || !d->frame_checksum)
     return 0;
   if (d->inb.pos >= CHECKSUM_SIZE)
-    memcpy (tail, d->in + d->inb.pos - CHECKSUM_SIZE, CHECKSUM_SIZE);
+    memcpy (tail, (const unsigned char *) d->inb.src + d->inb.pos -
+            CHECKSUM_SIZE, CHECKSUM_SIZE);
   else if (ad_source_pread (src, tail, CHECKSUM_SIZE, end - CHECKSUM_SIZE,
                             err) == -1)
     return -1;
