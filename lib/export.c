@@ -481,6 +481,22 @@ start_pieces (struct ad_export *exp, struct ad_source *src,
   return r;
 }
 
+/* How far ahead of a reader to decode, for frames of usize bytes:
+ * enough to keep every worker busy with a job while the reader
+ * consumes one more, and at most exp->readahead.  More would only
+ * hold decoded frames that nobody reads yet: memory that is touched
+ * for the first time (slow on some VMs) and taken from the cache
+ * (nbdcopy reads through four connections, each its own reader).
+ */
+static uint64_t
+readahead_window (const struct ad_export *exp, uint64_t usize)
+{
+  uint64_t unit = usize > JOB_MAX_OUTPUT ? usize : JOB_MAX_OUTPUT;
+  uint64_t window = (ad_pool_threads (exp->pool) + 2) * unit;
+
+  return window < exp->readahead ? window : exp->readahead;
+}
+
 /* Is frame f within the read-ahead window that starts at uoff (and
  * small enough for the cache)?
  */
@@ -488,7 +504,8 @@ static bool
 wanted_ahead (const struct ad_export *exp, const struct ad_frame *f,
               uint64_t uoff)
 {
-  return f->uoff < uoff + exp->readahead && f->usize <= AD_LARGE_FRAME;
+  return f->uoff < uoff + readahead_window (exp, f->usize) &&
+    f->usize <= AD_LARGE_FRAME;
 }
 
 /* Decode frames ahead of a sequential reader, from frame_no on, until
