@@ -1,0 +1,447 @@
+/* autodecomp: sizing bzip2 blocks without libbz2.
+ *
+ * Opening a bzip2 image decodes every block once, only to learn how
+ * many bytes it holds (bzip2 records no sizes) and that its CRC
+ * matches.  libbz2 spends most of that time in two places: its Huffman
+ * decoder, which reads a code a bit at a time, and its output stage,
+ * which copies every byte out.  This file decodes a block the same way
+ * but counts instead of writing: Huffman codes come from a 10-bit
+ * lookup table, the inverse BWT is walked exactly as libbz2 walks it
+ * (its "fast" mode), and the initial run-length coding (RLE1) is undone
+ * as a count of bytes per run, with the CRC updated for each byte.
+ *
+ * It only ever answers "yes, this many bytes, CRC matched".  Anything
+ * unusual (a randomised block, an over-subscribed code, a field
+ * out of range, a CRC mismatch, a block that does not end exactly where
+ * the next magic starts) makes it answer "don't know", and the caller
+ * decodes that block with libbz2 as before, which then explains what
+ * is wrong.  So its job is to be right when it says yes: the walk over
+ * the block is libbz2's, step for step, and the CRC over the bytes it
+ * counted must match the block's, which a wrong count or a wrong byte
+ * would not (but for a chance of 2^-32; and a frame whose decode by
+ * libbz2 later disagrees with the index fails, it is never served).
+ *
+ * Block layout after the 48-bit magic (bits most significant first):
+ * blockCRC (32), randomised (1), origPtr (24), the map of bytes used
+ * (16 bits, then 16 bits for each range marked), nGroups (3, 2..6),
+ * nSelectors (15), the selectors (unary, move-to-front coded), for
+ * each group its code lengths (5 bits, then deltas), then the symbols:
+ * RUNA/RUNB (runs of the front byte, in bijective base 2), move-to-
+ * front indices plus one, and end of block.
+ */
+
+#include <config.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "bzip2-size.h"
+
+#define MAX_GROUPS 6
+#define MAX_ALPHA 258
+#define MAX_SELECTORS 18002     /* libbz2 ignores selectors beyond. */
+#define MAX_CODE_LEN 20
+#define GROUP_SIZE 50
+#define LOOKUP_BITS 10
+#define RUNA 0
+#define RUNB 1
+
+/* The bzip2 CRC: CRC-32, polynomial 0x04c11db7, most significant bit
+ * first (not reflected, unlike zlib's).
+ */
+static uint32_t crc_table[256];
+
+static void __attribute__ ((constructor))
+init_crc_table (void)
+{
+  uint32_t i, j, c;
+
+  for (i = 0; i < 256; i++) {
+    c = i << 24;
+    for (j = 0; j < 8; j++)
+      c = c & 0x80000000 ? (c << 1) ^ 0x04c11db7 : c << 1;
+    crc_table[i] = c;
+  }
+}
+
+/* A bit reader over [0, limit) bits of p.  Past the end it reads zeros
+ * and keeps counting, so callers check pos against limit where it
+ * matters (a code made only of zero bits still ends).
+ */
+struct bits {
+  const unsigned char *p;
+  size_t nbytes;
+  size_t next;                  /* Next byte to load. */
+  uint64_t buf;                 /* Bits, left aligned. */
+  unsigned count;               /* Valid bits in buf. */
+  uint64_t pos;                 /* Bits consumed. */
+  uint64_t limit;
+};
+
+static inline void
+refill (struct bits *b)
+{
+  while (b->count <= 56) {
+    uint64_t byte = b->next < b->nbytes ? b->p[b->next] : 0;
+
+    b->next++;
+    b->buf |= byte << (56 - b->count);
+    b->count += 8;
+  }
+}
+
+/* Peek at n bits (1 <= n <= 32, after refill). */
+static inline uint32_t
+peek (const struct bits *b, unsigned n)
+{
+  return b->buf >> (64 - n);
+}
+
+static inline void
+skip (struct bits *b, unsigned n)
+{
+  b->buf <<= n;
+  b->count -= n;
+  b->pos += n;
+}
+
+static inline uint32_t
+get (struct bits *b, unsigned n)
+{
+  uint32_t v;
+
+  refill (b);
+  v = peek (b, n);
+  skip (b, n);
+  return v;
+}
+
+/* One group's canonical Huffman code. */
+struct code {
+  uint32_t lookup[1 << LOOKUP_BITS];  /* symbol << 5 | length, or 0. */
+  uint32_t first[MAX_CODE_LEN + 2];   /* First code of each length. */
+  uint32_t count[MAX_CODE_LEN + 2];   /* Codes of each length. */
+  uint32_t offset[MAX_CODE_LEN + 2];  /* Index of it in perm. */
+  uint16_t perm[MAX_ALPHA];           /* Symbols by (length, value). */
+};
+
+/* Build the code from lengths 1..20.  bzip2 assigns codes canonically
+ * (by length, then by symbol), as here.  A code may be incomplete
+ * (lbzip2 writes such tables): a bit string that starts no code is
+ * then an error, for libbz2 as here.  An over-subscribed code is left
+ * to libbz2, whose tables give such bits some meaning.
+ */
+static bool
+build_code (struct code *c, const uint8_t *len, unsigned n)
+{
+  uint32_t code = 0, idx = 0, kraft = 0;
+  unsigned l, i;
+
+  memset (c->count, 0, sizeof c->count);
+  for (i = 0; i < n; i++)
+    c->count[len[i]]++;
+  for (l = 1; l <= MAX_CODE_LEN; l++)
+    kraft += c->count[l] << (MAX_CODE_LEN - l);
+  if (kraft > 1u << MAX_CODE_LEN)
+    return false;
+  for (l = 1; l <= MAX_CODE_LEN; l++) {
+    c->first[l] = code;
+    c->offset[l] = idx;
+    for (i = 0; i < n; i++)
+      if (len[i] == l)
+        c->perm[idx++] = i;
+    code = (code + c->count[l]) << 1;
+  }
+  memset (c->lookup, 0, sizeof c->lookup);
+  for (l = 1; l <= LOOKUP_BITS; l++)
+    for (i = 0; i < c->count[l]; i++) {
+      uint32_t v = c->first[l] + i, lo = v << (LOOKUP_BITS - l);
+      uint32_t hi = (v + 1) << (LOOKUP_BITS - l), k;
+
+      for (k = lo; k < hi; k++)
+        c->lookup[k] = (uint32_t) c->perm[c->offset[l] + i] << 5 | l;
+    }
+  return true;
+}
+
+/* Decode one symbol, or return MAX_ALPHA if the bits start no code. */
+static inline unsigned
+decode_symbol (struct bits *b, const struct code *c)
+{
+  uint32_t e, v;
+  unsigned l;
+
+  refill (b);
+  e = c->lookup[peek (b, LOOKUP_BITS)];
+  if (e != 0) {
+    skip (b, e & 31);
+    return e >> 5;
+  }
+  for (l = LOOKUP_BITS + 1; l <= MAX_CODE_LEN; l++) {
+    v = peek (b, l);
+    if (v - c->first[l] < c->count[l]) {
+      skip (b, l);
+      return c->perm[c->offset[l] + (v - c->first[l])];
+    }
+  }
+  return MAX_ALPHA;             /* No code: an error. */
+}
+
+void
+ad_bz2_sizer_init (struct ad_bz2_sizer *s)
+{
+  s->tt = NULL;
+  s->tt_len = 0;
+}
+
+void
+ad_bz2_sizer_free (struct ad_bz2_sizer *s)
+{
+  free (s->tt);
+  s->tt = NULL;
+  s->tt_len = 0;
+}
+
+bool
+ad_bz2_block_size (struct ad_bz2_sizer *s, const unsigned char *p,
+                   uint64_t nbits, int level, uint64_t *usize, bool *zero)
+{
+  struct bits b = { .p = p, .nbytes = (nbits + 7) / 8, .limit = nbits };
+  uint32_t stored_crc, orig_ptr, nblock_max, nblock = 0;
+  unsigned char seq_to_unseq[256], mtf[256], sel_mtf[MAX_GROUPS];
+  unsigned char *selectors = NULL;
+  uint32_t unzftab[256], cftab[257];
+  unsigned n_in_use = 0, alpha, n_groups, n_selectors, i, j, t;
+  struct code *codes = NULL;
+  uint8_t len[MAX_ALPHA];
+  uint32_t *tt;
+  bool ok = false;
+
+  if (level < 1 || level > 9 || nbits < 48 + 32 + 1 + 24 + 16)
+    return false;
+  nblock_max = 100000u * level;
+  if (s->tt_len < nblock_max) {
+    free (s->tt);
+    s->tt_len = 0;
+    s->tt = malloc (nblock_max * sizeof *s->tt);
+    if (s->tt == NULL)
+      return false;
+    s->tt_len = nblock_max;
+  }
+  tt = s->tt;
+
+  get (&b, 24);                 /* The magic, checked by the caller. */
+  get (&b, 24);
+  stored_crc = get (&b, 32);
+  if (get (&b, 1))
+    return false;               /* Randomised (bzip2 0.9.0): libbz2's. */
+  orig_ptr = get (&b, 24);
+
+  /* The bytes used. */
+  {
+    uint32_t in_use16 = get (&b, 16);
+
+    for (i = 0; i < 16; i++)
+      if (in_use16 & (0x8000 >> i)) {
+        uint32_t bits16 = get (&b, 16);
+
+        for (j = 0; j < 16; j++)
+          if (bits16 & (0x8000 >> j))
+            seq_to_unseq[n_in_use++] = i * 16 + j;
+      }
+  }
+  if (n_in_use == 0)
+    return false;
+  alpha = n_in_use + 2;
+
+  n_groups = get (&b, 3);
+  n_selectors = get (&b, 15);
+  if (n_groups < 2 || n_groups > MAX_GROUPS || n_selectors < 1)
+    return false;
+  selectors = malloc (n_selectors);
+  codes = malloc (n_groups * sizeof *codes);
+  if (selectors == NULL || codes == NULL)
+    goto out;
+  for (i = 0; i < n_groups; i++)
+    sel_mtf[i] = i;
+  for (i = 0; i < n_selectors; i++) {
+    unsigned k = 0;
+    unsigned char v;
+
+    while (get (&b, 1)) {
+      if (++k >= n_groups)
+        goto out;
+    }
+    if (b.pos > b.limit)
+      goto out;
+    v = sel_mtf[k];
+    memmove (sel_mtf + 1, sel_mtf, k);
+    sel_mtf[0] = v;
+    selectors[i] = v;
+  }
+  if (n_selectors > MAX_SELECTORS)
+    n_selectors = MAX_SELECTORS;
+
+  /* The code lengths of each group. */
+  for (t = 0; t < n_groups; t++) {
+    int curr = get (&b, 5);
+
+    for (i = 0; i < alpha; i++) {
+      for (;;) {
+        if (curr < 1 || curr > MAX_CODE_LEN || b.pos > b.limit)
+          goto out;
+        if (!get (&b, 1))
+          break;
+        curr += get (&b, 1) ? -1 : 1;
+      }
+      len[i] = curr;
+    }
+    if (!build_code (&codes[t], len, alpha))
+      goto out;
+  }
+
+  /* The symbols: move-to-front indices and runs of the front byte. */
+  {
+    unsigned eob = n_in_use + 1, group_no = 0, group_left = 0, sym;
+    const struct code *c = NULL;
+
+    for (i = 0; i < 256; i++)
+      mtf[i] = i;
+    memset (unzftab, 0, sizeof unzftab);
+
+#define NEXT_SYMBOL()                                           \
+    do {                                                        \
+      if (group_left == 0) {                                    \
+        if (group_no >= n_selectors || b.pos > b.limit)         \
+          goto out;                                             \
+        c = &codes[selectors[group_no++]];                      \
+        group_left = GROUP_SIZE;                                \
+      }                                                         \
+      group_left--;                                             \
+      sym = decode_symbol (&b, c);                              \
+      if (sym >= alpha)                                         \
+        goto out;                                               \
+    } while (0)
+
+    NEXT_SYMBOL ();
+    for (;;) {
+      if (sym == eob)
+        break;
+      if (sym == RUNA || sym == RUNB) {
+        uint32_t es = 0, n = 1;
+        unsigned char uc;
+
+        do {
+          if (n >= 2 * 1024 * 1024)
+            goto out;
+          es += (sym == RUNA ? 1 : 2) * n;
+          n *= 2;
+          NEXT_SYMBOL ();
+        } while (sym == RUNA || sym == RUNB);
+        uc = seq_to_unseq[mtf[0]];
+        if (es > nblock_max - nblock)
+          goto out;
+        unzftab[uc] += es;
+        while (es-- > 0)
+          tt[nblock++] = uc;
+        continue;
+      }
+      else {
+        unsigned nn = sym - 1;
+        unsigned char v, uc;
+
+        if (nblock >= nblock_max)
+          goto out;
+        v = mtf[nn];
+        memmove (mtf + 1, mtf, nn);
+        mtf[0] = v;
+        uc = seq_to_unseq[v];
+        unzftab[uc]++;
+        tt[nblock++] = uc;
+        NEXT_SYMBOL ();
+      }
+    }
+#undef NEXT_SYMBOL
+  }
+  /* The block must end exactly where the next magic starts. */
+  if (b.pos != b.limit || orig_ptr >= nblock)
+    goto out;
+
+  /* The inverse BWT, as libbz2 builds it: tt[i] keeps the byte in its
+   * low 8 bits and gets the index of its successor above them.
+   */
+  cftab[0] = 0;
+  for (i = 0; i < 256; i++)
+    cftab[i + 1] = cftab[i] + unzftab[i];
+  for (i = 0; i < nblock; i++) {
+    unsigned char uc = tt[i] & 0xff;
+
+    tt[cftab[uc]] |= i << 8;
+    cftab[uc]++;
+  }
+
+  /* Walk it and undo RLE1 exactly as libbz2's unRLE_obuf_to_output_FAST
+   * does, counting instead of writing: after four equal bytes comes a
+   * count of further copies.  The walk reads one byte ahead; the block
+   * ends when that read is one past the end.
+   */
+  {
+    uint32_t tpos = tt[orig_ptr] >> 8, used = 0, crc = 0xffffffff;
+    uint64_t total = 0;
+    bool all_zero = true;
+    unsigned k0, k1, run;
+
+#define GET_BYTE(c)                                     \
+    do {                                                \
+      if (tpos >= nblock)                               \
+        goto out;                                       \
+      tpos = tt[tpos];                                  \
+      (c) = tpos & 0xff;                                \
+      tpos >>= 8;                                       \
+      used++;                                           \
+    } while (0)
+
+    GET_BYTE (k0);
+    for (;;) {
+      unsigned ch;
+
+      if (used == nblock + 1)
+        break;
+      if (used > nblock + 1)
+        goto out;               /* Four equal bytes and no count. */
+      ch = k0;
+      run = 1;
+      GET_BYTE (k1);
+      if (used != nblock + 1 && k1 == k0) {
+        run = 2;
+        GET_BYTE (k1);
+        if (used != nblock + 1 && k1 == k0) {
+          run = 3;
+          GET_BYTE (k1);
+          if (used != nblock + 1 && k1 == k0) {
+            GET_BYTE (k1);
+            run = k1 + 4;
+            GET_BYTE (k1);
+          }
+        }
+      }
+      k0 = k1;
+      total += run;
+      if (ch != 0)
+        all_zero = false;
+      while (run-- > 0)
+        crc = (crc << 8) ^ crc_table[(crc >> 24) ^ ch];
+    }
+#undef GET_BYTE
+    if (~crc != stored_crc)
+      goto out;
+    *usize = total;
+    *zero = all_zero;
+    ok = true;
+  }
+
+ out:
+  free (selectors);
+  free (codes);
+  return ok;
+}

@@ -1,0 +1,34 @@
+/* autodecomp: sizing bzip2 blocks without libbz2 (see bzip2-size.c). */
+#ifndef AUTODECOMP_BZIP2_SIZE_H
+#define AUTODECOMP_BZIP2_SIZE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Memory one thread reuses from block to block. */
+struct ad_bz2_sizer {
+  uint32_t *tt;                 /* The block, then its inverse BWT. */
+  size_t tt_len;                /* Entries allocated. */
+};
+
+extern void ad_bz2_sizer_init (struct ad_bz2_sizer *s);
+extern void ad_bz2_sizer_free (struct ad_bz2_sizer *s);
+
+/* The block whose magic starts at bit 0 of p and whose last bit is bit
+ * nbits - 1 (the bit before the next magic), of a stream of the given
+ * level ('1'..'9' as a number): decode it, count the bytes it decodes
+ * to and check its CRC.  Returns true with *usize, and *zero (every
+ * byte is zero), if it decoded, ended exactly at bit nbits and matched
+ * its CRC; false if not, or if it is a kind of block left to libbz2
+ * (randomised).  p must hold (nbits + 7) / 8 bytes.
+ *
+ * A true answer is what libbz2 would say of the same block: the same
+ * size, after the same CRC check.  A false answer says nothing: the
+ * caller decodes the block with libbz2, which says what is wrong.
+ */
+extern bool ad_bz2_block_size (struct ad_bz2_sizer *s, const unsigned char *p,
+                               uint64_t nbits, int level, uint64_t *usize,
+                               bool *zero);
+
+#endif /* AUTODECOMP_BZIP2_SIZE_H */
