@@ -403,7 +403,7 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
 /* Decodes in flight may use this much memory outside the cache before
  * the cache gives up room for them.
  */
-#define OVERHEAD_ALLOWANCE (24 * 1024 * 1024ULL)
+#define OVERHEAD_ALLOWANCE (8 * 1024 * 1024ULL)
 
 /* Count the part of the decodes' memory beyond the allowance in bytes. */
 static void

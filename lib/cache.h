@@ -100,7 +100,7 @@ extern struct ad_cache_entry *ad_cache_acquire (struct ad_cache *cache,
                                                 size_t size, bool *created,
                                                 struct ad_error *err);
 /* Memory used outside the cache (a decode's input and state) while it
- * is used: beyond an allowance of 24 MiB for all of it, it counts
+ * is used: beyond an allowance of 8 MiB for all of it, it counts
  * against the cache's size, evicting to make room.
  */
 extern void ad_cache_reserve (struct ad_cache *cache, uint64_t bytes);
