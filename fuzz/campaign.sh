@@ -41,6 +41,10 @@ case $end in
 esac
 
 export FUZZ_SANITIZE=${FUZZ_SANITIZE:-undefined}
+# A build directory of its own for each set of targets: two campaigns
+# (one per core) building into one directory at the same moment race
+# on its files, and a failed build looks like a finding.
+export FUZZ_BUILD=${FUZZ_BUILD:-$here/build-$FUZZ_SANITIZE-$(echo $targets | tr ' ' '-')}
 export FUZZ_LEDGER=$here/EXECUTIONS.md
 goal=10000000
 dropped=" "
