@@ -9,6 +9,9 @@
  * lookup table, the inverse BWT is walked exactly as libbz2 walks it
  * (its "fast" mode), and the initial run-length coding (RLE1) is undone
  * as a count of bytes per run, with the CRC updated for each byte.
+ * Serving a read that wants a whole block uses the same decoder,
+ * writing the bytes straight into the caller's buffer
+ * (ad_bz2_block_decode), with the CRC over exactly the bytes written.
  *
  * It only ever answers "yes, this many bytes, CRC matched".  Anything
  * unusual (a randomised block, an over-subscribed code, a field
@@ -202,9 +205,30 @@ ad_bz2_sizer_free (struct ad_bz2_sizer *s)
   s->tt_len = 0;
 }
 
+static bool block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
+                          uint64_t nbits, int level, unsigned char *dst,
+                          size_t dst_len, uint64_t *usize, bool *zero);
+
 bool
 ad_bz2_block_size (struct ad_bz2_sizer *s, const unsigned char *p,
                    uint64_t nbits, int level, uint64_t *usize, bool *zero)
+{
+  return block_decode (s, p, nbits, level, NULL, 0, usize, zero);
+}
+
+bool
+ad_bz2_block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
+                     uint64_t nbits, int level, unsigned char *out,
+                     size_t out_len, uint64_t *usize, bool *zero)
+{
+  return block_decode (s, p, nbits, level, out, out_len, usize, zero);
+}
+
+/* dst NULL: count only. */
+static bool
+block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
+              uint64_t nbits, int level, unsigned char *dst, size_t dst_len,
+              uint64_t *usize, bool *zero)
 {
   struct bits b = { .p = p, .nbytes = (nbits + 7) / 8, .limit = nbits };
   uint32_t stored_crc, orig_ptr, nblock_max, nblock = 0;
@@ -426,6 +450,14 @@ ad_bz2_block_size (struct ad_bz2_sizer *s, const unsigned char *p,
         }
       }
       k0 = k1;
+      if (dst) {
+        if (run > dst_len - total)
+          goto out;
+        if (run == 1)
+          dst[total] = ch;
+        else
+          memset (dst + total, ch, run);
+      }
       total += run;
       if (ch != 0)
         all_zero = false;

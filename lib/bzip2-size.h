@@ -31,4 +31,15 @@ extern bool ad_bz2_block_size (struct ad_bz2_sizer *s, const unsigned char *p,
                                uint64_t nbits, int level, uint64_t *usize,
                                bool *zero);
 
+/* The same, also writing the decoded bytes to out, which has room for
+ * out_len; false if they do not fit.  On false, out holds garbage.
+ * Since the CRC is computed over exactly the bytes written, a true
+ * answer means they are the block's bytes.
+ */
+extern bool ad_bz2_block_decode (struct ad_bz2_sizer *s,
+                                 const unsigned char *p, uint64_t nbits,
+                                 int level, unsigned char *out,
+                                 size_t out_len, uint64_t *usize,
+                                 bool *zero);
+
 #endif /* AUTODECOMP_BZIP2_SIZE_H */

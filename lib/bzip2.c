@@ -205,6 +205,9 @@ struct bz_block {
   uint8_t zero;
 };
 
+/* Block decoders kept by an index for serving reads. */
+#define SPARE_SIZERS 4
+
 /* Spare memory for libbz2 (see "libbz2's memory" below). */
 #define ARENA_SLOTS 3
 /* Before each block: its size, keeping 16-byte alignment. */
@@ -223,6 +226,11 @@ struct bz_priv {
    */
   pthread_mutex_t arena_lock;
   struct bz_arena arena;
+  /* Block decoders' memory (bzip2-size.c), kept for the next decode:
+   * up to SPARE_SIZERS, under arena_lock.
+   */
+  struct ad_bz2_sizer sizers[SPARE_SIZERS];
+  size_t nsizers;
 };
 
 /* The result of decoding one rewrapped block. */
@@ -1396,6 +1404,10 @@ bzip2_close (struct ad_index *idx)
   struct bz_priv *priv = idx->priv;
 
   if (priv) {
+    size_t i;
+
+    for (i = 0; i < priv->nsizers; i++)
+      ad_bz2_sizer_free (&priv->sizers[i]);
     free (priv->blocks);
     arena_release (&priv->arena);
     pthread_mutex_destroy (&priv->arena_lock);
@@ -1410,6 +1422,7 @@ bzip2_close (struct ad_index *idx)
 
 struct bz_decoder {
   struct bz_block block;
+  struct bz_priv *priv;
   struct bz_arena *arena;       /* The index's. */
   uint64_t coff, csize;
   unsigned char *buf;           /* The rewrapped stream. */
@@ -1438,6 +1451,7 @@ bzip2_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
   if (d == NULL)
     return ad_error_set (err, ENOMEM, "calloc: %m");
   d->block = *b;
+  d->priv = priv;
   d->arena = &priv->arena;
   d->coff = frame->coff;
   d->csize = frame->csize;
@@ -1445,7 +1459,7 @@ bzip2_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
   return 0;
 }
 
-/* Read the block's bytes in one read, rewrap them and start libbz2. */
+/* Read the block's bytes in one read and rewrap them. */
 static int
 decoder_start (struct bz_decoder *d, struct ad_source *src,
                struct ad_error *err)
@@ -1453,7 +1467,6 @@ decoder_start (struct bz_decoder *d, struct ad_source *src,
   const struct bz_block *b = &d->block;
   uint64_t nbits = b->end_bit - b->start_bit;
   unsigned shift = b->start_bit % 8;
-  int ret;
 
   /* Guaranteed by open; checked again since we allocate from it. */
   if (nbits > MAX_BLOCK_CSIZE (b->level) * 8 || nbits < MIN_BLOCK_BITS ||
@@ -1471,6 +1484,16 @@ decoder_start (struct bz_decoder *d, struct ad_source *src,
       ad_be32 (d->buf + 10) != b->crc)
     return ad_error_set (err, EIO, "block magic or CRC differs from what "
                          "the index recorded (image changed?)");
+  return 0;
+}
+
+/* Start libbz2 on the rewrapped stream. */
+static int
+decoder_start_libbz2 (struct bz_decoder *d, struct ad_error *err)
+{
+  uint64_t nbits = d->block.end_bit - d->block.start_bit;
+  int ret;
+
   use_arena (&d->strm, d->arena);
   ret = BZ2_bzDecompressInit (&d->strm, 0, 0);
   if (ret != BZ_OK)
@@ -1482,6 +1505,39 @@ decoder_start (struct bz_decoder *d, struct ad_source *src,
   return 0;
 }
 
+/* Decode the whole block into out with bzip2-size.c, with a decoder
+ * kept by the index.  True if it decoded to exactly the block's size
+ * and its CRC matched.
+ */
+static bool
+decode_whole (struct bz_decoder *d, void *out, size_t count)
+{
+  struct bz_priv *priv = d->priv;
+  struct ad_bz2_sizer s;
+  uint64_t usize;
+  bool zero, ok;
+
+  pthread_mutex_lock (&priv->arena_lock);
+  if (priv->nsizers > 0)
+    s = priv->sizers[--priv->nsizers];
+  else
+    ad_bz2_sizer_init (&s);
+  pthread_mutex_unlock (&priv->arena_lock);
+
+  ok = ad_bz2_block_decode (&s, d->buf + 4, d->block.end_bit -
+                            d->block.start_bit, d->block.level, out,
+                            count, &usize, &zero) &&
+    usize == d->block.usize;
+
+  pthread_mutex_lock (&priv->arena_lock);
+  if (priv->nsizers < SPARE_SIZERS)
+    priv->sizers[priv->nsizers++] = s;
+  else
+    ad_bz2_sizer_free (&s);
+  pthread_mutex_unlock (&priv->arena_lock);
+  return ok;
+}
+
 static ssize_t
 bzip2_decoder_read (void *decoder, struct ad_source *src, void *out,
                     size_t count, struct ad_error *err)
@@ -1491,6 +1547,19 @@ bzip2_decoder_read (void *decoder, struct ad_source *src, void *out,
   if (!d->started) {
     d->started = 1;
     if (decoder_start (d, src, err) == -1) {
+      d->done = -1;
+      return -1;
+    }
+    /* The usual read of a whole block: our own decoder, straight into
+     * out; anything it does not accept goes to libbz2.
+     */
+    if (count >= d->block.usize && decode_whole (d, out, count)) {
+      d->done = 1;
+      free (d->buf);
+      d->buf = NULL;
+      return d->block.usize;
+    }
+    if (decoder_start_libbz2 (d, err) == -1) {
       d->done = -1;
       return -1;
     }
