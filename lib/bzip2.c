@@ -205,7 +205,7 @@ struct bz_block {
   uint8_t zero;
 };
 
-/* Block decoders kept by an index for serving reads. */
+/* Block decoders kept for serving reads (process-wide). */
 #define SPARE_SIZERS 4
 
 /* Spare memory for libbz2 (see "libbz2's memory" below). */
@@ -226,12 +226,15 @@ struct bz_priv {
    */
   pthread_mutex_t arena_lock;
   struct bz_arena arena;
-  /* Block decoders' memory (bzip2-size.c), kept for the next decode:
-   * up to SPARE_SIZERS, under arena_lock.
-   */
-  struct ad_bz2_sizer sizers[SPARE_SIZERS];
-  size_t nsizers;
 };
+
+/* Block decoders' memory (bzip2-size.c, up to 3.6 MB each), kept for
+ * the next decode of any image: at most SPARE_SIZERS in the process,
+ * however many images are open.
+ */
+static pthread_mutex_t sizers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ad_bz2_sizer spare_sizers[SPARE_SIZERS];
+static size_t nspare_sizers;
 
 /* The result of decoding one rewrapped block. */
 struct decode_result {
@@ -1404,10 +1407,6 @@ bzip2_close (struct ad_index *idx)
   struct bz_priv *priv = idx->priv;
 
   if (priv) {
-    size_t i;
-
-    for (i = 0; i < priv->nsizers; i++)
-      ad_bz2_sizer_free (&priv->sizers[i]);
     free (priv->blocks);
     arena_release (&priv->arena);
     pthread_mutex_destroy (&priv->arena_lock);
@@ -1422,7 +1421,6 @@ bzip2_close (struct ad_index *idx)
 
 struct bz_decoder {
   struct bz_block block;
-  struct bz_priv *priv;
   struct bz_arena *arena;       /* The index's. */
   uint64_t coff, csize;
   unsigned char *buf;           /* The rewrapped stream. */
@@ -1451,7 +1449,6 @@ bzip2_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
   if (d == NULL)
     return ad_error_set (err, ENOMEM, "calloc: %m");
   d->block = *b;
-  d->priv = priv;
   d->arena = &priv->arena;
   d->coff = frame->coff;
   d->csize = frame->csize;
@@ -1505,36 +1502,35 @@ decoder_start_libbz2 (struct bz_decoder *d, struct ad_error *err)
   return 0;
 }
 
-/* Decode the whole block into out with bzip2-size.c, with a decoder
- * kept by the index.  True if it decoded to exactly the block's size
- * and its CRC matched.
+/* Decode the whole block into out with bzip2-size.c, with a spare
+ * decoder if there is one.  True if it decoded to exactly the block's
+ * size and its CRC matched.
  */
 static bool
 decode_whole (struct bz_decoder *d, void *out, size_t count)
 {
-  struct bz_priv *priv = d->priv;
   struct ad_bz2_sizer s;
   uint64_t usize;
   bool zero, ok;
 
-  pthread_mutex_lock (&priv->arena_lock);
-  if (priv->nsizers > 0)
-    s = priv->sizers[--priv->nsizers];
+  pthread_mutex_lock (&sizers_lock);
+  if (nspare_sizers > 0)
+    s = spare_sizers[--nspare_sizers];
   else
     ad_bz2_sizer_init (&s);
-  pthread_mutex_unlock (&priv->arena_lock);
+  pthread_mutex_unlock (&sizers_lock);
 
   ok = ad_bz2_block_decode (&s, d->buf + 4, d->block.end_bit -
                             d->block.start_bit, d->block.level, out,
                             count, &usize, &zero) &&
     usize == d->block.usize;
 
-  pthread_mutex_lock (&priv->arena_lock);
-  if (priv->nsizers < SPARE_SIZERS)
-    priv->sizers[priv->nsizers++] = s;
+  pthread_mutex_lock (&sizers_lock);
+  if (nspare_sizers < SPARE_SIZERS)
+    spare_sizers[nspare_sizers++] = s;
   else
     ad_bz2_sizer_free (&s);
-  pthread_mutex_unlock (&priv->arena_lock);
+  pthread_mutex_unlock (&sizers_lock);
   return ok;
 }
 
