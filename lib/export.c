@@ -225,21 +225,6 @@ struct window {
   size_t len;
 };
 
-static int
-window_pread (void *opaque, void *buf, size_t count, uint64_t offset,
-              struct ad_error *err)
-{
-  struct window *w = opaque;
-
-  if (offset < w->off || offset - w->off > w->len ||
-      count > w->len - (offset - w->off))
-    return ad_error_set (err, EIO, "decoder read %zu bytes at compressed "
-                         "offset %" PRIu64 ", outside its frame", count,
-                         offset);
-  memcpy (buf, w->buf + (offset - w->off), count);
-  return 0;
-}
-
 static const void *
 window_map (void *opaque, uint64_t offset, size_t count)
 {
@@ -249,6 +234,20 @@ window_map (void *opaque, uint64_t offset, size_t count)
       count > w->len - (offset - w->off))
     return NULL;
   return w->buf + (offset - w->off);
+}
+
+static int
+window_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+              struct ad_error *err)
+{
+  const void *p = window_map (opaque, offset, count);
+
+  if (p == NULL)
+    return ad_error_set (err, EIO, "decoder read %zu bytes at compressed "
+                         "offset %" PRIu64 ", outside its frame", count,
+                         offset);
+  memcpy (buf, p, count);
+  return 0;
 }
 
 struct progress_ctx {
