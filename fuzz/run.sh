@@ -115,6 +115,11 @@ if [ $rc -ne 0 ]; then
   done
 fi
 
+# A run with smaller inputs than the default says so in the ledger.
+for a in "$@"; do
+  case $a in -max_len=*) findings="$findings (inputs up to ${a#-max_len=} bytes)" ;; esac
+done
+
 if [ -n "${FUZZ_LEDGER:-}" ]; then
   "$here/ledger.sh" add "$FUZZ_LEDGER" "$target" "$mode" "$seconds" \
     "${execs:-0}" "${rate:-?}" "$findings"

@@ -138,6 +138,7 @@ static bool
 build_code (struct code *c, const uint8_t *len, unsigned n)
 {
   uint32_t code = 0, idx = 0, kraft = 0;
+  uint32_t next[MAX_CODE_LEN + 2];
   unsigned l, i;
 
   memset (c->count, 0, sizeof c->count);
@@ -149,12 +150,13 @@ build_code (struct code *c, const uint8_t *len, unsigned n)
     return false;
   for (l = 1; l <= MAX_CODE_LEN; l++) {
     c->first[l] = code;
-    c->offset[l] = idx;
-    for (i = 0; i < n; i++)
-      if (len[i] == l)
-        c->perm[idx++] = i;
+    c->offset[l] = next[l] = idx;
+    idx += c->count[l];
     code = (code + c->count[l]) << 1;
   }
+  /* Symbols by (length, value): one counting-sort pass. */
+  for (i = 0; i < n; i++)
+    c->perm[next[len[i]]++] = i;
   memset (c->lookup, 0, sizeof c->lookup);
   for (l = 1; l <= LOOKUP_BITS; l++)
     for (i = 0; i < c->count[l]; i++) {
