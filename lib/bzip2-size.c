@@ -8,7 +8,7 @@
  * but counts instead of writing: Huffman codes come from a 10-bit
  * lookup table, the inverse BWT is walked exactly as libbz2 walks it
  * (its "fast" mode), and the initial run-length coding (RLE1) is undone
- * as a count of bytes per run, with the CRC updated for each byte.
+ * as a count of bytes per run, with the CRC updated per run.
  * Serving a read that wants a whole block uses the same decoder,
  * writing the bytes straight into the caller's buffer
  * (ad_bz2_block_decode), with the CRC over exactly the bytes written.
@@ -51,11 +51,32 @@
 
 /* The bzip2 CRC: CRC-32, polynomial 0x04c11db7, most significant bit
  * first (not reflected, unlike zlib's).
+ *
+ * RLE1 turns a run of up to 259 equal bytes into 5 (compressors stop at
+ * 255: four bytes and a count of 251), so a decoded block is mostly
+ * runs, and in the zero-filled parts of a disk image nearly all of them
+ * are 255 bytes long: updating the CRC a byte at a time would be most
+ * of the work.  Runs are done four bytes at a time instead (crc_slice,
+ * the usual "slicing by 4" tables), and a run of exactly LONG_RUN in
+ * one step: the CRC is linear, so appending LONG_RUN bytes c to a CRC x
+ * gives M(x) ^ K(c), where M (x shifted through LONG_RUN zero bytes) is
+ * a table per byte of x and K(c) is the CRC of the run from zero.
  */
-static uint32_t crc_table[256];
+#define LONG_RUN 255
+static uint32_t crc_slice[4][256];
+static uint32_t crc_shift_long_run[4][256];
+static uint32_t crc_long_run[256];
+
+static uint32_t
+crc_bytes (uint32_t crc, unsigned ch, unsigned n)
+{
+  while (n-- > 0)
+    crc = (crc << 8) ^ crc_slice[0][(crc >> 24) ^ ch];
+  return crc;
+}
 
 static void __attribute__ ((constructor))
-init_crc_table (void)
+init_crc_tables (void)
 {
   uint32_t i, j, c;
 
@@ -63,8 +84,36 @@ init_crc_table (void)
     c = i << 24;
     for (j = 0; j < 8; j++)
       c = c & 0x80000000 ? (c << 1) ^ 0x04c11db7 : c << 1;
-    crc_table[i] = c;
+    crc_slice[0][i] = c;
   }
+  for (j = 1; j < 4; j++)
+    for (i = 0; i < 256; i++) {
+      c = crc_slice[j - 1][i];
+      crc_slice[j][i] = (c << 8) ^ crc_slice[0][c >> 24];
+    }
+  for (i = 0; i < 256; i++) {
+    for (j = 0; j < 4; j++)
+      crc_shift_long_run[j][i] = crc_bytes (i << (24 - 8 * j), 0, LONG_RUN);
+    crc_long_run[i] = crc_bytes (0, i, LONG_RUN);
+  }
+}
+
+uint32_t
+ad_bz2_crc_run (uint32_t crc, unsigned ch, unsigned n)
+{
+  uint32_t pattern = ch * 0x01010101u, x;
+
+  if (n == LONG_RUN)
+    return crc_shift_long_run[0][crc >> 24] ^
+      crc_shift_long_run[1][(crc >> 16) & 0xff] ^
+      crc_shift_long_run[2][(crc >> 8) & 0xff] ^
+      crc_shift_long_run[3][crc & 0xff] ^ crc_long_run[ch];
+  for (; n >= 4; n -= 4) {
+    x = crc ^ pattern;
+    crc = crc_slice[3][x >> 24] ^ crc_slice[2][(x >> 16) & 0xff] ^
+      crc_slice[1][(x >> 8) & 0xff] ^ crc_slice[0][x & 0xff];
+  }
+  return crc_bytes (crc, ch, n);
 }
 
 /* A bit reader over [0, limit) bits of p.  Past the end it reads zeros
@@ -463,8 +512,8 @@ block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
       total += run;
       if (ch != 0)
         all_zero = false;
-      while (run-- > 0)
-        crc = (crc << 8) ^ crc_table[(crc >> 24) ^ ch];
+      crc = run == 1 ? (crc << 8) ^ crc_slice[0][(crc >> 24) ^ ch]
+        : ad_bz2_crc_run (crc, ch, run);
     }
 #undef GET_BYTE
     if (~crc != stored_crc)

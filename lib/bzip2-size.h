@@ -42,4 +42,9 @@ extern bool ad_bz2_block_decode (struct ad_bz2_sizer *s,
                                  size_t out_len, uint64_t *usize,
                                  bool *zero);
 
+/* The bzip2 CRC (not reflected) crc after n more bytes ch.  The
+ * decoder uses it for every run; exported for the unit test.
+ */
+extern uint32_t ad_bz2_crc_run (uint32_t crc, unsigned ch, unsigned n);
+
 #endif /* AUTODECOMP_BZIP2_SIZE_H */
