@@ -947,7 +947,8 @@ ad_export_largest_frame (struct ad_export *exp)
     return 0;
   pthread_mutex_lock (&idx->lock);
   for (i = 0; i < idx->nframes; i++)
-    if (idx->frames[i].usize > largest)
+    if (!(idx->frames[i].flags & AD_FRAME_ZERO) &&
+        idx->frames[i].usize > largest)
       largest = idx->frames[i].usize;
   pthread_mutex_unlock (&idx->lock);
   return largest;

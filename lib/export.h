@@ -126,7 +126,10 @@ extern int ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
                                size_t count, uint64_t offset,
                                struct ad_error *err);
 
-/* The largest frame in the index, or 0 if it is not complete yet. */
+/* The largest frame in the index that holds data, or 0 if there is
+ * none yet: a frame known to be all zeros is never decoded, so its
+ * size does not matter to random reads.
+ */
 extern uint64_t ad_export_largest_frame (struct ad_export *exp);
 
 #endif /* AUTODECOMP_EXPORT_H */
