@@ -71,6 +71,14 @@ if [ $replay = yes ]; then
   exec "$bin" -rss_limit_mb=2048 -timeout=10 "$@"
 fi
 
+# Every input opens an image afresh, and the pass workers allocate and
+# free their block buffers (up to 3.6 MB each) every time: glibc then
+# hands the memory back to the kernel and faults it in again, which
+# cost more than a third of fuzz-bzip2's time.  Keeping it mapped made
+# the fast builds run about 1.6 times as many inputs per second.  (The
+# ASan build has its own allocator, which ignores this.)
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456}
+
 echo "run.sh: fuzz-$target for ${seconds}s on $corpus (log: $log)" >&2
 set +e
 "$bin" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
