@@ -81,7 +81,10 @@ while :; do
   round=$(for t in $targets; do
             case $dropped in *" $t "*) continue ;; esac
             n=$(total_of "$t")
-            [ "${n:-0}" -lt $goal ] && echo "${n:-0} $t"
+            # (An "if", not "&&": a false test as the loop's last
+            # command would fail the pipeline, and set -e would end the
+            # campaign when the last target listed has met its goal.)
+            if [ "${n:-0}" -lt $goal ]; then echo "${n:-0} $t"; fi
           done | sort -n | awk '{ print $2 }')
   [ -n "$round" ] || { echo "campaign.sh: nothing left to run" >&2; break; }
   for t in $round; do
