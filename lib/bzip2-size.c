@@ -512,8 +512,7 @@ block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
       total += run;
       if (ch != 0)
         all_zero = false;
-      crc = run == 1 ? (crc << 8) ^ crc_slice[0][(crc >> 24) ^ ch]
-        : ad_bz2_crc_run (crc, ch, run);
+      crc = run == 1 ? crc_bytes (crc, ch, 1) : ad_bz2_crc_run (crc, ch, run);
     }
 #undef GET_BYTE
     if (~crc != stored_crc)
