@@ -62,11 +62,11 @@ fi
 
 cflags="-g -O1 -fno-omit-frame-pointer -std=gnu11 -pthread
         -Wall -Wextra -Wshadow -Wno-unused-parameter ${FUZZ_CFLAGS:-}"
-libs="-llzma -lzstd -lz -ldeflate -lbz2 -lxxhash -lpthread"
+libs="-llzma -lzstd -lz -ldeflate -lisal -lbz2 -lxxhash -lpthread"
 # Limits the library lets tests lower, lowered so that small inputs
 # reach the code behind them: gzip merges spans once a sizing pass holds
-# more than MAX_WINDOWS windows (32768 by default, 1 GiB of output).
-lib_defs="-DMAX_WINDOWS=64"
+# more than MAX_SNAP_BYTES of checkpoint state (1 GiB by default).
+lib_defs="-DMAX_SNAP_BYTES=4194304"
 
 # config.h
 config_dir=

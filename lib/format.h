@@ -3,7 +3,7 @@
  * An image is a sequence of frames: pieces of the uncompressed image
  * that can be decoded on their own, given the compressed bytes at
  * [coff, coff + csize) and whatever the format keeps beside its frame
- * table (a gzip checkpoint window, the check type of an xz stream).
+ * table (a gzip checkpoint snapshot, the check type of an xz stream).
  * For xz a frame is a block, for zstd a frame, for bzip2 a block, for
  * gzip a member or the span between two checkpoints of a member.
  *

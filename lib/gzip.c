@@ -79,64 +79,64 @@
  *    CRC32 and ISIZE, and then knows the size.  Members that end before
  *    a checkpoint are whole frames; larger members are cut into spans.
  *
- * Checkpoints (the idea of zlib's examples/zran.c).  inflate (Z_BLOCK)
- * returns at every deflate block boundary; there the decoder state is
- * only the position (a byte offset and 0-7 bits of the previous byte
- * still unused) and the last 32 KiB of output (the window).  At the
- * first block boundary after gzip_span bytes of a span we record that
- * (the window from inflateGetDictionary) and start a new span.  A
- * span is decoded again later by a fresh raw inflate: inflatePrime
- * feeds the leftover bits of the byte at the checkpoint, and
- * inflateSetDictionary restores the window.  The indexing pass also
- * records each span's CRC32, and the span decoder checks its output
- * against it; spans combine (crc32_combine) to the member's CRC32,
- * which the pass verified against the trailer, so once a member is
- * indexed every read of it is verified.  A whole-member frame is
- * decoded from its header and its own trailer is checked.
+ * Checkpoints (the idea of zlib's examples/zran.c, with ISA-L's state
+ * in place of zlib's window).  The pass inflates with ISA-L's
+ * isal_inflate, whose output buffer ends exactly at each span's end:
+ * every gzip_span bytes of output.  There it copies the inflate state
+ * (see snap_size: the bit buffer, the current block's Huffman tables,
+ * the last 32 KiB of output, about 53 KiB in all) and records the file
+ * offset where the state's input goes on; that is the next span's
+ * checkpoint.  A span is decoded again later by copying the snapshot
+ * back into a fresh state and feeding it the file from that offset.
+ * (zlib can resume only at a deflate block boundary, from a bit offset
+ * and a window, and ISA-L cannot stop at one, so the checkpoints are
+ * ISA-L's own; a span is then exactly gzip_span bytes.)  The indexing
+ * pass also records each span's CRC32, and the span decoder checks its
+ * output against it; spans combine (crc32_combine) to the member's
+ * CRC32, which the pass verified against the trailer, so once a member
+ * is indexed every read of it is verified, including that a snapshot
+ * put back resumes exactly.  A whole-member frame is decoded from its
+ * header and its own trailer is checked.
  *
  * Frames.  A whole member (BGZF, or any member without checkpoints)
  * has aux = AUX_WHOLE and [coff, coff + csize) from its header to the
  * end of its trailer.  A span has aux = its checkpoint's number in
- * priv->ckpts, coff = the checkpoint's byte (the member header for a
- * member's first span), and csize up to and including the byte that
- * holds the next checkpoint's first bit, or to the end of the trailer.
- * Empty frames are not appended.
+ * priv->ckpts, coff = the checkpoint's input offset (the member header
+ * for a member's first span), and csize up to the next checkpoint's
+ * input offset plus SPAN_INPUT_SLACK bytes (see pass_checkpoint), or
+ * to the end of the trailer.  Empty frames are not appended.
  *
- * Memory: every checkpoint keeps its window (up to 32 KiB), 3% of the
- * output at the default 1 MiB span.  To bound it against files that
- * expand enormously, a sizing pass that holds more than MAX_WINDOWS
- * windows (1 GiB) merges pairs of neighbouring spans (freeing one
- * window each) and doubles its span; shape 2 knows its size up front
- * and widens the span so that it never needs more.  A deflate block
- * cannot be split, so a span can exceed gzip_span by a block's output
- * (about 4-8 MiB at most from zlib or pigz, unbounded from a hostile
- * encoder: such a frame is then refused by the max-frame check, not
- * misread).  Buffers are sized by the file (min (8 MiB, file size)),
- * so a tiny file costs little.
+ * Memory: every checkpoint keeps its snapshot (53 KiB on average,
+ * SNAP_MAX = 85 KiB at most), 5% of the output at the default 1 MiB
+ * span.  To bound it against files that expand enormously, a sizing
+ * pass that holds more than MAX_SNAP_BYTES (1 GiB) of snapshots merges
+ * pairs of neighbouring spans (freeing one snapshot each) and doubles
+ * its span; shape 2 knows its size up front and widens the span so
+ * that it never needs more.  Buffers are sized by the file (min (8
+ * MiB, file size)), so a tiny file costs little.
  *
  * Failures of the shape 2 pass are not remembered.  After an error
  * (EIO from the plugin below, ENOMEM, or bad data) the pass is marked
  * broken and the next advance rewinds it to the start of the span it
- * was decoding: the last checkpoint (inflatePrime, inflateSetDictionary,
- * as a span decoder starts) with the member's CRC32 and size so far,
- * or the start of the file while in the first span.  A transient error
- * thus costs one span of decoding again; corrupt data fails the same
- * way at every attempt.
+ * was decoding: the last checkpoint (its snapshot put back, as a span
+ * decoder starts) with the member's CRC32 and size so far, or the
+ * start of the file while in the first span.  A transient error thus
+ * costs one span of decoding again; corrupt data fails the same way at
+ * every attempt.
  *
  * Libraries.  Measured on this project's 64 MiB corpus image (CPU
- * time): zlib's inflate decodes about 300 MB/s, libdeflate and ISA-L's
- * igzip 600-700 MB/s.  A whole member (BGZF, or a member without
- * checkpoints) read whole into the caller's buffer, the usual case, is
- * decoded by libdeflate (libdeflate_deflate_decompress_ex, then its
- * CRC32 and ISIZE checked here); anything libdeflate refuses is decoded
- * again by zlib, whose error then names the problem, and partial reads
- * (the spill file) use zlib.  The indexing pass stays on zlib: it needs
- * inflate (Z_BLOCK) to stop at block boundaries to make checkpoints,
- * and spans must start at a bit offset with a window (inflatePrime,
- * inflateSetDictionary); libdeflate has no streaming interface and
- * ISA-L's isal_inflate cannot stop at a block boundary.  CRC32s of
- * output use libdeflate_crc32 (faster than zlib's crc32), which computes
- * the same CRC, so crc32_combine still applies.
+ * time, one core): zlib's inflate 0.215 s, ISA-L's isal_inflate
+ * 0.062 s, the same stopping for a snapshot every 1 MiB 0.075 s;
+ * libdeflate is about as fast as ISA-L but has no streaming interface.
+ * A whole member (BGZF, or a member without checkpoints) read whole
+ * into the caller's buffer, the usual case, is decoded by libdeflate
+ * (libdeflate_deflate_decompress_ex, then its CRC32 and ISIZE checked
+ * here); anything libdeflate refuses is decoded again by ISA-L, whose
+ * error then names the problem.  The indexing pass, spans and partial
+ * reads (the spill file) use ISA-L.  zlib remains for the trial
+ * decodes of candidate members and crc32_combine.  CRC32s of output
+ * use libdeflate_crc32 (faster than zlib's crc32), which computes the
+ * same CRC, so crc32_combine applies.
  */
 
 #include <config.h>
@@ -144,6 +144,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <string.h>
 #include <inttypes.h>
 #include <errno.h>
@@ -152,12 +153,12 @@
 
 #include <zlib.h>
 #include <libdeflate.h>
+#include <isa-l/igzip_lib.h>
 
 #include "format.h"
 
 #define CHUNK (8 * 1024 * 1024)         /* Sequential reads. */
 #define ONE_READ_MAX (16 * 1024 * 1024) /* A frame read in one go. */
-#define WINDOW_SIZE 32768               /* Deflate's window. */
 #define NAME_MAX_LEN 65536              /* FNAME, FCOMMENT incl. NUL. */
 #define HEADER_MAX (10 + 2 + 65535 + 2 * NAME_MAX_LEN + 2)
 #define TRAILER_SIZE 8
@@ -168,12 +169,17 @@
 #define TRIAL_OUTPUT (64 * 1024)
 #define TRIAL_INPUT (1024 * 1024)       /* Read per candidate member. */
 #define TRIAL_MAX_FAILURES 16
-#ifndef MAX_WINDOWS                     /* (Tests may lower it.) */
-#define MAX_WINDOWS 32768               /* 1 GiB of windows. */
+#ifndef MAX_SNAP_BYTES                  /* (The fuzz build lowers it.) */
+#define MAX_SNAP_BYTES (1ULL << 30)     /* Checkpoint state kept, total. */
 #endif
+#define SNAP_HEAD offsetof (struct inflate_state, tmp_out_buffer)
+#define SNAP_MAX sizeof (struct inflate_state)
+#define SPAN_INPUT_SLACK 8              /* See pass_checkpoint. */
 #define SPAN_SLACK (16 * 1024 * 1024)   /* Span overshoot kept for emit. */
 #define PASS_OUTPUT (1024 * 1024)       /* Output buffer, not kept. */
 #define INFLATE_MAX (1U << 30)          /* Bytes per inflate call. */
+#define TOTAL_OUT_HIGH (1U << 31)       /* See isal_call. */
+#define TOTAL_OUT_LOW (1U << 30)
 
 #define FLG_FTEXT 1
 #define FLG_FHCRC 2
@@ -187,16 +193,28 @@
 #define NO_CKPT SIZE_MAX
 
 /* A checkpoint: where a span starts.  Either a member header
- * (at_header), or a block boundary with its window.  span_crc is the
- * CRC32 of the span's output, set when the span is complete.
+ * (at_header), or a snapshot of the inflate state (see snap_take) with
+ * the file offset where its input goes on.  span_crc is the CRC32 of
+ * the span's output, set when the span is complete.
  */
 struct gz_ckpt {
-  uint64_t coff;                /* Header, or the byte with the 1st bit. */
-  unsigned char *window;
-  uint32_t wlen;
+  uint64_t coff;                /* Header, or the next input byte. */
+  unsigned char *snap;
+  uint32_t snap_len;
   uint32_t span_crc;
-  uint8_t bits;                 /* Unused bits of the byte at coff. */
   bool at_header;
+};
+
+/* Input for an inflate state: a buffer holding the file's bytes
+ * [base, base + len), read from the source up to end.  The state's
+ * next_in and avail_in point into it.
+ */
+struct gz_input {
+  unsigned char *buf;
+  size_t alloc;
+  uint64_t base;                /* File offset of buf[0]. */
+  uint64_t rpos;                /* Next file offset to read. */
+  uint64_t end;                 /* Read no further. */
 };
 
 /* The sequential inflate pass (shapes 2 and 3). */
@@ -207,12 +225,8 @@ struct gz_pass {
   uint64_t limit;               /* Shape 2: the size from the trailer. */
   uint64_t span;                /* Output per span. */
 
-  z_stream zs;
-  bool zs_init;
-  unsigned char *in;            /* Input buffer, in_alloc bytes. */
-  size_t in_alloc;              /* min (CHUNK, file size). */
-  uint64_t in_base;             /* File offset of in[0]. */
-  uint64_t rpos;                /* Next file offset to read. */
+  struct inflate_state *st;
+  struct gz_input in;           /* min (CHUNK, file size) bytes. */
 
   unsigned char *out;           /* Output: the span (keep) or a ring. */
   size_t out_alloc, out_cap, out_pos;
@@ -248,7 +262,7 @@ struct gz_priv {
   pthread_mutex_t lock;         /* Protects ckpts, nckpts, ckpts_alloc. */
   struct gz_ckpt *ckpts;
   size_t nckpts, ckpts_alloc;
-  size_t live_windows;
+  uint64_t snap_bytes;          /* Held by checkpoints. */
 
   struct gz_pass *pass;         /* Shape 2 while indexing. */
   uint64_t appended;            /* Shape 2: output covered by frames. */
@@ -361,10 +375,146 @@ parse_header (const unsigned char *p, size_t avail, uint64_t off,
                        " is truncated", off);
 }
 
-static const char *
-zmsg (z_stream *zs, int r)
+/* ISA-L's inflate.
+ *
+ * isal_inflate keeps its whole state in one public struct with no
+ * pointers into itself: the bit buffer (read_in), the current block's
+ * Huffman tables and state, a match or literals cut short by the end
+ * of the output buffer, and in tmp_out_buffer the history (at least
+ * the last 32 KiB of output once there is that much, and any output
+ * decoded but not yet delivered, tmp_out_valid - tmp_out_processed).
+ * The struct up to tmp_out_buffer plus tmp_out_valid bytes of it is
+ * therefore the decoder at any point between two calls (53 KiB on
+ * average, at most SNAP_MAX), and copying that back into a struct and
+ * pointing next_in at the same input offset goes on from there.  A
+ * snapshot only ever lives in this process's memory, so it always
+ * meets the library build that made it.
+ */
+
+static void
+isal_start (struct inflate_state *st)
 {
-  return zs->msg ? zs->msg : zError (r);
+  isal_inflate_init (st);
+  st->crc_flag = ISAL_DEFLATE;  /* Raw deflate: we check CRCs ourselves. */
+}
+
+/* ISA-L's portable C decoder checks a match's distance against
+ * total_out (plus the dictionary), a 32-bit count that wraps after
+ * 4 GiB, when a valid distance could then be refused.  (The assembly
+ * decoder chosen on this project's test machine does not: a 4.3 GB
+ * member of 20000-byte repeats decodes either way.)  total_out is only
+ * a count to it (we use ISAL_DEFLATE: no trailer check), so keep it in
+ * a range that is always above the 32 KiB window and never wraps
+ * within one call.
+ */
+static int
+isal_call (struct inflate_state *st)
+{
+  if (st->total_out > TOTAL_OUT_HIGH)
+    st->total_out = TOTAL_OUT_LOW;
+  return isal_inflate (st);
+}
+
+static const char *
+isal_msg (int r)
+{
+  switch (r) {
+  case ISAL_INVALID_BLOCK: return "invalid block";
+  case ISAL_INVALID_SYMBOL: return "invalid code";
+  case ISAL_INVALID_LOOKBACK: return "distance too far back";
+  default: return "inflate error";
+  }
+}
+
+static size_t
+snap_size (const struct inflate_state *st)
+{
+  return SNAP_HEAD + st->tmp_out_valid;
+}
+
+/* Put a snapshot back into st.  Only snapshots this file took reach
+ * here; the checks guard the copy against a damaged checkpoint table.
+ */
+static int
+snap_restore (struct inflate_state *st, const unsigned char *snap,
+              uint32_t len, uint64_t coff, struct ad_error *err)
+{
+  if (snap == NULL || len < SNAP_HEAD || len > SNAP_MAX)
+    return ad_error_set (err, EIO, "checkpoint at offset %" PRIu64
+                         " has no usable inflate state", coff);
+  memcpy (st, snap, len);
+  if (st->tmp_out_valid < 0 || (size_t) st->tmp_out_valid != len - SNAP_HEAD ||
+      st->tmp_out_processed < 0 ||
+      st->tmp_out_processed > st->tmp_out_valid)
+    return ad_error_set (err, EIO, "checkpoint at offset %" PRIu64
+                         " has an inconsistent inflate state", coff);
+  st->next_in = NULL;
+  st->avail_in = 0;
+  st->next_out = NULL;
+  st->avail_out = 0;
+  return 0;
+}
+
+/* Input buffers. */
+
+static uint64_t
+input_pos (const struct gz_input *in, const struct inflate_state *st)
+{
+  return in->base + (st->next_in - in->buf);
+}
+
+/* Make at least want bytes available at next_in, or all that is left
+ * before in->end.
+ */
+static int
+input_fill (struct gz_input *in, struct inflate_state *st,
+            struct ad_source *src, size_t want, struct ad_error *err)
+{
+  size_t n;
+
+  if (st->avail_in >= want || in->rpos >= in->end)
+    return 0;
+  in->base = input_pos (in, st);
+  if (st->avail_in > 0)
+    memmove (in->buf, st->next_in, st->avail_in);
+  st->next_in = in->buf;
+  n = in->alloc - st->avail_in;
+  if (n > in->end - in->rpos)
+    n = in->end - in->rpos;
+  if (ad_source_pread (src, in->buf + st->avail_in, n, in->rpos, err) == -1)
+    return -1;
+  in->rpos += n;
+  st->avail_in += n;
+  return 0;
+}
+
+/* Go back (or on) to file offset pos: within the buffer if it still
+ * holds it, else by reading from there at the next fill.
+ */
+static void
+input_seek (struct gz_input *in, struct inflate_state *st, uint64_t pos)
+{
+  uint64_t have_end = input_pos (in, st) + st->avail_in;
+
+  if (pos >= in->base && pos <= have_end) {
+    st->next_in = in->buf + (pos - in->base);
+    st->avail_in = have_end - pos;
+  }
+  else {
+    in->base = in->rpos = pos;
+    st->next_in = in->buf;
+    st->avail_in = 0;
+  }
+}
+
+/* Where the deflate data that st finished (ISAL_BLOCK_FINISH) ends: the
+ * state reads ahead up to 8 bytes into its bit buffer, so the first
+ * byte after the stream is read_in_length / 8 bytes before next_in.
+ */
+static uint64_t
+input_stream_end (const struct gz_input *in, const struct inflate_state *st)
+{
+  return input_pos (in, st) - st->read_in_length / 8;
 }
 
 /* Checkpoints. */
@@ -388,8 +538,7 @@ ckpt_add (struct gz_priv *priv, const struct gz_ckpt *ck, size_t *i,
   }
   *i = priv->nckpts;
   priv->ckpts[priv->nckpts++] = *ck;
-  if (ck->window)
-    priv->live_windows++;
+  priv->snap_bytes += ck->snap_len;
  out:
   pthread_mutex_unlock (&priv->lock);
   return r;
@@ -438,7 +587,7 @@ coll_append_all (struct ad_index *idx, struct gz_priv *priv, uint64_t size,
 }
 
 /* Merge pairs of neighbouring spans of the same member, freeing the
- * window of the second: halves the windows held by a sizing pass.
+ * snapshot of the second: halves the state held by a sizing pass.
  * Only during open, before any decoder exists.
  */
 static void
@@ -460,10 +609,10 @@ coll_coalesce (struct gz_priv *priv)
                                     (z_off_t) b->usize);
       a->usize += b->usize;
       a->csize = b->coff + b->csize - a->coff;
-      free (cb->window);
-      cb->window = NULL;
-      cb->wlen = 0;
-      priv->live_windows--;
+      free (cb->snap);
+      cb->snap = NULL;
+      priv->snap_bytes -= cb->snap_len;
+      cb->snap_len = 0;
       merged = true;
     }
     else {
@@ -479,30 +628,14 @@ coll_coalesce (struct gz_priv *priv)
 static uint64_t
 pass_pos (const struct gz_pass *P)
 {
-  return P->in_base + (P->zs.next_in - P->in);
+  return input_pos (&P->in, P->st);
 }
 
-/* Make at least want bytes available at next_in, or all that is left. */
 static int
 pass_fill (struct gz_pass *P, struct ad_source *src, size_t want,
            struct ad_error *err)
 {
-  size_t n;
-
-  if (P->zs.avail_in >= want || P->rpos >= src->size)
-    return 0;
-  P->in_base = pass_pos (P);
-  if (P->zs.avail_in > 0)
-    memmove (P->in, P->zs.next_in, P->zs.avail_in);
-  P->zs.next_in = P->in;
-  n = P->in_alloc - P->zs.avail_in;
-  if (n > src->size - P->rpos)
-    n = src->size - P->rpos;
-  if (ad_source_pread (src, P->in + P->zs.avail_in, n, P->rpos, err) == -1)
-    return -1;
-  P->rpos += n;
-  P->zs.avail_in += n;
-  return 0;
+  return input_fill (&P->in, P->st, src, want, err);
 }
 
 static void
@@ -510,9 +643,8 @@ pass_free (struct gz_pass *P)
 {
   if (P == NULL)
     return;
-  if (P->zs_init)
-    inflateEnd (&P->zs);
-  free (P->in);
+  free (P->st);
+  free (P->in.buf);
   free (P->out);
   free (P);
 }
@@ -523,11 +655,10 @@ pass_free (struct gz_pass *P)
  * Buffers are sized by the file, so a tiny file costs little memory.
  */
 static struct gz_pass *
-pass_new (struct ad_index *idx, bool lazy, uint64_t span,
-          unsigned char *buf, size_t n, struct ad_error *err)
+pass_new (struct ad_index *idx, struct ad_source *src, bool lazy,
+          uint64_t span, unsigned char *buf, size_t n, struct ad_error *err)
 {
   struct gz_pass *P = calloc (1, sizeof *P);
-  int r;
 
   if (P == NULL) {
     free (buf);
@@ -538,8 +669,9 @@ pass_new (struct ad_index *idx, bool lazy, uint64_t span,
   P->keep = lazy;
   P->limit = idx->size;
   P->span = span;
-  P->in = buf;
-  P->in_alloc = n;
+  P->in.buf = buf;
+  P->in.alloc = n;
+  P->in.end = src->size;
   if (lazy) {
     uint64_t cap = span + SPAN_SLACK;
     if (cap > idx->opts.max_frame)
@@ -563,22 +695,16 @@ pass_new (struct ad_index *idx, bool lazy, uint64_t span,
   if (P->out_alloc > P->out_cap)
     P->out_alloc = P->out_cap;
   P->out = malloc (P->out_alloc);
-  if (P->in == NULL || P->out == NULL) {
+  P->st = malloc (sizeof *P->st);
+  if (P->in.buf == NULL || P->out == NULL || P->st == NULL) {
     ad_error_set (err, ENOMEM, "malloc: %m");
     pass_free (P);
     return NULL;
   }
-  r = inflateInit2 (&P->zs, -15);
-  if (r != Z_OK) {
-    ad_error_set (err, r == Z_MEM_ERROR ? ENOMEM : EIO, "inflateInit2: %s",
-                  zmsg (&P->zs, r));
-    pass_free (P);
-    return NULL;
-  }
-  P->zs_init = true;
-  P->zs.next_in = P->in;
-  P->zs.avail_in = n;
-  P->rpos = n;
+  isal_start (P->st);
+  P->st->next_in = P->in.buf;
+  P->st->avail_in = n;
+  P->in.rpos = n;
   P->state = PS_HEADER;
   P->resume_ckpt = NO_CKPT;
   return P;
@@ -604,7 +730,7 @@ pass_frame (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
   }
   if (coll_push (priv, f, err) == -1)
     return -1;
-  if (priv->live_windows > MAX_WINDOWS) {
+  if (priv->snap_bytes > MAX_SNAP_BYTES) {
     coll_coalesce (priv);
     P->span *= 2;
   }
@@ -621,16 +747,16 @@ pass_skip_zeros (struct gz_pass *P, struct ad_source *src,
 
     if (pass_fill (P, src, 1, err) == -1)
       return -1;
-    if (P->zs.avail_in == 0)
+    if (P->st->avail_in == 0)
       return 0;
-    for (i = 0; i < P->zs.avail_in; i++)
-      if (P->zs.next_in[i] != 0)
+    for (i = 0; i < P->st->avail_in; i++)
+      if (P->st->next_in[i] != 0)
         return ad_error_set (err, EIO, "unexpected data (byte 0x%02x) at "
                              "offset %" PRIu64 " after the last member "
                              "(only zero padding may follow it)",
-                             P->zs.next_in[i], pass_pos (P) + i);
-    P->zs.next_in += P->zs.avail_in;
-    P->zs.avail_in = 0;
+                             P->st->next_in[i], pass_pos (P) + i);
+    P->st->next_in += P->st->avail_in;
+    P->st->avail_in = 0;
   }
 }
 
@@ -647,9 +773,9 @@ pass_member_start (struct gz_pass *P, struct ad_source *src,
   if (pass_fill (P, src, HEADER_MAX, err) == -1)
     return -1;
   pos = pass_pos (P);
-  if (P->zs.avail_in == 0)
+  if (P->st->avail_in == 0)
     return 0;
-  if (P->zs.next_in[0] == 0) {
+  if (P->st->next_in[0] == 0) {
     if (pass_skip_zeros (P, src, err) == -1)
       return -1;
     return 0;
@@ -657,16 +783,17 @@ pass_member_start (struct gz_pass *P, struct ad_source *src,
   if (P->lazy && P->members > 0)
     return ad_error_set (err, EIO, "unexpected data at offset %" PRIu64
                          " after the member", pos);
-  if (P->zs.next_in[0] != 0x1f)
+  if (P->st->next_in[0] != 0x1f)
     return ad_error_set (err, EIO, "unexpected data (byte 0x%02x) at "
                          "offset %" PRIu64 " after the last member (only "
-                         "zero padding may follow it)", P->zs.next_in[0],
+                         "zero padding may follow it)", P->st->next_in[0],
                          pos);
-  if (parse_header (P->zs.next_in, P->zs.avail_in, pos, &h, err) == -1)
+  if (parse_header (P->st->next_in, P->st->avail_in, pos, &h, err) == -1)
     return -1;
-  P->zs.next_in += h.len;
-  P->zs.avail_in -= h.len;
-  inflateReset (&P->zs);
+  P->st->next_in += h.len;
+  P->st->avail_in -= h.len;
+  isal_inflate_reset (P->st);
+  P->st->crc_flag = ISAL_DEFLATE;
 
   P->members++;
   P->member_coff = pos;
@@ -691,35 +818,33 @@ pass_close_span (struct gz_pass *P)
   P->member_usize += P->span_len;
 }
 
-/* A block boundary after enough output: end the span, start another. */
+/* The span is full: snapshot the inflate state as the next span's
+ * checkpoint and hand the span on.
+ *
+ * The span's compressed range runs from its checkpoint to where the
+ * next one's input goes on.  The state read its input ahead into its
+ * bit buffer, so every bit the span needs lies before that offset;
+ * SPAN_INPUT_SLACK bytes more (within the file) keep the range from
+ * being empty when the state already held a whole span's bits, as a
+ * small span of zeros can.
+ */
 static int
 pass_checkpoint (struct gz_priv *priv, struct ad_index *idx,
-                 struct gz_pass *P, ad_emit_fn *emit, void *opaque,
-                 struct ad_error *err)
+                 struct gz_pass *P, struct ad_source *src,
+                 ad_emit_fn *emit, void *opaque, struct ad_error *err)
 {
-  unsigned char window[WINDOW_SIZE];
   struct gz_ckpt ck;
   struct ad_frame f;
-  uInt wlen = WINDOW_SIZE;
-  uint64_t start;
+  uint64_t start, cend;
   size_t next;
-  int bits = P->zs.data_type & 7;
-  int r;
 
   memset (&ck, 0, sizeof ck);
-  ck.bits = bits;
-  ck.coff = pass_pos (P) - (bits ? 1 : 0);
-  r = inflateGetDictionary (&P->zs, window, &wlen);
-  if (r != Z_OK || wlen > WINDOW_SIZE)
-    return ad_error_set (err, EIO, "inflateGetDictionary: %s",
-                         zmsg (&P->zs, r));
-  ck.wlen = wlen;
-  if (wlen > 0) {
-    ck.window = malloc (wlen);
-    if (ck.window == NULL)
-      return ad_error_set (err, ENOMEM, "malloc: %m");
-    memcpy (ck.window, window, wlen);
-  }
+  ck.coff = pass_pos (P);
+  ck.snap_len = snap_size (P->st);
+  ck.snap = malloc (ck.snap_len);
+  if (ck.snap == NULL)
+    return ad_error_set (err, ENOMEM, "malloc: %m");
+  memcpy (ck.snap, P->st, ck.snap_len);
 
   /* The span that ends here, starting at the member's header if it is
    * the member's first.
@@ -732,25 +857,28 @@ pass_checkpoint (struct gz_priv *priv, struct ad_index *idx,
     hc.at_header = true;
     hc.span_crc = P->span_crc;
     if (ckpt_add (priv, &hc, &P->span_ckpt, err) == -1) {
-      free (ck.window);
+      free (ck.snap);
       return -1;
     }
   }
   else
     ckpt_set_crc (priv, P->span_ckpt, P->span_crc);
   if (ckpt_add (priv, &ck, &next, err) == -1) {
-    free (ck.window);
+    free (ck.snap);
     return -1;
   }
 
   pthread_mutex_lock (&priv->lock);
   start = priv->ckpts[P->span_ckpt].coff;
   pthread_mutex_unlock (&priv->lock);
+  cend = ck.coff + SPAN_INPUT_SLACK;
+  if (cend > src->size)
+    cend = src->size;
   memset (&f, 0, sizeof f);
   f.uoff = P->span_uoff;
   f.usize = P->span_len;
   f.coff = start;
-  f.csize = ck.coff + 1 - start;
+  f.csize = cend - start;
   f.aux = P->span_ckpt;
   pass_close_span (P);
   if (pass_frame (priv, idx, P, &f,
@@ -780,19 +908,20 @@ pass_member_end (struct gz_priv *priv, struct ad_index *idx,
                  ad_emit_fn *emit, void *opaque, struct ad_error *err)
 {
   struct ad_frame f;
-  uint64_t tpos = pass_pos (P), mend;
+  uint64_t tpos = input_stream_end (&P->in, P->st), mend;
   uint32_t crc, isize;
 
+  input_seek (&P->in, P->st, tpos);
   if (pass_fill (P, src, TRAILER_SIZE, err) == -1)
     return -1;
-  if (P->zs.avail_in < TRAILER_SIZE)
+  if (P->st->avail_in < TRAILER_SIZE)
     return ad_error_set (err, EIO, "member at offset %" PRIu64 ": the "
                          "trailer at offset %" PRIu64 " is truncated",
                          P->member_coff, tpos);
-  crc = ad_le32 (P->zs.next_in);
-  isize = ad_le32 (P->zs.next_in + 4);
-  P->zs.next_in += TRAILER_SIZE;
-  P->zs.avail_in -= TRAILER_SIZE;
+  crc = ad_le32 (P->st->next_in);
+  isize = ad_le32 (P->st->next_in + 4);
+  P->st->next_in += TRAILER_SIZE;
+  P->st->avail_in -= TRAILER_SIZE;
   mend = tpos + TRAILER_SIZE;
 
   pass_close_span (P);
@@ -843,7 +972,8 @@ pass_member_end (struct gz_priv *priv, struct ad_index *idx,
 }
 
 /* Inflate until the current span ends (at a checkpoint or at the end of
- * the member) and its frame has been handed on.
+ * the member) and its frame has been handed on.  Output stops exactly
+ * at each span's end, where the checkpoint is taken.
  */
 static int
 pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
@@ -852,9 +982,10 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
 {
   for (;;) {
     size_t room, n;
+    uint32_t in_before;
     int r;
 
-    if (P->zs.avail_in == 0 && pass_fill (P, src, 1, err) == -1)
+    if (P->st->avail_in == 0 && pass_fill (P, src, 1, err) == -1)
       return -1;
 
     if (P->out_pos == P->out_alloc) {
@@ -877,12 +1008,15 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
     room = P->out_alloc - P->out_pos;
     if (room > INFLATE_MAX)
       room = INFLATE_MAX;
-    P->zs.next_out = P->out + P->out_pos;
-    P->zs.avail_out = room;
+    if (P->span_len < P->span && room > P->span - P->span_len)
+      room = P->span - P->span_len;
+    P->st->next_out = P->out + P->out_pos;
+    P->st->avail_out = room;
+    in_before = P->st->avail_in;
 
-    r = inflate (&P->zs, Z_BLOCK);
+    r = isal_call (P->st);
 
-    n = room - P->zs.avail_out;
+    n = room - P->st->avail_out;
     if (n > 0) {
       P->span_crc = libdeflate_crc32 (P->span_crc, P->out + P->out_pos, n);
       P->out_pos += n;
@@ -897,37 +1031,29 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
                              "autodecomp-gzip-size=decode", P->member_coff,
                              P->limit);
     }
-
-    switch (r) {
-    case Z_OK:
-      /* In lazy mode the span that reaches the size the trailer gave
-       * is closed only by the member's end, after its trailer is
-       * checked: a checkpoint exactly there would complete the index
-       * unverified (and hide a member of 4 GiB or more).
-       */
-      if (P->span_len >= P->span && (P->zs.data_type & 0xc0) == 0x80 &&
-          !(P->lazy && P->uoff >= P->limit))
-        return pass_checkpoint (priv, idx, P, emit, opaque, err);
-      break;
-    case Z_STREAM_END:
-      return pass_member_end (priv, idx, P, src, emit, opaque, err);
-    case Z_BUF_ERROR:
-      if (P->zs.avail_in == 0 && P->rpos >= src->size)
-        return ad_error_set (err, EIO, "member at offset %" PRIu64 " is "
-                             "truncated: the file ends inside its deflate "
-                             "data", P->member_coff);
-      if (n == 0 && P->zs.avail_in > 0 && P->zs.avail_out > 0)
-        return ad_error_set (err, EIO, "member at offset %" PRIu64 ": "
-                             "inflate makes no progress at offset %"
-                             PRIu64, P->member_coff, pass_pos (P));
-      break;
-    case Z_MEM_ERROR:
-      return ad_error_set (err, ENOMEM, "inflate: %s", zmsg (&P->zs, r));
-    default:
+    if (r < 0)
       return ad_error_set (err, EIO, "member at offset %" PRIu64 ": "
                            "invalid deflate data near offset %" PRIu64
                            ": %s", P->member_coff, pass_pos (P),
-                           zmsg (&P->zs, r));
+                           isal_msg (r));
+    if (P->st->block_state == ISAL_BLOCK_FINISH)
+      return pass_member_end (priv, idx, P, src, emit, opaque, err);
+    /* In lazy mode the span that reaches the size the trailer gave is
+     * closed only by the member's end, after its trailer is checked: a
+     * checkpoint exactly there would complete the index unverified
+     * (and hide a member of 4 GiB or more).
+     */
+    if (P->span_len >= P->span && !(P->lazy && P->uoff >= P->limit))
+      return pass_checkpoint (priv, idx, P, src, emit, opaque, err);
+    if (n == 0 && P->st->avail_in == in_before) {
+      if (P->st->avail_in == 0 && P->in.rpos >= src->size)
+        return ad_error_set (err, EIO, "member at offset %" PRIu64 " is "
+                             "truncated: the file ends inside its deflate "
+                             "data", P->member_coff);
+      if (P->st->avail_in > 0)
+        return ad_error_set (err, EIO, "member at offset %" PRIu64 ": "
+                             "inflate makes no progress at offset %"
+                             PRIu64, P->member_coff, pass_pos (P));
     }
   }
 }
@@ -970,9 +1096,9 @@ pass_step (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
  *
  * Checkpoints added after the resume point belong to no frame (the
  * frame that would have used them was never appended): they are
- * dropped, so that repeated failures do not pile up windows.  If this
- * fails (the read of the checkpoint's byte), the pass stays broken and
- * the next advance tries again.
+ * dropped, so that repeated failures do not pile up snapshots.  If this
+ * fails (the read at the checkpoint), the pass stays broken and the
+ * next advance tries again.
  */
 static int
 pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
@@ -980,25 +1106,17 @@ pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
 {
   struct gz_ckpt ck;
   size_t keep = P->resume_ckpt == NO_CKPT ? 0 : P->resume_ckpt + 1;
-  int r;
 
   pthread_mutex_lock (&priv->lock);
   while (priv->nckpts > keep) {
     struct gz_ckpt *c = &priv->ckpts[--priv->nckpts];
-    if (c->window) {
-      free (c->window);
-      priv->live_windows--;
-    }
+    free (c->snap);
+    priv->snap_bytes -= c->snap_len;
   }
   if (keep > 0)
     ck = priv->ckpts[P->resume_ckpt];
   pthread_mutex_unlock (&priv->lock);
 
-  r = inflateReset (&P->zs);
-  if (r != Z_OK)
-    return ad_error_set (err, EIO, "inflateReset: %s", zmsg (&P->zs, r));
-  P->zs.next_in = P->in;
-  P->zs.avail_in = 0;
   P->span_len = 0;
   P->span_crc = 0;
   P->out_pos = 0;
@@ -1006,7 +1124,8 @@ pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
 
   if (keep == 0) {
     /* From the start of the file, as pass_new left it. */
-    P->in_base = P->rpos = 0;
+    isal_start (P->st);
+    input_seek (&P->in, P->st, 0);
     P->members = 0;
     P->uoff = P->span_uoff = 0;
     P->member_crc = 0;
@@ -1017,25 +1136,12 @@ pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
     return 0;
   }
 
-  P->in_base = P->rpos = ck.coff;
+  if (snap_restore (P->st, ck.snap, ck.snap_len, ck.coff, err) == -1)
+    return -1;
+  P->st->next_in = P->in.buf;
+  P->in.base = P->in.rpos = ck.coff;
   if (pass_fill (P, src, 1, err) == -1)
     return -1;
-  if (P->zs.avail_in == 0)
-    return ad_error_set (err, EIO, "checkpoint at offset %" PRIu64
-                         " is past the end of the file", ck.coff);
-  if (ck.bits) {
-    r = inflatePrime (&P->zs, ck.bits, P->zs.next_in[0] >> (8 - ck.bits));
-    if (r != Z_OK)
-      return ad_error_set (err, EIO, "inflatePrime: %s", zmsg (&P->zs, r));
-    P->zs.next_in++;
-    P->zs.avail_in--;
-  }
-  if (ck.wlen > 0) {
-    r = inflateSetDictionary (&P->zs, ck.window, ck.wlen);
-    if (r != Z_OK)
-      return ad_error_set (err, EIO, "inflateSetDictionary: %s",
-                           zmsg (&P->zs, r));
-  }
   P->members = 1;
   P->uoff = P->span_uoff = P->resume_uoff;
   P->member_crc = P->resume_member_crc;
@@ -1056,7 +1162,7 @@ sizing_pass (struct ad_index *idx, struct gz_priv *priv, uint64_t span,
   int r;
 
   priv->kind = GZ_FULL;
-  P = pass_new (idx, false, span, buf, n, err);
+  P = pass_new (idx, src, false, span, buf, n, err);
   if (P == NULL)
     return -1;
   while ((r = pass_step (priv, idx, P, src, NULL, NULL, err)) == 1)
@@ -1386,12 +1492,13 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
     if (r == -1)
       goto fail;
     if (r == 1) {
-      /* Bound the windows: at most MAX_WINDOWS spans. */
-      if (span < size / MAX_WINDOWS + 1)
-        span = size / MAX_WINDOWS + 1;
+      /* Bound the snapshots to MAX_SNAP_BYTES, at the largest each. */
+      uint64_t max_spans = MAX_SNAP_BYTES / SNAP_MAX;
+      if (span < size / max_spans + 1)
+        span = size / max_spans + 1;
       priv->kind = GZ_LAZY;
       idx->size = size;
-      priv->pass = pass_new (idx, true, span, buf, n, err);
+      priv->pass = pass_new (idx, src, true, span, buf, n, err);
       return priv->pass ? 0 : -1;
     }
   }
@@ -1439,16 +1546,13 @@ struct gz_decoder {
   struct ad_frame f;
   bool whole;                   /* Header to trailer; check the trailer. */
   bool at_header;               /* Starts with a member header. */
-  uint8_t bits;
-  const unsigned char *window;
-  uint32_t wlen;
+  const unsigned char *snap;    /* Else: the checkpoint's state. */
+  uint32_t snap_len;
   uint32_t want_crc;            /* Of the span (not whole). */
 
-  z_stream zs;
-  bool zs_init, started, ended, failed;
-  unsigned char *in;
-  size_t in_alloc;
-  uint64_t in_base, rpos, cend;
+  struct inflate_state *st;
+  bool started, ended, failed;
+  struct gz_input in;           /* Up to the end of the frame's range. */
   uint64_t done;
   uint32_t crc;
 };
@@ -1477,15 +1581,14 @@ gz_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
     if (ok)
       ck = priv->ckpts[frame->aux];
     pthread_mutex_unlock (&priv->lock);
-    if (!ok || (ck.window == NULL && !ck.at_header) || ck.coff != frame->coff) {
+    if (!ok || (ck.snap == NULL && !ck.at_header) || ck.coff != frame->coff) {
       free (d);
       return ad_error_set (err, EIO, "the frame's checkpoint %" PRIu64
                            " is not in the index", frame->aux);
     }
     d->at_header = ck.at_header;
-    d->bits = ck.bits;
-    d->window = ck.window;
-    d->wlen = ck.wlen;
+    d->snap = ck.snap;
+    d->snap_len = ck.snap_len;
     d->want_crc = ck.span_crc;
   }
   *decoder = d;
@@ -1499,90 +1602,58 @@ gz_decoder_free (void *decoder)
 
   if (d == NULL)
     return;
-  if (d->zs_init)
-    inflateEnd (&d->zs);
-  free (d->in);
+  free (d->st);
+  free (d->in.buf);
   free (d);
 }
 
 static uint64_t
 dec_pos (const struct gz_decoder *d)
 {
-  return d->in_base + (d->zs.next_in - d->in);
+  return input_pos (&d->in, d->st);
 }
 
 /* Refill the input with the frame's next compressed bytes. */
 static int
-dec_fill (struct gz_decoder *d, struct ad_source *src, struct ad_error *err)
+dec_fill (struct gz_decoder *d, struct ad_source *src, size_t want,
+          struct ad_error *err)
 {
-  size_t n;
-
-  if (d->rpos >= d->cend)
-    return 0;
-  d->in_base = dec_pos (d);
-  if (d->zs.avail_in > 0)
-    memmove (d->in, d->zs.next_in, d->zs.avail_in);
-  d->zs.next_in = d->in;
-  n = d->in_alloc - d->zs.avail_in;
-  if (n > d->cend - d->rpos)
-    n = d->cend - d->rpos;
-  if (ad_source_pread (src, d->in + d->zs.avail_in, n, d->rpos, err) == -1)
-    return -1;
-  d->rpos += n;
-  d->zs.avail_in += n;
-  return 0;
+  return input_fill (&d->in, d->st, src, want, err);
 }
 
 static int
 dec_start (struct gz_decoder *d, struct ad_source *src, struct ad_error *err)
 {
-  int r;
-
   if (d->f.csize == 0 || d->f.coff > src->size ||
       d->f.csize > src->size - d->f.coff)
     return ad_error_set (err, EIO, "compressed range of %" PRIu64 " bytes "
                          "is outside the %" PRIu64 "-byte file",
                          d->f.csize, src->size);
-  d->in_alloc = d->f.csize <= ONE_READ_MAX ? d->f.csize : CHUNK;
-  d->in = malloc (d->in_alloc);
-  if (d->in == NULL)
+  d->in.alloc = d->f.csize <= ONE_READ_MAX ? d->f.csize : CHUNK;
+  d->in.buf = malloc (d->in.alloc);
+  d->st = malloc (sizeof *d->st);
+  if (d->in.buf == NULL || d->st == NULL)
     return ad_error_set (err, ENOMEM, "malloc: %m");
-  d->in_base = d->rpos = d->f.coff;
-  d->cend = d->f.coff + d->f.csize;
-  d->zs.next_in = d->in;
-  d->zs.avail_in = 0;
-  if (dec_fill (d, src, err) == -1)
+  if (d->at_header)
+    isal_start (d->st);
+  else if (snap_restore (d->st, d->snap, d->snap_len, d->f.coff, err) == -1)
     return -1;
-
-  r = inflateInit2 (&d->zs, -15);
-  if (r != Z_OK)
-    return ad_error_set (err, r == Z_MEM_ERROR ? ENOMEM : EIO,
-                         "inflateInit2: %s", zmsg (&d->zs, r));
-  d->zs_init = true;
+  d->in.base = d->in.rpos = d->f.coff;
+  d->in.end = d->f.coff + d->f.csize;
+  d->st->next_in = d->in.buf;
+  d->st->avail_in = 0;
+  if (dec_fill (d, src, 1, err) == -1)
+    return -1;
 
   if (d->at_header) {
     struct gz_header h;
-    size_t avail = d->zs.avail_in < HEADER_MAX ? d->zs.avail_in : HEADER_MAX;
+    size_t avail = d->st->avail_in < HEADER_MAX ? d->st->avail_in
+      : HEADER_MAX;
 
-    if (parse_header (d->zs.next_in, avail, d->f.coff, &h, err) == -1)
+    if (parse_header (d->st->next_in, avail, d->f.coff, &h, err) == -1)
       return -1;
-    d->zs.next_in += h.len;
-    d->zs.avail_in -= h.len;
-  }
-  else {
-    if (d->bits) {
-      r = inflatePrime (&d->zs, d->bits, d->zs.next_in[0] >> (8 - d->bits));
-      if (r != Z_OK)
-        return ad_error_set (err, EIO, "inflatePrime: %s", zmsg (&d->zs, r));
-      d->zs.next_in++;
-      d->zs.avail_in--;
-    }
-    if (d->wlen > 0) {
-      r = inflateSetDictionary (&d->zs, d->window, d->wlen);
-      if (r != Z_OK)
-        return ad_error_set (err, EIO, "inflateSetDictionary: %s",
-                             zmsg (&d->zs, r));
-    }
+    d->st->next_in += h.len;
+    d->st->avail_in -= h.len;
   }
   d->started = true;
   return 0;
@@ -1593,20 +1664,21 @@ static int
 dec_check_trailer (struct gz_decoder *d, struct ad_source *src,
                    struct ad_error *err)
 {
-  uint64_t tpos = dec_pos (d);
+  uint64_t tpos = input_stream_end (&d->in, d->st);
   uint32_t crc, isize;
 
-  if (tpos + TRAILER_SIZE != d->cend)
+  if (tpos + TRAILER_SIZE != d->in.end)
     return ad_error_set (err, EIO, "the deflate data ends at offset %"
                          PRIu64 ", but the member's trailer should be at "
-                         "offset %" PRIu64, tpos, d->cend - TRAILER_SIZE);
-  if (d->zs.avail_in < TRAILER_SIZE && dec_fill (d, src, err) == -1)
+                         "offset %" PRIu64, tpos, d->in.end - TRAILER_SIZE);
+  input_seek (&d->in, d->st, tpos);
+  if (dec_fill (d, src, TRAILER_SIZE, err) == -1)
     return -1;
-  if (d->zs.avail_in < TRAILER_SIZE)
+  if (d->st->avail_in < TRAILER_SIZE)
     return ad_error_set (err, EIO, "the trailer at offset %" PRIu64
                          " is truncated", tpos);
-  crc = ad_le32 (d->zs.next_in);
-  isize = ad_le32 (d->zs.next_in + 4);
+  crc = ad_le32 (d->st->next_in);
+  isize = ad_le32 (d->st->next_in + 4);
   if (crc != d->crc)
     return ad_error_set (err, EIO, "CRC32 mismatch (trailer at offset %"
                          PRIu64 " says %08" PRIx32 ", the data has %08"
@@ -1659,13 +1731,13 @@ dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
     return 0;
   p = ad_source_map (src, d->f.coff, clen);  /* In place, no copy. */
   if (p == NULL) {
-    d->in = malloc (clen);
-    if (d->in == NULL)
+    d->in.buf = malloc (clen);
+    if (d->in.buf == NULL)
       return 0;
-    d->in_alloc = clen;
-    if (ad_source_pread (src, d->in, clen, d->f.coff, err) == -1)
+    d->in.alloc = clen;
+    if (ad_source_pread (src, d->in.buf, clen, d->f.coff, err) == -1)
       return -1;
-    p = d->in;
+    p = d->in.buf;
   }
   if (parse_header (p, clen < HEADER_MAX ? clen : HEADER_MAX, d->f.coff, &h,
                     &scratch) == -1 ||
@@ -1705,10 +1777,10 @@ dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
       return -1;
     if (r == 1)
       return d->f.usize;
-    /* Start again with zlib, from a clean state. */
-    free (d->in);
-    d->in = NULL;
-    d->in_alloc = 0;
+    /* Start again with ISA-L, from a clean state. */
+    free (d->in.buf);
+    d->in.buf = NULL;
+    d->in.alloc = 0;
     d->crc = 0;
     d->done = 0;
   }
@@ -1726,45 +1798,42 @@ dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
   if (count > INFLATE_MAX)
     count = INFLATE_MAX;
 
-  d->zs.next_out = out;
-  d->zs.avail_out = count;
-  while (d->zs.avail_out > 0) {
-    uInt before_in, before_out;
+  d->st->next_out = out;
+  d->st->avail_out = count;
+  while (d->st->avail_out > 0) {
+    uint32_t before_in, before_out;
     int r;
 
-    /* With all input read, inflate may still hold output (the rest of
-     * a match) for a small output buffer: call it anyway, and only
-     * call the data short when it makes no progress.
+    /* With all input read, the state may still hold output (in its
+     * bit buffer, or decoded but not delivered): call it anyway, and
+     * only call the data short when it makes no progress.
      */
-    if (d->zs.avail_in == 0 && d->rpos < d->cend &&
-        dec_fill (d, src, err) == -1)
+    if (d->st->avail_in == 0 && d->in.rpos < d->in.end &&
+        dec_fill (d, src, 1, err) == -1)
       return -1;
-    before_in = d->zs.avail_in;
-    before_out = d->zs.avail_out;
-    r = inflate (&d->zs, Z_NO_FLUSH);
-    if (r == Z_STREAM_END) {
+    before_in = d->st->avail_in;
+    before_out = d->st->avail_out;
+    r = isal_call (d->st);
+    if (r < 0)
+      return ad_error_set (err, EIO, "invalid deflate data near offset %"
+                           PRIu64 ": %s", dec_pos (d), isal_msg (r));
+    if (d->st->block_state == ISAL_BLOCK_FINISH) {
       d->ended = true;
       break;
     }
-    if (r == Z_OK || r == Z_BUF_ERROR) {
-      if (d->zs.avail_in == before_in && d->zs.avail_out == before_out) {
-        if (d->zs.avail_in == 0 && d->rpos >= d->cend) {
-          starved = true;
-          break;
-        }
-        if (d->zs.avail_in == 0)
-          continue;             /* Refill above. */
-        return ad_error_set (err, EIO, "inflate makes no progress at "
-                             "offset %" PRIu64, dec_pos (d));
+    if (d->st->avail_in == before_in && d->st->avail_out == before_out) {
+      if (d->st->avail_in == 0 && d->in.rpos >= d->in.end) {
+        starved = true;
+        break;
       }
-      continue;
+      if (d->st->avail_in == 0)
+        continue;               /* Refill above. */
+      return ad_error_set (err, EIO, "inflate makes no progress at "
+                           "offset %" PRIu64, dec_pos (d));
     }
-    return ad_error_set (err, r == Z_MEM_ERROR ? ENOMEM : EIO,
-                         "invalid deflate data near offset %" PRIu64 ": %s",
-                         dec_pos (d), zmsg (&d->zs, r));
   }
 
-  n = count - d->zs.avail_out;
+  n = count - d->st->avail_out;
   if (n > 0)
     d->crc = libdeflate_crc32 (d->crc, out, n);
   d->done += n;
@@ -1790,7 +1859,7 @@ dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
   if (starved && !d->ended)
     return ad_error_set (err, EIO, "the compressed data ends at offset %"
                          PRIu64 " before the frame is complete "
-                         "(truncated?)", d->cend);
+                         "(truncated?)", d->in.end);
   return n;
 }
 
@@ -1804,7 +1873,7 @@ gz_close (struct ad_index *idx)
     return;
   pass_free (priv->pass);
   for (i = 0; i < priv->nckpts; i++)
-    free (priv->ckpts[i].window);
+    free (priv->ckpts[i].snap);
   free (priv->ckpts);
   free (priv->coll);
   pthread_mutex_destroy (&priv->lock);

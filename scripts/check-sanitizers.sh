@@ -13,7 +13,7 @@ top=$(pwd)
 [ -f config.h ] || { echo "check-sanitizers: run ./configure first" >&2; exit 1; }
 [ -f "$CORPUS/disk.img" ] || { echo "check-sanitizers: no corpus in $CORPUS (run make check first)" >&2; exit 1; }
 
-libs="-llzma -lzstd -lz -ldeflate -lbz2 -lxxhash -lpthread"
+libs="-llzma -lzstd -lz -ldeflate -lisal -lbz2 -lxxhash -lpthread"
 srcs=$(echo lib/*.c)             # The whole library, as fuzz/build.sh.
 
 build ()

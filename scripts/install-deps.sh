@@ -6,7 +6,7 @@ set -e
 packages="
   build-essential autoconf automake libtool pkg-config perl
   nbdkit nbdkit-plugin-dev
-  liblzma-dev libzstd-dev zlib1g-dev libdeflate-dev libbz2-dev libxxhash-dev
+  liblzma-dev libzstd-dev zlib1g-dev libdeflate-dev libisal-dev libbz2-dev libxxhash-dev
   libnbd-bin libnbd-dev python3-libnbd nbdfuse fuse3
   qemu-utils qemu-system-x86 fio nginx-light curl
   xz-utils zstd gzip pigz bzip2 lbzip2 tabix xxhash e2fsprogs python3

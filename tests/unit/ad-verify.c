@@ -1,7 +1,7 @@
 /* ad-verify: check the library against an original, without nbdkit.
  *
  *   ad-verify [-n READS] [-s SEED] [-t THREADS] [-c CACHE] [-w WORKERS]
- *             [-p] COMPRESSED ORIGINAL
+ *             [-f MAX-FRAME] [-g GZIP-SPAN] [-p] COMPRESSED ORIGINAL
  *
  * Opens COMPRESSED through the library (detect, index, cache, spill),
  * checks that its size equals ORIGINAL's, reads the whole image in
@@ -123,13 +123,14 @@ main (int argc, char *argv[])
   unsigned long i;
 
   ad_options_init (&opts);
-  while ((c = getopt (argc, argv, "n:s:f:t:c:w:p")) != -1) {
+  while ((c = getopt (argc, argv, "n:s:f:g:t:c:w:p")) != -1) {
     switch (c) {
     case 't': threads = strtoul (optarg, NULL, 0); break;
     case 'c': cache_size = strtoull (optarg, NULL, 0); break;
     case 'n': reads = strtoul (optarg, NULL, 0); break;
     case 's': seed = strtoull (optarg, NULL, 0); break;
     case 'f': opts.max_frame = strtoull (optarg, NULL, 0); break;
+    case 'g': opts.gzip_span = strtoull (optarg, NULL, 0); break;
     case 'w': workers = strtoul (optarg, NULL, 0); break;
     case 'p': progressive = true; break;
     default: goto usage;
@@ -140,7 +141,8 @@ main (int argc, char *argv[])
   if (argc - optind != 2) {
   usage:
     fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] [-t THREADS] "
-             "[-c CACHE] [-f MAX-FRAME] [-w WORKERS] [-p] COMPRESSED "
+             "[-c CACHE] [-f MAX-FRAME] [-g GZIP-SPAN] [-w WORKERS] [-p] "
+             "COMPRESSED "
              "ORIGINAL\n");
     return 2;
   }
