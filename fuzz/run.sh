@@ -23,6 +23,7 @@
 #
 # Environment: FUZZ_BUILD (default fuzz/build, or fuzz/build-MODE for a
 # fast build), FUZZ_CORPUS (default fuzz/corpus-TARGET), FUZZ_LEDGER,
+# FUZZ_LEDGER_NOTE (a remark added to the ledger row's findings),
 # and what build.sh reads (FUZZ_SANITIZE, FUZZ_CC, ...).
 set -euo pipefail
 
@@ -127,6 +128,11 @@ fi
 for a in "$@"; do
   case $a in -max_len=*) findings="$findings (inputs up to ${a#-max_len=} bytes)" ;; esac
 done
+# FUZZ_LEDGER_NOTE adds a remark of the caller's, e.g. which code a run
+# is meant to exercise.
+if [ -n "${FUZZ_LEDGER_NOTE:-}" ]; then
+  findings="$findings ($FUZZ_LEDGER_NOTE)"
+fi
 
 if [ -n "${FUZZ_LEDGER:-}" ]; then
   "$here/ledger.sh" add "$FUZZ_LEDGER" "$target" "$mode" "$seconds" \

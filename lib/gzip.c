@@ -1123,9 +1123,11 @@ pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
   P->overflow = false;
 
   if (keep == 0) {
-    /* From the start of the file, as pass_new left it. */
+    /* From the start of the file, as pass_new left it (read again). */
     isal_start (P->st);
-    input_seek (&P->in, P->st, 0);
+    P->in.base = P->in.rpos = 0;
+    P->st->next_in = P->in.buf;
+    P->st->avail_in = 0;
     P->members = 0;
     P->uoff = P->span_uoff = 0;
     P->member_crc = 0;
