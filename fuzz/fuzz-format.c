@@ -22,8 +22,9 @@
  *    the magic matches the format, and use ad_index_open alone
  *    otherwise.
  *
- * 3. Every frame in order, extending a lazy index with ad_index_find,
- *    decoded whole with ad_index_decode_frame and again through the
+ * 3. Every frame in order, extending a lazy index with ad_index_find
+ *    (which, when it fails, is called once more and must fail again:
+ *    the rewind of a failed lazy pass), decoded whole with ad_index_decode_frame and again through the
  *    streaming interface (ops->decoder_new, decoder_read in chunks of
  *    random sizes, 1 byte to the whole frame, then the 1-byte read that
  *    must return 0).  Frames above max_frame must be refused by
@@ -664,7 +665,18 @@ decode_all (struct run *r)
       if (ad_index_find (idx, &r->src, ix, &f, &no, emit_check, r,
                          &err) == -1) {
         check_err (&err, "ad_index_find");
-        break;
+        /* Once more: a lazy pass that failed rewinds to its last
+         * checkpoint (or the start of the file) and must fail the same
+         * way on the same bytes, without a crash.
+         */
+        memset (&err, 0, sizeof err);
+        if (ad_index_find (idx, &r->src, ix, &f, &no, emit_check, r,
+                           &err) == -1) {
+          check_err (&err, "ad_index_find (again)");
+          break;
+        }
+        oracle ("find", "ad_index_find (%" PRIu64 ") failed, then "
+                "succeeded on the same bytes", ix);
       }
       if (indexed (idx) <= ix)
         oracle ("find",
