@@ -65,8 +65,8 @@ cflags="-g -O1 -fno-omit-frame-pointer -std=gnu11 -pthread
 libs="-llzma -lzstd -lz -ldeflate -lisal -lbz2 -lxxhash -lpthread"
 # Limits the library lets tests lower, lowered so that small inputs
 # reach the code behind them: gzip merges spans once a sizing pass holds
-# more than MAX_SNAP_BYTES of checkpoint state (1 GiB by default).
-lib_defs="-DMAX_SNAP_BYTES=4194304"
+# more than MAX_SNAP_BYTES of compressed checkpoint state (1 GiB by default).
+lib_defs="-DMAX_SNAP_BYTES=16384"
 
 # config.h
 config_dir=
