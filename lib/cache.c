@@ -58,7 +58,12 @@ struct spare {
 /* Frame buffers of at least this size are mapped directly rather than
  * taken from malloc, so that freeing one gives its memory back (malloc
  * keeps large freed chunks in per-thread arenas, and the process then
- * holds more than the cache's size).
+ * holds more than the cache's size).  They are mapped populated: the
+ * decoder writes every byte of the frame anyway, and the kernel fills
+ * the pages in one go far faster than the decoder faults them in one
+ * by one (about 13 us a page here).  Cold random reads of 16 MiB xz
+ * blocks, where most decodes get a fresh buffer, went from 11.9-12.5
+ * to 14.6-15.6 IOPS.
  */
 #define MAP_MIN (1024 * 1024)
 
@@ -69,7 +74,8 @@ buffer_alloc (size_t size)
 
   if (size < MAP_MIN)
     return malloc (size ? size : 1);
-  p = mmap (NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+  p = mmap (NULL, size, PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
             -1, 0);
   return p == MAP_FAILED ? NULL : p;
 }
