@@ -24,7 +24,8 @@
  *
  * 3. Every frame in order, extending a lazy index with ad_index_find
  *    (which, when it fails, is called once more and must fail again:
- *    the rewind of a failed lazy pass), decoded whole with ad_index_decode_frame and again through the
+ *    the rewind of a failed lazy pass), decoded whole with
+ *    ad_index_decode_frame and again through the
  *    streaming interface (ops->decoder_new, decoder_read in chunks of
  *    random sizes, 1 byte to the whole frame, then the 1-byte read that
  *    must return 0).  Frames above max_frame must be refused by

@@ -142,8 +142,7 @@ main (int argc, char *argv[])
   usage:
     fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] [-t THREADS] "
              "[-c CACHE] [-f MAX-FRAME] [-g GZIP-SPAN] [-w WORKERS] [-p] "
-             "COMPRESSED "
-             "ORIGINAL\n");
+             "COMPRESSED ORIGINAL\n");
     return 2;
   }
   fd = open (argv[optind], O_RDONLY);
