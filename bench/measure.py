@@ -232,7 +232,7 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
     try:
         h = s.connect()
         if h is None:
-            failures.append("%s: server did not start: %s %s" % (label, " ".join(s.cmd), s.logtail()))
+            fatal("%s: server did not start: %s %s" % (label, " ".join(s.cmd), s.logtail()))
             return R
         try:
             size = h.get_size()
@@ -271,7 +271,7 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
     try:
         h = s.connect()
         if h is None:
-            failures.append("%s (cold): server did not start: %s" % (label, s.logtail()))
+            fatal("%s (cold): server did not start: %s" % (label, s.logtail()))
             return R
         nbd_close(h)
         R["cold"] = fio(s.uri, a.runtime)
@@ -293,7 +293,7 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
     try:
         h = s.connect()
         if h is None:
-            failures.append("%s (seq): server did not start: %s" % (label, s.logtail()))
+            fatal("%s (seq): server did not start: %s" % (label, s.logtail()))
             return R
         nbd_close(h)
         t, ok, err = timed(["nbdcopy", s.uri, "null:"], SEQ_TIMEOUT)
@@ -309,7 +309,7 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
     try:
         h = s.connect()
         if h is None:
-            failures.append("%s (warm): server did not start: %s" % (label, s.logtail()))
+            fatal("%s (warm): server did not start: %s" % (label, s.logtail()))
             return R
         ok = True
         try:
@@ -340,7 +340,7 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
         try:
             h = s.connect()
             if h is None:
-                failures.append("%s (stats): server did not start: %s" % (label, s.logtail()))
+                fatal("%s (stats): server did not start: %s" % (label, s.logtail()))
             else:
                 try:
                     off = DATA_OFF
