@@ -936,6 +936,15 @@ ad_export_extents (struct ad_export *exp, struct ad_source *src,
   return 0;
 }
 
+int
+ad_export_find (struct ad_export *exp, struct ad_source *src,
+                uint64_t offset, struct ad_frame *frame, size_t *frame_no,
+                struct ad_error *err)
+{
+  return ad_index_find (exp->idx, src, offset, frame, frame_no,
+                        emit_to_cache, exp, err);
+}
+
 uint64_t
 ad_export_largest_frame (struct ad_export *exp)
 {

@@ -126,6 +126,14 @@ extern int ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
                                size_t count, uint64_t offset,
                                struct ad_error *err);
 
+/* Find the frame holding offset (< exp->size), extending the index if
+ * needed; frames the index decodes on the way go to the cache, as for
+ * a read.  For callers that stream an image frame by frame.
+ */
+extern int ad_export_find (struct ad_export *exp, struct ad_source *src,
+                           uint64_t offset, struct ad_frame *frame,
+                           size_t *frame_no, struct ad_error *err);
+
 /* The largest frame in the index that holds data, or 0 if there is
  * none yet: a frame known to be all zeros is never decoded, so its
  * size does not matter to random reads.

@@ -3,8 +3,8 @@
 # UndefinedBehaviorSanitizer, and with ThreadSanitizer, and run them on
 # the test corpus: every image through ad-verify under ASan/UBSan, one
 # image of each kind of index with four threads and two decode workers
-# (progressive reads) on one shared export under TSan, and the
-# cache unit test.  Run from the top of a configured build tree (it
+# (progressive reads) on one shared export under TSan, the cache unit
+# test, and the command line tool under ASan/UBSan.  Run from the top of a configured build tree (it
 # uses its config.h and the corpus the test suite made), by ./check.
 set -e
 cd "$(dirname "$0")/.."
@@ -25,6 +25,8 @@ build ()
     cc -g -O1 -fno-omit-frame-pointer "$@" -I. -Ilib -o "$dir/$prog" \
        $srcs tests/unit/$prog.c $libs
   done
+  cc -g -O1 -fno-omit-frame-pointer "$@" -I. -Ilib -o "$dir/autodecomp" \
+     $srcs tools/autodecomp/autodecomp.c $libs
 }
 
 pairs ()
@@ -52,6 +54,26 @@ while read -r comp orig; do
   n=$((n + 1))
 done < <(pairs)
 echo "check-sanitizers: ASan + UBSan: $n images verified"
+# The command line tool: info on every image, and prepare (with
+# --verify) from the reader's three paths (a large frame streamed, the
+# lazy gzip pass, frames through the cache) to each output format.
+n=0
+while read -r comp orig; do
+  build-asan/autodecomp info "$comp" >/dev/null
+  n=$((n + 1))
+done < <(pairs)
+out=$(mktemp -d)
+while read -r fmt in; do
+  build-asan/autodecomp prepare --quiet --verify -F "$fmt" -l 1 -T 2 \
+    "$CORPUS/$in" "$out/out"
+  rm -f "$out/out"
+done <<LIST
+zstd disk.img.zst
+xz disk.img.gz
+bgzf disk.img.bz2
+LIST
+rm -rf "$out"
+echo "check-sanitizers: ASan + UBSan: autodecomp info on $n images, prepare to 3 formats"
 
 echo "check-sanitizers: TSan"
 build build-tsan -fsanitize=thread

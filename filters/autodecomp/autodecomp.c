@@ -369,14 +369,12 @@ warn_if_not_seekable (struct named_export *e)
     return;
   switch (e->exp->format) {
   case AD_FORMAT_XZ:
-    fix = "xz -T0 --block-size=16MiB";
-    break;
-  case AD_FORMAT_ZSTD:
-    fix = "zstd in frames of a few MiB each, e.g. 'split -b 4M' "
-      "and 'zstd -c' each piece, concatenated";
+    fix = "'autodecomp prepare IMAGE OUTPUT.zst' (zstd frames with a "
+      "seek table), or 'xz -T0 --block-size=16MiB'";
     break;
   default:
-    fix = "a format with small frames";
+    fix = "'autodecomp prepare IMAGE OUTPUT.zst' (zstd frames with a "
+      "seek table)";
   }
   nbdkit_error ("autodecomp: warning: this %s image is not seekable: it "
                 "holds a frame of %" PRIu64 " bytes, which can only be "
