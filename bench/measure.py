@@ -222,6 +222,18 @@ def first_read(key, args, sock):
         s.stop()
 
 
+def ready_server(key, args, sock, what, fatal):
+    """A fresh server that accepts connections, or None (after fatal)."""
+    s = Server(key, args, sock)
+    h = s.connect()
+    if h is None:
+        fatal("%s: server did not start: %s" % (what, s.logtail()))
+        s.stop()
+        return None
+    nbd_close(h)
+    return s
+
+
 def measure_server(key, label, args, cold_args, warm_args, is_ours):
     R = {"key": key, "label": label}
     fatal = failures.append if is_ours else notes.append
@@ -267,13 +279,10 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
     R["first"] = R["first_samples"][len(samples) // 2]
 
     # instance 1 again, fresh: random cold and RSS.
-    s = Server(key, cold_args, sock)
+    s = ready_server(key, cold_args, sock, label + " (cold)", fatal)
+    if s is None:
+        return R
     try:
-        h = s.connect()
-        if h is None:
-            fatal("%s (cold): server did not start: %s" % (label, s.logtail()))
-            return R
-        nbd_close(h)
         R["cold"] = fio(s.uri, a.runtime)
         if not isinstance(R["cold"], float):
             fatal("%s: random read (cold): %s %s" % (label, R["cold"], s.logtail()[-200:]))
@@ -289,13 +298,10 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
         s.stop()
 
     # instance 2: a fresh server with default settings: the sequential read.
-    s = Server(key, args, sock)
+    s = ready_server(key, args, sock, label + " (seq)", fatal)
+    if s is None:
+        return R
     try:
-        h = s.connect()
-        if h is None:
-            fatal("%s (seq): server did not start: %s" % (label, s.logtail()))
-            return R
-        nbd_close(h)
         t, ok, err = timed(["nbdcopy", s.uri, "null:"], SEQ_TIMEOUT)
         R["seq"] = IMG / t / 1e6 if ok else ("timeout" if ok is None else "ERR")
         if not ok:

@@ -775,15 +775,6 @@ close_image (struct run *r)
  * backwards, as xz.c does.  Stops at the first thing that does not
  * parse.
  */
-static void
-put_le32 (unsigned char *p, uint32_t v)
-{
-  p[0] = v;
-  p[1] = v >> 8;
-  p[2] = v >> 16;
-  p[3] = v >> 24;
-}
-
 static bool
 get_vli (const unsigned char *p, size_t len, size_t *pos, uint64_t *v)
 {
@@ -829,7 +820,7 @@ xz_walk_index (const unsigned char *index, size_t len, unsigned char *d,
       hsize = (d[p] + 1) * 4;
       if (hsize > end - p)
         return false;
-      put_le32 (d + p + hsize - 4, lzma_crc32 (d + p, hsize - 4, 0));
+      ad_put_le32 (d + p + hsize - 4, lzma_crc32 (d + p, hsize - 4, 0));
       p += t;
     }
     *total += t;
@@ -855,18 +846,18 @@ xz_fix_crcs (unsigned char *d, size_t size)
     foot = d + pos - 12;
     if (foot[10] != 'Y' || foot[11] != 'Z')
       return;
-    put_le32 (foot, lzma_crc32 (foot + 4, 6, 0));
+    ad_put_le32 (foot, lzma_crc32 (foot + 4, 6, 0));
     bsize = ((uint64_t) ad_le32 (foot + 4) + 1) * 4;
     if (bsize < 8 || bsize > pos - 24)
       return;
     index_start = pos - 12 - bsize;
-    put_le32 (d + index_start + bsize - 4,
+    ad_put_le32 (d + index_start + bsize - 4,
               lzma_crc32 (d + index_start, bsize - 4, 0));
     if (!xz_walk_index (d + index_start, bsize - 4, NULL, 0, 0, &blocks) ||
         blocks > index_start - 12)
       return;
     start = index_start - blocks - 12;
-    put_le32 (d + start + 8, lzma_crc32 (d + start + 6, 2, 0));
+    ad_put_le32 (d + start + 8, lzma_crc32 (d + start + 6, 2, 0));
     xz_walk_index (d + index_start, bsize - 4, d, start + 12, index_start,
                    &blocks);
     pos = start;

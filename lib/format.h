@@ -225,6 +225,15 @@ ad_le64 (const unsigned char *p)
   return ad_le32 (p) | ((uint64_t) ad_le32 (p + 4) << 32);
 }
 
+static inline void
+ad_put_le32 (unsigned char *p, uint32_t v)
+{
+  p[0] = v;
+  p[1] = v >> 8;
+  p[2] = v >> 16;
+  p[3] = v >> 24;
+}
+
 static inline uint32_t
 ad_be32 (const unsigned char *p)
 {

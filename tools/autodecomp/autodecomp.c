@@ -689,25 +689,10 @@ bgzf_compress (struct batch *b, unsigned worker, const char *in,
   o[16] = (total - 1) & 0xff;
   o[17] = (total - 1) >> 8;
   crc = libdeflate_crc32 (0, in, in_len);
-  o[BGZF_HEADER + n + 0] = crc;
-  o[BGZF_HEADER + n + 1] = crc >> 8;
-  o[BGZF_HEADER + n + 2] = crc >> 16;
-  o[BGZF_HEADER + n + 3] = crc >> 24;
-  o[BGZF_HEADER + n + 4] = in_len;
-  o[BGZF_HEADER + n + 5] = in_len >> 8;
-  o[BGZF_HEADER + n + 6] = in_len >> 16;
-  o[BGZF_HEADER + n + 7] = in_len >> 24;
+  ad_put_le32 (o + BGZF_HEADER + n, crc);
+  ad_put_le32 (o + BGZF_HEADER + n + 4, in_len);
   *out_len = total;
   return 0;
-}
-
-static void
-put_le32 (unsigned char *p, uint32_t v)
-{
-  p[0] = v;
-  p[1] = v >> 8;
-  p[2] = v >> 16;
-  p[3] = v >> 24;
 }
 
 /* Compress the reader's bytes in batches of frames. */
@@ -782,8 +767,8 @@ prepare_batches (struct reader *r, struct output *o,
           table = p;
           table_alloc = na;
         }
-        put_le32 (table + table_len, b.out_len[i]);
-        put_le32 (table + table_len + 4, b.in_len[i]);
+        ad_put_le32 (table + table_len, b.out_len[i]);
+        ad_put_le32 (table + table_len + 4, b.in_len[i]);
         table_len += 8;
         nframes++;
       }
@@ -800,12 +785,12 @@ prepare_batches (struct reader *r, struct output *o,
                "(use a larger --frame-size)\n", o->path);
       goto out;
     }
-    put_le32 (head, SEEK_TABLE_MAGIC);
-    put_le32 (head + 4, table_len + 9);
-    put_le32 (foot, nframes);
+    ad_put_le32 (head, SEEK_TABLE_MAGIC);
+    ad_put_le32 (head + 4, table_len + 9);
+    ad_put_le32 (foot, nframes);
     foot[4] = 0;                /* No per-frame checksums in the table:
                                    each frame carries its own. */
-    put_le32 (foot + 5, SEEKABLE_MAGIC);
+    ad_put_le32 (foot + 5, SEEKABLE_MAGIC);
     if (output_write (o, head, sizeof head) == -1 ||
         output_write (o, table, table_len) == -1 ||
         output_write (o, foot, sizeof foot) == -1)
