@@ -138,6 +138,9 @@ struct reader {
   struct ad_frame frame;
   size_t frame_no;
   uint64_t frame_done;
+  bool progress;                /* Show how far it got, on stderr. */
+  bool shown;
+  double last;
 };
 
 static int
@@ -160,6 +163,30 @@ reader_end (struct reader *r)
   if (r->dec)
     r->im->exp->idx->ops->decoder_free (r->dec);
   r->dec = NULL;
+}
+
+static void print_size (FILE *fp, double bytes);
+
+/* At most once a second, and at the end. */
+static void
+reader_progress (struct reader *r, const char *what)
+{
+  uint64_t size = r->im->exp->size;
+  double t;
+
+  if (!r->progress)
+    return;
+  t = now ();
+  if (t - r->last < 1 && r->off < size)
+    return;
+  r->last = t;
+  r->shown = true;
+  fprintf (stderr, "\r%s %s: %3.0f%% of ", what, r->im->path,
+           size ? 100.0 * r->off / size : 100.0);
+  print_size (stderr, size);
+  fprintf (stderr, "   ");
+  if (r->off == size)
+    fprintf (stderr, "\n");
 }
 
 /* Read the next bytes of the image into buf (at most cap).  Returns
@@ -747,6 +774,7 @@ prepare_batches (struct reader *r, struct output *o,
         break;
       }
       b.in_len[b.n] = n;
+      reader_progress (r, "reading");
     }
     if (b.n > 0 && batch_compress (&b) == -1) {
       fprintf (stderr, PROGRAM ": %s: compressing failed\n", o->path);
@@ -864,6 +892,8 @@ prepare_xz (struct reader *r, struct output *o, const struct prepare_opts *po)
         goto done;
       if (n == 0)
         action = LZMA_FINISH;
+      else
+        reader_progress (r, "reading");
       strm.next_in = (const uint8_t *) in;
       strm.avail_in = n;
     }
@@ -892,7 +922,7 @@ prepare_xz (struct reader *r, struct output *o, const struct prepare_opts *po)
 
 /* Compare two images byte for byte. */
 static int
-verify (struct image *a, struct image *b)
+verify (struct image *a, struct image *b, bool progress)
 {
   struct reader ra, rb;
   char *ba = malloc (PIECE), *bb = malloc (PIECE);
@@ -910,6 +940,7 @@ verify (struct image *a, struct image *b)
   }
   reader_init (&ra, a);
   reader_init (&rb, b);
+  ra.progress = progress;
   for (;;) {
     ssize_t na = reader_fill (&ra, ba, PIECE);
     ssize_t nb = reader_fill (&rb, bb, PIECE);
@@ -930,6 +961,7 @@ verify (struct image *a, struct image *b)
       break;
     }
     off += na;
+    reader_progress (&ra, "verifying");
   }
   reader_end (&ra);
   reader_end (&rb);
@@ -1080,6 +1112,7 @@ do_prepare (int argc, char *argv[])
 
   t = now ();
   reader_init (&r, &in);
+  r.progress = !po.quiet && isatty (STDERR_FILENO);
   if (po.format == OUT_XZ)
     status = prepare_xz (&r, &o, &po);
   else
@@ -1105,7 +1138,7 @@ do_prepare (int argc, char *argv[])
     if (image_open (&out_im, o.path) == -1)
       status = -1;
     else {
-      if (verify (&in, &out_im) == -1)
+      if (verify (&in, &out_im, !po.quiet && isatty (STDERR_FILENO)) == -1)
         status = -1;
       else if (!po.quiet)
         printf ("%s: verified: every byte is the same as %s's\n", o.path,
