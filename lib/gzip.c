@@ -178,7 +178,6 @@
 #define SNAP_MAX sizeof (struct inflate_state)
 #define SPAN_INPUT_SLACK 8              /* See pass_checkpoint. */
 #define SNAP_ZSTD_LEVEL 1               /* See snap_take. */
-#define SPAN_SLACK (16 * 1024 * 1024)   /* Span overshoot kept for emit. */
 #define PASS_OUTPUT (1024 * 1024)       /* Output buffer, not kept. */
 #define INFLATE_MAX (1U << 30)          /* Bytes per inflate call. */
 #define TOTAL_OUT_HIGH (1U << 31)       /* See isal_call. */
@@ -716,13 +715,12 @@ pass_new (struct ad_index *idx, struct ad_source *src, bool lazy,
   P->in.alloc = n;
   P->in.end = src->size;
   if (lazy) {
-    uint64_t cap = span + SPAN_SLACK;
-    if (cap > idx->opts.max_frame)
-      cap = idx->opts.max_frame;
-    if (cap < span)
-      cap = span;
-    P->out_cap = cap;
-    P->out_alloc = span + 1024 * 1024 < cap ? span + 1024 * 1024 : cap;
+    /* Output stops at every span's end (see pass_inflate), so a span
+     * never holds more than span bytes.  One more lets the last span
+     * of the member go on to the member's end, or show that it runs
+     * past the size its trailer gave.
+     */
+    P->out_cap = P->out_alloc = span + 1;
     /* The first span needs no more than the whole image (it grows by
      * doubling if the image turns out larger).
      */
