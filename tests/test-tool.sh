@@ -135,6 +135,11 @@ $e/odd.img.zst $e/odd.img bgzf - 65280
 $c/disk.img.xz $c/disk.img bgzf - 65280
 LIST
 
+# To standard output, through a pipe.
+"$tool" prepare -F xz -l 0 -s 1M "$e/odd.img" - 2> "$tmp/err" | xz -dc | cmp - "$e/odd.img" ||
+    fail "prepare to stdout: other bytes"
+grep -q "(stdout)" "$tmp/err" || fail "prepare to stdout: no summary on stderr"
+
 # ---------------------------------------------------------------- errors
 touch "$tmp/exists"
 rc=0; "$tool" prepare "$e/odd.img" "$tmp/exists" 2> "$tmp/err" || rc=$?
@@ -160,7 +165,8 @@ rc=0; "$tool" prepare -F bgzf "$tmp/bad.xz" "$tmp/bad.bgz" 2> "$tmp/err" || rc=$
 [ ! -e "$tmp/bad.bgz" ] || fail "prepare of a corrupt image left its output"
 note "corrupt input: $(head -1 "$tmp/err")"
 
-for bad in "prepare" "prepare -F lz4 a b" "prepare -s 1 a b" "info" "frobnicate"; do
+for bad in "prepare" "prepare -F lz4 a b" "prepare -s 1 a b" "info" "frobnicate" \
+           "prepare --verify $e/odd.img -"; do
     rc=0; "$tool" $bad > /dev/null 2>&1 || rc=$?
     [ "$rc" = 2 ] || fail "'autodecomp $bad': status $rc, expected 2"
 done

@@ -1004,6 +1004,7 @@ do_prepare (int argc, char *argv[])
   long n;
   char *end;
   int opt, status = -1;
+  bool to_stdout;
 
   while ((opt = getopt_long (argc, argv, "F:s:l:T:fvqh", long_options,
                              NULL)) != -1) {
@@ -1101,8 +1102,25 @@ do_prepare (int argc, char *argv[])
   if (image_open (&in, argv[optind]) == -1)
     return 1;
   o.path = argv[optind + 1];
-  o.fd = open (o.path, O_WRONLY | O_CREAT | O_CLOEXEC |
-               (po.force ? O_TRUNC : O_EXCL), 0644);
+  to_stdout = strcmp (o.path, "-") == 0;
+  if (to_stdout) {
+    if (po.verify) {
+      fprintf (stderr, PROGRAM ": --verify needs an OUTPUT file, not -\n");
+      image_close (&in);
+      return 2;
+    }
+    if (isatty (STDOUT_FILENO)) {
+      fprintf (stderr, PROGRAM ": not writing compressed data to a "
+               "terminal\n");
+      image_close (&in);
+      return 2;
+    }
+    o.path = "(stdout)";
+    o.fd = STDOUT_FILENO;
+  }
+  else
+    o.fd = open (o.path, O_WRONLY | O_CREAT | O_CLOEXEC |
+                 (po.force ? O_TRUNC : O_EXCL), 0644);
   if (o.fd == -1) {
     fprintf (stderr, PROGRAM ": %s: %s%s\n", o.path, strerror (errno),
              errno == EEXIST ? " (--force overwrites it)" : "");
@@ -1118,7 +1136,7 @@ do_prepare (int argc, char *argv[])
   else
     status = prepare_batches (&r, &o, &po);
   reader_end (&r);
-  if (status == 0 && fsync (o.fd) == -1 && errno != EINVAL) {
+  if (status == 0 && !to_stdout && fsync (o.fd) == -1 && errno != EINVAL) {
     fprintf (stderr, PROGRAM ": %s: fsync: %s\n", o.path, strerror (errno));
     status = -1;
   }
@@ -1127,11 +1145,14 @@ do_prepare (int argc, char *argv[])
     status = -1;
   }
   if (status == 0 && !po.quiet) {
-    printf ("%s: ", o.path);
-    print_size (stdout, in.exp->size);
-    printf (" into ");
-    print_size (stdout, o.written);
-    printf (" in %.1f s\n", now () - t);
+    /* The summary goes to stderr when the data went to stdout. */
+    FILE *fp = to_stdout ? stderr : stdout;
+
+    fprintf (fp, "%s: ", o.path);
+    print_size (fp, in.exp->size);
+    fprintf (fp, " into ");
+    print_size (fp, o.written);
+    fprintf (fp, " in %.1f s\n", now () - t);
   }
 
   if (status == 0 && po.verify) {
@@ -1148,7 +1169,8 @@ do_prepare (int argc, char *argv[])
   }
   image_close (&in);
   if (status == -1) {
-    unlink (o.path);
+    if (!to_stdout)
+      unlink (o.path);
     return 1;
   }
   return 0;
