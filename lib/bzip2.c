@@ -1332,6 +1332,8 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
 
   pthread_once (&scan_table_once, init_scan_table);
 
+  idx->index_from = "a pass over the whole file at open (blocks found "
+    "by their magic)";
   memset (&st, 0, sizeof st);
   st.idx = idx;
   st.src = src;

@@ -137,6 +137,11 @@ struct ad_index {
    */
   bool sizes_unchecked;
 
+  /* Where open found the frames, in a few words, for tools to show
+   * ("the seek table", "a pass over the whole file").
+   */
+  const char *index_from;
+
   /* Counters for debugging and tests (updated atomically). */
   uint64_t frames_decoded;
 

@@ -1522,6 +1522,7 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
     if (r == -1)
       goto fail;
     if (r == 1) {
+      idx->index_from = "BGZF member headers";
       free (buf);
       return 0;
     }
@@ -1541,6 +1542,8 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
       if (span < size / max_spans + 1)
         span = size / max_spans + 1;
       priv->kind = GZ_LAZY;
+      idx->index_from = "the trailer, then checkpoints made as a lazy "
+        "pass reaches them";
       idx->size = size;
       priv->pass = pass_new (idx, src, true, span, buf, n, err);
       return priv->pass ? 0 : -1;
@@ -1549,6 +1552,7 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   /* A failed BGZF walk may have overwritten buf: read it again. */
   if (h.bgzf && ad_source_pread (src, buf, n, 0, err) == -1)
     goto fail;
+  idx->index_from = "a pass over the whole file at open";
   return sizing_pass (idx, priv, span, src, buf, n, err);
 
  fail:

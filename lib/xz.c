@@ -354,6 +354,8 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   size_t nstreams = 0, streams_alloc = 0, i;
   lzma_index_iter iter;
   uint64_t pos = src->size, padding;
+
+  idx->index_from = "the stream indexes";
   lzma_ret r;
   int ret = -1;
 

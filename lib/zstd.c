@@ -1541,8 +1541,11 @@ zstd_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   idx->sizes_unchecked = true;
   if (open_seek_table (idx, src, &found, err) == -1)
     return -1;
-  if (found)
+  if (found) {
+    idx->index_from = "the seek table";
     return 0;
+  }
+  idx->index_from = "frame and block headers";
   return open_walk (idx, src, err);
 }
 

@@ -86,6 +86,13 @@ check_output ()
     frames=$(json "$tmp/out.json" frames)
     want=$(( (size + frame - 1) / frame ))
     [ "$frames" = "$want" ] || fail "$out: $frames frames, expected $want of $frame bytes"
+    case $fmt in
+        zstd) want_from="the seek table" ;;
+        xz)   want_from="the stream indexes" ;;
+        bgzf) want_from="BGZF member headers" ;;
+    esac
+    [ "$(json "$tmp/out.json" index_from)" = "$want_from" ] ||
+        fail "$out: indexed from '$(json "$tmp/out.json" index_from)', not $want_from"
     if [ "$fmt" = zstd ]; then
         # The seek table: a skippable frame at the end whose footer
         # counts every frame and carries the seekable magic.

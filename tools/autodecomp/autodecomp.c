@@ -465,12 +465,15 @@ do_info (int argc, char *argv[])
             "  \"largest_frame\": %" PRIu64 ",\n"
             "  \"decode_per_random_read\": %.0f,\n"
             "  \"read_per_random_read\": %.0f,\n"
+            "  \"index_from\": \"%s\",\n"
             "  \"sizes_unchecked\": %s,\n"
             "  \"seeks\": \"%s\"\n}\n",
             ad_format_name (im.exp->format), im.src.size, im.exp->size,
             im.open_seconds, complete ? "true" : "false", c.frames,
             c.zero_frames, c.large_frames, c.largest, c.decode_per_read,
             c.read_per_read,
+            im.exp->idx && im.exp->idx->index_from ?
+            im.exp->idx->index_from : "",
             im.exp->idx && im.exp->idx->sizes_unchecked ? "true" : "false",
             v);
     image_close (&im);
@@ -489,6 +492,8 @@ do_info (int argc, char *argv[])
   }
   printf ("  opening it (as the filter does at connect) took %.2f s\n",
           im.open_seconds);
+  if (im.exp->idx->index_from)
+    printf ("  index from %s\n", im.exp->idx->index_from);
   if (!complete) {
     printf ("  one gzip member: the file has no seek points.  The filter "
             "makes\n  checkpoints (every autodecomp-gzip-span) as one "
