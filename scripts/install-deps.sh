@@ -3,11 +3,14 @@
 # nbdkit-autodecomp need, if any are missing.  Uses sudo when not root.
 set -e
 
+# (nbdfuse is in libnbd-bin on Debian 12: the package named nbdfuse
+# there is virtual, never "installed", so listing it would run apt-get
+# every time.)
 packages="
   build-essential autoconf automake libtool pkg-config perl
   nbdkit nbdkit-plugin-dev
   liblzma-dev libzstd-dev zlib1g-dev libdeflate-dev libisal-dev libbz2-dev libxxhash-dev
-  libnbd-bin libnbd-dev python3-libnbd nbdfuse fuse3
+  libnbd-bin libnbd-dev python3-libnbd fuse3
   qemu-utils qemu-system-x86 fio nginx-light curl
   xz-utils zstd gzip pigz bzip2 lbzip2 tabix xxhash e2fsprogs python3
   clang libclang-rt-14-dev
