@@ -4,7 +4,7 @@
 # the test corpus: every image through ad-verify under ASan/UBSan, one
 # image of each kind of index with four threads and two decode workers
 # (progressive reads) on one shared export under TSan, the cache unit
-# test, and the command line tool under ASan/UBSan.  Run from the top of a configured build tree (it
+# test, and the command line tool under both.  Run from the top of a configured build tree (it
 # uses its config.h and the corpus the test suite made), by ./check.
 set -e
 cd "$(dirname "$0")/.."
@@ -88,3 +88,13 @@ for f in disk.img.xz disk-1block.img.xz disk-seekable.img.zst disk.img.zst \
   n=$((n + 1))
 done
 echo "check-sanitizers: TSan: $n images verified with 4 threads and 2 decode workers"
+# The tool's compressing threads beside the library's decode workers.
+out=$(mktemp -d)
+for spec in "zstd disk.img.xz" "bgzf disk.img.bgz"; do
+  set -- $spec
+  build-tsan/autodecomp prepare --quiet --verify -F "$1" -l 1 -T 2 \
+    "$CORPUS/$2" "$out/out"
+  rm -f "$out/out"
+done
+rm -rf "$out"
+echo "check-sanitizers: TSan: autodecomp prepare --verify on 2 images"

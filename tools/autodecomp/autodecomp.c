@@ -60,6 +60,7 @@ struct image {
   struct ad_source src;
   struct ad_cache *cache;
   struct ad_export *exp;
+  struct ad_pool *pool;         /* Decode workers, once reading starts. */
   double open_seconds;
 };
 
@@ -75,7 +76,10 @@ now (void)
 static void
 image_close (struct image *im)
 {
+  /* The export waits for its decode jobs, so the workers go after it. */
   ad_export_free (im->exp);
+  ad_pool_free (im->pool);
+  im->pool = NULL;
   ad_cache_free (im->cache);
   if (im->fd >= 0)
     close (im->fd);
@@ -138,6 +142,7 @@ struct reader {
   struct ad_frame frame;
   size_t frame_no;
   uint64_t frame_done;
+  struct ad_reader seq;         /* So the workers decode ahead. */
   bool progress;                /* Show how far it got, on stderr. */
   bool shown;
   double last;
@@ -150,19 +155,40 @@ reader_fail (struct reader *r, const struct ad_error *err)
   return -1;
 }
 
+/* A sequential reader: as in the filter, decode workers (one per CPU)
+ * decode the frames ahead of it, so a conversion decodes on every core
+ * while it compresses.  Without workers it still works, in one thread.
+ */
 static void
 reader_init (struct reader *r, struct image *im)
 {
   memset (r, 0, sizeof *r);
   r->im = im;
+  ad_reader_init (&r->seq);
+  if (im->pool == NULL && im->exp->format != AD_FORMAT_RAW) {
+    struct ad_error err;
+
+    im->pool = ad_pool_new (0, 0, &err);
+    if (im->pool) {
+      im->exp->pool = im->pool;
+      im->exp->readahead = TOOL_CACHE / 4;
+    }
+  }
+}
+
+static void
+reader_drop_decoder (struct reader *r)
+{
+  if (r->dec)
+    r->im->exp->idx->ops->decoder_free (r->dec);
+  r->dec = NULL;
 }
 
 static void
 reader_end (struct reader *r)
 {
-  if (r->dec)
-    r->im->exp->idx->ops->decoder_free (r->dec);
-  r->dec = NULL;
+  reader_drop_decoder (r);
+  ad_reader_destroy (&r->seq);
 }
 
 static void print_size (FILE *fp, double bytes);
@@ -221,7 +247,8 @@ reader_next (struct reader *r, char *buf, size_t cap)
       uint64_t in_frame = r->frame.uoff + r->frame.usize - r->off;
 
       n = cap < in_frame ? cap : in_frame;
-      if (ad_export_pread (exp, &im->src, buf, n, r->off, &err) == -1)
+      if (ad_export_read (exp, &r->seq, &im->src, buf, n, r->off,
+                          &err) == -1)
         return reader_fail (r, &err);
       r->off += n;
       return n;
@@ -266,7 +293,7 @@ reader_next (struct reader *r, char *buf, size_t cap)
                  exp->idx->ops->name, r->frame_no, r->frame.usize);
         return -1;
       }
-      reader_end (r);
+      reader_drop_decoder (r);
     }
     return got;
   }
