@@ -157,6 +157,12 @@ grep -q -- "--force" "$tmp/err" || fail "prepare over an existing file: no hint 
     fail "prepare --force failed"
 zstd -q -dc "$tmp/exists" | cmp - "$e/odd.img" || fail "prepare --force wrote other bytes"
 
+# Not even --force writes over the input it reads.
+cp "$e/odd.img.zst" "$tmp/self.zst"
+rc=0; "$tool" prepare --force "$tmp/self.zst" "$tmp/self.zst" 2> "$tmp/err" || rc=$?
+[ "$rc" = 1 ] || fail "prepare onto its own input: status $rc, expected 1"
+cmp "$tmp/self.zst" "$e/odd.img.zst" || fail "prepare onto its own input changed it"
+
 # A damaged input: the last block of an xz image cut off.
 head -c $(( $(stat -c %s "$c/disk.img.xz") - 100000 )) "$c/disk.img.xz" > "$tmp/cut.xz"
 rc=0; "$tool" prepare "$tmp/cut.xz" "$tmp/cut.zst" 2> "$tmp/err" || rc=$?

@@ -1150,9 +1150,19 @@ do_prepare (int argc, char *argv[])
     o.path = "(stdout)";
     o.fd = STDOUT_FILENO;
   }
-  else
+  else {
+    struct stat ist, ost;
+
+    /* --force must not truncate the image it is about to read. */
+    if (stat (o.path, &ost) == 0 && fstat (in.fd, &ist) == 0 &&
+        ost.st_dev == ist.st_dev && ost.st_ino == ist.st_ino) {
+      fprintf (stderr, PROGRAM ": %s: is the input image itself\n", o.path);
+      image_close (&in);
+      return 1;
+    }
     o.fd = open (o.path, O_WRONLY | O_CREAT | O_CLOEXEC |
                  (po.force ? O_TRUNC : O_EXCL), 0644);
+  }
   if (o.fd == -1) {
     fprintf (stderr, PROGRAM ": %s: %s%s\n", o.path, strerror (errno),
              errno == EEXIST ? " (--force overwrites it)" : "");
