@@ -5,7 +5,9 @@
 # process, no user switching, so it works as root and as non-root) with
 # root = $CORPUS; then for one pair per format family (family_pairs):
 # nbdkit --filter=$FILTER curl URL, check the size, nbdcopy the export and
-# cmp with the original.  Stops nginx at the end.
+# cmp with the original.  Then autodecomp(1) reads from the same web
+# server: info on a seekable zstd URL, prepare --verify from an xz URL.
+# Stops nginx at the end.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires nbdkit
 requires nbdcopy
@@ -96,3 +98,28 @@ done 3< <(family_pairs)
 kill -0 "$nginx_pid" 2>/dev/null || fail "nginx died"
 requests=$(wc -l < "$tmp/nginx/logs/access.log")
 note "$n pairs ok, $requests HTTP requests ($(elapsed))"
+
+# autodecomp(1) reads URLs too (through nbdkit's curl plugin, which
+# libnbd runs): info says what the filter would, and prepare converts
+# straight from the web server.
+tool=${AUTODECOMP_TOOL:-$top_srcdir/tools/autodecomp/autodecomp}
+if is_autodecomp && [ -x "$tool" ] && "$tool" --version | grep -q "URLs"; then
+    base="http://127.0.0.1:$nginx_port"
+    "$tool" info --json "$base/disk-seekable.img.zst" > "$tmp/info.json" ||
+        fail "autodecomp info over http failed"
+    /usr/bin/python3 - "$tmp/info.json" "$(stat -c %s "$CORPUS/disk.img")" <<'PYEOF' || fail "autodecomp info over http: $(cat "$tmp/info.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["size"] == int(sys.argv[2]), j["size"]
+assert j["seeks"] == "good" and j["index_from"] == "the seek table", j
+PYEOF
+    "$tool" prepare --quiet --verify -F bgzf "$base/disk.img.xz" "$tmp/from-http.bgz" ||
+        fail "autodecomp prepare from http failed"
+    gzip -dc "$tmp/from-http.bgz" | cmp - "$CORPUS/disk.img" ||
+        fail "autodecomp prepare from http wrote other bytes"
+    rc=0; "$tool" info "$base/no-such-image.xz" 2> "$tmp/err" || rc=$?
+    [ "$rc" = 1 ] || fail "autodecomp info of a missing URL: status $rc, expected 1"
+    note "autodecomp over http: ok ($(elapsed))"
+else
+    note "autodecomp over http: not tested (FILTER is not ours, or the tool is not built, or built without libnbd)"
+fi

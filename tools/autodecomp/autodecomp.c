@@ -37,6 +37,9 @@
 #include <zstd.h>
 #include <lzma.h>
 #include <libdeflate.h>
+#ifdef HAVE_LIBNBD
+#include <libnbd.h>
+#endif
 
 #include "export.h"
 
@@ -56,7 +59,10 @@
 /* An image opened as the filter opens it. */
 struct image {
   const char *path;
-  int fd;
+  int fd;                       /* A local file, */
+#ifdef HAVE_LIBNBD
+  struct nbd_handle *nbd;       /* or a URL, read over NBD. */
+#endif
   struct ad_source src;
   struct ad_cache *cache;
   struct ad_export *exp;
@@ -83,10 +89,89 @@ image_close (struct image *im)
   ad_cache_free (im->cache);
   if (im->fd >= 0)
     close (im->fd);
+#ifdef HAVE_LIBNBD
+  if (im->nbd)
+    nbd_close (im->nbd);
+  im->nbd = NULL;
+#endif
   im->exp = NULL;
   im->cache = NULL;
   im->fd = -1;
 }
+
+#ifdef HAVE_LIBNBD
+/* Reads over NBD go in pieces every server accepts. */
+#define NBD_PIECE (4 * MiB)
+
+static int
+nbd_source_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+                  struct ad_error *err)
+{
+  struct nbd_handle *nbd = opaque;
+  char *p = buf;
+
+  while (count > 0) {
+    size_t n = count < NBD_PIECE ? count : NBD_PIECE;
+
+    if (nbd_pread (nbd, p, n, offset, 0) == -1) {
+      int e = nbd_get_errno ();
+
+      ad_error_set (err, e ? e : EIO, "reading %zu bytes at offset %"
+                    PRIu64 ": %s", n, offset, nbd_get_error ());
+      err->transient = true;
+      return -1;
+    }
+    p += n;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static bool
+is_nbd_uri (const char *url)
+{
+  return strncmp (url, "nbd://", 6) == 0 || strncmp (url, "nbds://", 7) == 0
+    || strncmp (url, "nbd+", 4) == 0 || strncmp (url, "nbds+", 5) == 0;
+}
+
+/* An NBD URI is connected to directly; any other URL (http, https,
+ * ftp, ...) through nbdkit's curl plugin, which libnbd runs.
+ */
+static int
+image_connect (struct image *im, const char *url)
+{
+  int64_t size;
+
+  im->nbd = nbd_create ();
+  if (im->nbd == NULL)
+    goto fail;
+  if (is_nbd_uri (url)) {
+    if (nbd_connect_uri (im->nbd, url) == -1)
+      goto fail;
+  }
+  else {
+    char *argv[] = { (char *) "nbdkit", (char *) "-s",
+                     (char *) "--exit-with-parent", (char *) "-r",
+                     (char *) "curl", (char *) url, NULL };
+
+    if (nbd_connect_command (im->nbd, argv) == -1)
+      goto fail;
+  }
+  size = nbd_get_size (im->nbd);
+  if (size == -1)
+    goto fail;
+  memset (&im->src, 0, sizeof im->src);
+  im->src.pread = nbd_source_pread;
+  im->src.opaque = im->nbd;
+  im->src.size = size;
+  return 0;
+
+ fail:
+  fprintf (stderr, PROGRAM ": %s: %s\n", url, nbd_get_error ());
+  return -1;
+}
+#endif
 
 static int
 image_open (struct image *im, const char *path)
@@ -98,18 +183,33 @@ image_open (struct image *im, const char *path)
 
   memset (im, 0, sizeof *im);
   im->path = path;
-  im->fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (im->fd == -1 || fstat (im->fd, &st) == -1) {
-    fprintf (stderr, PROGRAM ": %s: %s\n", path, strerror (errno));
-    image_close (im);
+  im->fd = -1;
+  if (strstr (path, "://")) {
+#ifdef HAVE_LIBNBD
+    if (image_connect (im, path) == -1) {
+      image_close (im);
+      return -1;
+    }
+#else
+    fprintf (stderr, PROGRAM ": %s: this autodecomp was built without "
+             "libnbd, so it reads only local files\n", path);
     return -1;
+#endif
   }
-  if (!S_ISREG (st.st_mode)) {
-    fprintf (stderr, PROGRAM ": %s: not a regular file\n", path);
-    image_close (im);
-    return -1;
+  else {
+    im->fd = open (path, O_RDONLY | O_CLOEXEC);
+    if (im->fd == -1 || fstat (im->fd, &st) == -1) {
+      fprintf (stderr, PROGRAM ": %s: %s\n", path, strerror (errno));
+      image_close (im);
+      return -1;
+    }
+    if (!S_ISREG (st.st_mode)) {
+      fprintf (stderr, PROGRAM ": %s: not a regular file\n", path);
+      image_close (im);
+      return -1;
+    }
+    ad_source_init_fd (&im->src, im->fd, st.st_size);
   }
-  ad_source_init_fd (&im->src, im->fd, st.st_size);
   ad_options_init (&opts);
   im->cache = ad_cache_new (TOOL_CACHE);
   if (im->cache == NULL) {
@@ -1243,7 +1343,12 @@ main (int argc, char *argv[])
     return 0;
   }
   if (strcmp (argv[1], "--version") == 0) {
-    printf (PROGRAM " " PACKAGE_VERSION "\n");
+#ifdef HAVE_LIBNBD
+    printf (PROGRAM " " PACKAGE_VERSION " (reads files and URLs)\n");
+#else
+    printf (PROGRAM " " PACKAGE_VERSION " (reads files only: built "
+            "without libnbd)\n");
+#endif
     return 0;
   }
   fprintf (stderr, PROGRAM ": unknown command %s\n", argv[1]);
