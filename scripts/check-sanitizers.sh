@@ -15,6 +15,10 @@ top=$(pwd)
 
 libs="-llzma -lzstd -lz -ldeflate -lisal -lbz2 -lxxhash -lpthread"
 srcs=$(echo lib/*.c)             # The whole library, as fuzz/build.sh.
+nbd_libs=
+if grep -q '^#define HAVE_LIBNBD 1' config.h; then
+  nbd_libs=$(pkg-config --libs libnbd)
+fi
 
 build ()
 {
@@ -25,8 +29,9 @@ build ()
     cc -g -O1 -fno-omit-frame-pointer "$@" -I. -Ilib -o "$dir/$prog" \
        $srcs tests/unit/$prog.c $libs
   done
+  # (libnbd, for URLs, when config.h says the build has it.)
   cc -g -O1 -fno-omit-frame-pointer "$@" -I. -Ilib -o "$dir/autodecomp" \
-     $srcs tools/autodecomp/autodecomp.c $libs
+     $srcs tools/autodecomp/autodecomp.c $libs $nbd_libs
 }
 
 pairs ()
