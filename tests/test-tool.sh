@@ -80,7 +80,20 @@ check_output ()
     cmp "$tmp/std.out" "$orig" || fail "$out: $fmt -d gives other bytes than $orig"
     rm -f "$tmp/std.out"
 
-    "$tool" info --json "$out" > "$tmp/out.json" || fail "info $out failed"
+    "$tool" info --json --frames "$out" > "$tmp/out.json" || fail "info $out failed"
+    # The frame table tiles the image, each frame of the size asked for.
+    /usr/bin/python3 - "$tmp/out.json" "$frame" <<'PYEOF' || fail "$out: bad frame table"
+import json, sys
+j = json.load(open(sys.argv[1]))
+t, frame = j["frame_table"], int(sys.argv[2])
+assert len(t) == j["frames"]
+off = 0
+for i, (uoff, usize, coff, csize, zero) in enumerate(t):
+    assert uoff == off, (i, uoff, off)
+    assert usize == frame or i == len(t) - 1, (i, usize)
+    off += usize
+assert off == j["size"]
+PYEOF
     [ "$(json "$tmp/out.json" seeks)" = good ] || fail "info $out: not good"
     [ "$(json "$tmp/out.json" size)" = "$size" ] || fail "info $out: wrong size"
     frames=$(json "$tmp/out.json" frames)

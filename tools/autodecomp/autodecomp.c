@@ -1,6 +1,6 @@
 /* autodecomp: the command line companion of nbdkit's autodecomp filter.
  *
- *   autodecomp info [--json] IMAGE
+ *   autodecomp info [--json] [--frames] IMAGE
  *   autodecomp prepare [OPTIONS] IMAGE OUTPUT
  *
  * info opens an image with the same library, options and index as the
@@ -542,27 +542,30 @@ do_info (int argc, char *argv[])
 {
   static const struct option long_options[] = {
     { "json", no_argument, NULL, 'j' },
+    { "frames", no_argument, NULL, 'f' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
-  bool json = false, complete;
+  bool json = false, frames = false, complete;
   struct image im;
   struct costs c;
   const char *v;
+  size_t i;
   int opt;
 
-  while ((opt = getopt_long (argc, argv, "jh", long_options, NULL)) != -1) {
+  while ((opt = getopt_long (argc, argv, "jfh", long_options, NULL)) != -1) {
     switch (opt) {
     case 'j': json = true; break;
+    case 'f': frames = true; break;
     case 'h':
-      printf ("usage: " PROGRAM " info [--json] IMAGE\n");
+      printf ("usage: " PROGRAM " info [--json] [--frames] IMAGE\n");
       return 0;
     default:
       return 2;
     }
   }
   if (argc - optind != 1) {
-    fprintf (stderr, "usage: " PROGRAM " info [--json] IMAGE\n");
+    fprintf (stderr, "usage: " PROGRAM " info [--json] [--frames] IMAGE\n");
     return 2;
   }
   if (image_open (&im, argv[optind]) == -1)
@@ -594,7 +597,7 @@ do_info (int argc, char *argv[])
             "  \"read_per_random_read\": %.0f,\n"
             "  \"index_from\": \"%s\",\n"
             "  \"sizes_unchecked\": %s,\n"
-            "  \"seeks\": \"%s\"\n}\n",
+            "  \"seeks\": \"%s\"",
             ad_format_name (im.exp->format), im.src.size, im.exp->size,
             im.open_seconds, complete ? "true" : "false", c.frames,
             c.zero_frames, c.large_frames, c.largest, c.decode_per_read,
@@ -603,6 +606,20 @@ do_info (int argc, char *argv[])
             im.exp->idx->index_from : "",
             im.exp->idx && im.exp->idx->sizes_unchecked ? "true" : "false",
             v);
+    if (frames) {
+      /* [uoff, usize, coff, csize, zero] per frame of the index. */
+      printf (",\n  \"frame_table\": [");
+      for (i = 0; i < c.frames; i++) {
+        struct ad_frame f;
+
+        ad_index_get_frame (im.exp->idx, i, &f);
+        printf ("%s\n    [%" PRIu64 ", %" PRIu64 ", %" PRIu64 ", %" PRIu64
+                ", %s]", i ? "," : "", f.uoff, f.usize, f.coff, f.csize,
+                f.flags & AD_FRAME_ZERO ? "true" : "false");
+      }
+      printf ("\n  ]");
+    }
+    printf ("\n}\n");
     image_close (&im);
     return 0;
   }
@@ -658,6 +675,18 @@ do_info (int argc, char *argv[])
   if (im.exp->idx->sizes_unchecked)
     printf ("  frame sizes are not covered by a checksum "
             "(autodecomp-verify-offsets=true proves them)\n");
+  if (frames && c.frames > 0) {
+    printf ("  %8s %14s %10s %14s %10s\n", "frame", "offset", "size",
+            "compressed at", "bytes");
+    for (i = 0; i < c.frames; i++) {
+      struct ad_frame f;
+
+      ad_index_get_frame (im.exp->idx, i, &f);
+      printf ("  %8zu %14" PRIu64 " %10" PRIu64 " %14" PRIu64 " %10" PRIu64
+              "%s\n", i, f.uoff, f.usize, f.coff, f.csize,
+              f.flags & AD_FRAME_ZERO ? "  zeros" : "");
+    }
+  }
   if (strcmp (v, "good") == 0)
     printf ("seeks well\n");
   else
@@ -1322,7 +1351,7 @@ static void
 usage (FILE *fp)
 {
   fprintf (fp,
-           "usage: " PROGRAM " info [--json] IMAGE\n"
+           "usage: " PROGRAM " info [--json] [--frames] IMAGE\n"
            "       " PROGRAM " prepare [OPTIONS] IMAGE OUTPUT\n"
            "See " PROGRAM "(1).\n");
 }
