@@ -115,11 +115,17 @@ data = open(sys.argv[1], "rb").read()
 n, desc, magic = struct.unpack("<IBI", data[-9:])
 assert magic == 0x8F92EAB1, hex(magic)
 assert n == int(sys.argv[2]), (n, sys.argv[2])
-start = len(data) - (8 + n * 8 + 9)
+assert desc == 0x80, hex(desc)          # entries carry checksums
+start = len(data) - (8 + n * 12 + 9)
 skip_magic, size = struct.unpack("<II", data[start:start + 8])
-assert skip_magic == 0x184D2A5E and size == n * 8 + 9
-entries = [struct.unpack("<II", data[start + 8 + 8 * i:start + 16 + 8 * i]) for i in range(n)]
+assert skip_magic == 0x184D2A5E and size == n * 12 + 9
+entries = [struct.unpack("<III", data[start + 8 + 12 * i:start + 20 + 12 * i]) for i in range(n)]
 assert sum(e[0] for e in entries) == start, "compressed sizes do not add up"
+# Each entry's checksum is its frame's Content_Checksum (its last 4 bytes).
+off = 0
+for csize, dsize, sum32 in entries:
+    assert struct.unpack("<I", data[off + csize - 4:off + csize])[0] == sum32
+    off += csize
 PYEOF
     fi
 
@@ -190,6 +196,20 @@ rc=0; "$tool" prepare -F bgzf "$tmp/bad.xz" "$tmp/bad.bgz" 2> "$tmp/err" || rc=$
 [ "$rc" = 1 ] || fail "prepare of a corrupt image: status $rc, expected 1"
 [ ! -e "$tmp/bad.bgz" ] || fail "prepare of a corrupt image left its output"
 note "corrupt input: $(head -1 "$tmp/err")"
+
+# A seek table whose checksum does not match its frame: the library
+# reading what prepare wrote notices.
+"$tool" prepare -q "$e/odd.img" "$tmp/sum.zst"
+/usr/bin/python3 - "$tmp/sum.zst" <<'PYEOF'
+import struct, sys
+d = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<I", d[-9:-5])[0]
+d[len(d) - (8 + n * 12 + 9) + 8 + 12 * 3 + 8] ^= 1     # entry 3's checksum
+open(sys.argv[1], "wb").write(d)
+PYEOF
+rc=0; "$tool" prepare -q -F bgzf "$tmp/sum.zst" "$tmp/sum.bgz" 2> "$tmp/err" || rc=$?
+[ "$rc" = 1 ] || fail "a seek table with a wrong checksum: status $rc, expected 1"
+grep -q "checksum mismatch" "$tmp/err" || fail "a wrong seek-table checksum: $(cat "$tmp/err")"
 
 for bad in "prepare" "prepare -F lz4 a b" "prepare -s 1 a b" "info" "frobnicate" \
            "prepare --verify $e/odd.img -"; do

@@ -806,6 +806,7 @@ batch_compress (struct batch *b)
  * checksum, and the seek table at the end.
  */
 #define SEEK_TABLE_MAGIC 0x184D2A5EU
+#define SEEK_ENTRY 12                   /* Sizes and checksum. */
 #define SEEKABLE_MAGIC 0x8F92EAB1U
 
 static int
@@ -945,7 +946,10 @@ prepare_batches (struct reader *r, struct output *o,
       if (output_write (o, b.out + i * b.bound, b.out_len[i]) == -1)
         goto out;
       if (po->format == OUT_ZSTD) {
-        if (table_len + 8 > table_alloc) {
+        const unsigned char *frame_end =
+          (unsigned char *) b.out + i * b.bound + b.out_len[i];
+
+        if (table_len + SEEK_ENTRY > table_alloc) {
           size_t na = table_alloc ? 2 * table_alloc : 4096;
           unsigned char *p = realloc (table, na);
 
@@ -958,7 +962,11 @@ prepare_batches (struct reader *r, struct output *o,
         }
         ad_put_le32 (table + table_len, b.out_len[i]);
         ad_put_le32 (table + table_len + 4, b.in_len[i]);
-        table_len += 8;
+        /* The entry's checksum (the low 32 bits of the frame's XXH64)
+         * is the frame's own Content_Checksum, its last 4 bytes.
+         */
+        memcpy (table + table_len + 8, frame_end - 4, 4);
+        table_len += SEEK_ENTRY;
         nframes++;
       }
     }
@@ -969,7 +977,7 @@ prepare_batches (struct reader *r, struct output *o,
   if (po->format == OUT_ZSTD) {
     unsigned char head[8], foot[9];
 
-    if (nframes > (UINT32_MAX - 9) / 8) {
+    if (nframes > (UINT32_MAX - 9) / SEEK_ENTRY) {
       fprintf (stderr, PROGRAM ": %s: too many frames for a seek table "
                "(use a larger --frame-size)\n", o->path);
       goto out;
@@ -977,8 +985,7 @@ prepare_batches (struct reader *r, struct output *o,
     ad_put_le32 (head, SEEK_TABLE_MAGIC);
     ad_put_le32 (head + 4, table_len + 9);
     ad_put_le32 (foot, nframes);
-    foot[4] = 0;                /* No per-frame checksums in the table:
-                                   each frame carries its own. */
+    foot[4] = 0x80;             /* Checksum_Flag: entries have one. */
     ad_put_le32 (foot + 5, SEEKABLE_MAGIC);
     if (output_write (o, head, sizeof head) == -1 ||
         output_write (o, table, table_len) == -1 ||
