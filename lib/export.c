@@ -907,6 +907,33 @@ ad_export_extents (struct ad_export *exp, struct ad_source *src,
 
     if (needs_proof (exp) && frame_no > verified_frames (exp))
       zero = false;             /* Where it starts is not proven yet. */
+    else if (f.usize > AD_LARGE_FRAME && !(f.flags & AD_FRAME_ZERO)) {
+      /* A large frame: what the spill has decoded, in runs (see
+       * ad_spill_extents); the rest is data, or left for the client's
+       * next request once the spill has decoded that far.
+       */
+      struct ad_spill *spill = get_spill (exp, err);
+      uint64_t in_frame = offset - f.uoff, done;
+
+      len = f.uoff + f.usize - offset;
+      if (len > end - offset)
+        len = end - offset;
+      if (spill == NULL ||
+          ad_spill_extents (spill, src, &f, frame_no, in_frame, len, fn,
+                            opaque, &done, err) == -1) {
+        if (!first)
+          break;                /* Report what is known so far. */
+        return -1;
+      }
+      if (done > in_frame) {
+        offset = f.uoff + done;
+        first = false;
+        if (done < in_frame + len)
+          break;                /* Decoded no further yet. */
+        continue;
+      }
+      zero = false;             /* Far past what is decoded. */
+    }
     else if (f.flags & AD_FRAME_ZERO)
       zero = true;
     else if (!ad_cache_peek (exp->cache, exp, frame_no, &zero) &&

@@ -273,6 +273,85 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
 }
 
 int
+ad_spill_extents (struct ad_spill *spill, struct ad_source *src,
+                  const struct ad_frame *frame, size_t frame_no,
+                  uint64_t offset, uint64_t count, ad_spill_extent_fn *fn,
+                  void *opaque, uint64_t *described, struct ad_error *err)
+{
+  struct spill_frame *f = get_frame (spill, frame_no, err);
+  uint64_t end = offset + count, frontier, pos;
+  off_t file_end;
+
+  *described = offset;
+  if (f == NULL)
+    return -1;
+  frontier = __atomic_load_n (&f->frontier, __ATOMIC_ACQUIRE);
+  if (frontier < end && offset <= frontier + SPILL_EXTENTS_NEAR) {
+    uint64_t want = offset + SPILL_EXTENTS_STEP < end
+      ? offset + SPILL_EXTENTS_STEP : end;
+    int r;
+
+    pthread_mutex_lock (&f->lock);
+    r = decode_to (spill, src, frame, f, want, err);
+    pthread_mutex_unlock (&f->lock);
+    if (r == -1)
+      return -1;
+    frontier = __atomic_load_n (&f->frontier, __ATOMIC_ACQUIRE);
+  }
+  if (frontier <= offset)
+    return 0;
+  if (end > frontier)
+    end = frontier;
+
+  /* Runs of data and holes in the file, in image offsets; past the
+   * file's end (zero chunks at the end are not written) it is zeros.
+   * Where the file system cannot tell holes, lseek says data.
+   */
+  file_end = lseek (spill->fd, 0, SEEK_END);
+  if (file_end == -1)
+    return ad_error_set (err, errno, "spill: lseek: %m");
+  pos = frame->uoff + offset;
+  while (pos < frame->uoff + end) {
+    uint64_t stop = frame->uoff + end, next;
+    bool zero;
+    off_t r;
+
+    if ((off_t) pos >= file_end) {
+      zero = true;
+      next = stop;
+    }
+    else {
+      r = lseek (spill->fd, pos, SEEK_DATA);
+      if (r == -1 && errno == ENXIO)
+        r = file_end;           /* Only a hole to the end. */
+      if (r == -1)
+        return ad_error_set (err, errno, "spill: lseek (SEEK_DATA): %m");
+      if ((uint64_t) r > pos) {
+        zero = true;
+        next = r;
+      }
+      else {
+        r = lseek (spill->fd, pos, SEEK_HOLE);
+        if (r == -1)
+          return ad_error_set (err, errno, "spill: lseek (SEEK_HOLE): %m");
+        zero = false;
+        next = r;
+      }
+    }
+    if (next > stop)
+      next = stop;
+    if (next <= pos)
+      break;                    /* Not expected: describe no further. */
+    if (fn (opaque, pos, next - pos, zero) == -1)
+      return ad_error_set (err, errno ? errno : ENOMEM,
+                           "cannot record extents");
+    pos = next;
+    *described = pos - frame->uoff;
+  }
+  return 0;
+}
+
+int
 ad_spill_read (struct ad_spill *spill, struct ad_source *src,
                const struct ad_frame *frame, size_t frame_no,
                void *buf, size_t count, uint64_t offset,

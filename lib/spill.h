@@ -17,6 +17,7 @@
 #ifndef AUTODECOMP_SPILL_H
 #define AUTODECOMP_SPILL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,30 @@ extern int ad_spill_read (struct ad_spill *spill, struct ad_source *src,
                           const struct ad_frame *frame, size_t frame_no,
                           void *buf, size_t count, uint64_t offset,
                           struct ad_error *err);
+
+/* Describe [offset, offset + count) of the large frame frame_no
+ * (offsets relative to its start) as data or zeros, for block status:
+ * calls fn (offsets in the image) for consecutive pieces from offset,
+ * as far as the frame has been decoded, and sets *described to the
+ * end of what it described (offset when nothing).  A request that
+ * starts at most SPILL_EXTENTS_NEAR past what is decoded first decodes
+ * on to SPILL_EXTENTS_STEP past its start, so a client that walks the
+ * image with block status (nbdcopy, qemu-img convert) sees its zeros
+ * and decodes it in large steps; a request further on describes
+ * nothing, without decoding.  Zeros are the chunks that decoded to
+ * zeros (holes of the spill file), not yet covered by the frame's
+ * final check, like every byte served before the decoder reaches the
+ * end.
+ */
+#define SPILL_EXTENTS_NEAR (256 * 1024 * 1024ULL)
+#define SPILL_EXTENTS_STEP (64 * 1024 * 1024ULL)
+typedef int ad_spill_extent_fn (void *opaque, uint64_t offset,
+                                uint64_t length, bool zero);
+extern int ad_spill_extents (struct ad_spill *spill, struct ad_source *src,
+                             const struct ad_frame *frame, size_t frame_no,
+                             uint64_t offset, uint64_t count,
+                             ad_spill_extent_fn *fn, void *opaque,
+                             uint64_t *described, struct ad_error *err);
 
 /* How far frame_no has been decoded, and the sum over all large
  * frames (for tests and debugging).

@@ -4,7 +4,9 @@
  *             [-f MAX-FRAME] [-g GZIP-SPAN] [-p] COMPRESSED ORIGINAL
  *
  * Opens COMPRESSED through the library (detect, index, cache, spill),
- * checks that its size equals ORIGINAL's, reads the whole image in
+ * checks that its size equals ORIGINAL's, walks it with block status
+ * (ad_export_extents, as nbdcopy does: every run reported as zeros
+ * must be zeros in ORIGINAL), reads the whole image in
  * order in odd-sized pieces, then makes READS random reads of random
  * lengths (1 byte to 4 MiB, many crossing frame boundaries), and
  * compares every byte.  With -t, THREADS threads make the random reads
@@ -57,6 +59,67 @@ check (struct ad_export *exp, struct ad_reader *reader,
     return -1;
   }
   return 0;
+}
+
+/* Block status, as a client walks it. */
+struct walk {
+  const char *orig;
+  uint64_t next, zero_bytes;
+  int failed;
+};
+
+static int
+walk_extent (void *opaque, uint64_t offset, uint64_t length, bool zero)
+{
+  struct walk *w = opaque;
+  uint64_t i;
+
+  if (offset != w->next) {
+    fprintf (stderr, "ad-verify: extents: a run at %" PRIu64 ", expected "
+             "one at %" PRIu64 "\n", offset, w->next);
+    w->failed = 1;
+  }
+  if (zero) {
+    for (i = 0; i < length; i++)
+      if (w->orig[offset + i] != 0) {
+        fprintf (stderr, "ad-verify: WRONG EXTENTS: the run of %" PRIu64
+                 " bytes at %" PRIu64 " is said to be zeros, but byte %"
+                 PRIu64 " is not\n", length, offset, offset + i);
+        w->failed = 1;
+        break;
+      }
+    w->zero_bytes += length;
+  }
+  w->next = offset + length;
+  return 0;
+}
+
+static int
+walk_extents (struct ad_export *exp, struct ad_source *src,
+              const char *orig, uint64_t osize, uint64_t *zero_bytes)
+{
+  struct walk w = { orig, 0, 0, 0 };
+  struct ad_error err;
+
+  while (w.next < osize && !w.failed) {
+    uint64_t before = w.next;
+    size_t count = osize - w.next < (1ULL << 30) ? osize - w.next : 1ULL << 30;
+
+    ad_error_clear (&err);
+    if (ad_export_extents (exp, src, count, w.next, walk_extent, &w,
+                           &err) == -1) {
+      fprintf (stderr, "ad-verify: extents at %" PRIu64 ": %s\n", w.next,
+               err.msg);
+      return -1;
+    }
+    if (w.next == before) {
+      fprintf (stderr, "ad-verify: extents at %" PRIu64 " described "
+               "nothing\n", before);
+      return -1;
+    }
+  }
+  *zero_bytes = w.zero_bytes;
+  return w.failed ? -1 : 0;
 }
 
 struct worker {
@@ -117,7 +180,7 @@ main (int argc, char *argv[])
   struct ad_error err;
   struct stat st;
   const char *orig;
-  uint64_t osize, off;
+  uint64_t osize, off, zero_bytes = 0;
   char *buf;
   int fd, ofd, c;
   unsigned long i;
@@ -187,6 +250,8 @@ main (int argc, char *argv[])
     exp->progressive = progressive;
   }
   buf = malloc (maxlen);
+  if (walk_extents (exp, &src, orig, osize, &zero_bytes) == -1)
+    return 1;
 
   /* Random reads first (so the spill and the gzip pass are exercised
    * out of order), in several threads at once with -t; then the whole
@@ -217,11 +282,11 @@ main (int argc, char *argv[])
   ad_pool_free (pool);
   pool = NULL;
   printf ("%s: %s, %" PRIu64 " bytes, %zu frames, %lu random reads + "
-          "sequential read OK, %" PRIu64 " frame decodes (%" PRIu64
-          " by read-ahead), %" PRIu64 " source reads\n", argv[optind],
-          ad_format_name (exp->format), osize, ad_index_nframes (exp->idx),
-          reads, exp->idx->frames_decoded, exp->readahead_frames,
-          src.reads);
+          "sequential read OK, %" PRIu64 " bytes of zeros by extents, %"
+          PRIu64 " frame decodes (%" PRIu64 " by read-ahead), %" PRIu64
+          " source reads\n", argv[optind], ad_format_name (exp->format),
+          osize, ad_index_nframes (exp->idx), reads, zero_bytes,
+          exp->idx->frames_decoded, exp->readahead_frames, src.reads);
   free (buf);
   ad_pool_free (pool);
   ad_export_free (exp);
