@@ -16,7 +16,8 @@
  *
  * 2. Reads through the export (ad_export_pread: cache, spill, read
  *    splitting, lazy gzip indexing) as a client would: the first and
- *    the last bytes, a prefetch (ad_export_prefetch), a few offsets,
+ *    the last bytes, a prefetch (ad_export_prefetch), block status
+ *    (ad_export_extents) at the start and anywhere, a few offsets,
  *    reads across frame boundaries.
  *    The per-format targets build the export with ad_export_open when
  *    the magic matches the format, and use ad_index_open alone
@@ -40,7 +41,9 @@
  * it was asked for; a failure always fills the error; no read outside
  * the image or, while decoding one frame, outside [coff, coff + csize);
  * the cache is empty once the export is freed; a bzip2 frame indexed
- * by the sizing pass (which checked its CRC) decodes.  A broken oracle prints
+ * by the sizing pass (which checked its CRC) decodes; block status
+ * tiles the range asked from its start, and what it calls zeros reads
+ * as zeros.  A broken oracle prints
  * "fuzz-format: ORACLE NAME: ..." and aborts, unless the environment
  * variable FUZZ_SKIP_ORACLE lists NAME (to fuzz on past a known bug).
  *
@@ -341,8 +344,11 @@ emit_check (void *opaque, struct ad_index *idx, size_t frame_no,
  * to the end of the range through the spill).  Frames indexed by the
  * read itself are emitted into the cache while indexing.
  */
+/* With probe, frames above MAX_FRAME count too: ad_export_extents may
+ * decode one (through a small buffer) to see whether it is all zeros.
+ */
 static uint64_t
-read_cost (struct run *r, uint64_t off, size_t len)
+range_cost (struct run *r, uint64_t off, size_t len, bool probe)
 {
   uint64_t end = off + len, ix = indexed (r->idx), pos = off, cost = 0;
   struct ad_error err = { 0 };
@@ -366,11 +372,17 @@ read_cost (struct run *r, uint64_t off, size_t len)
       uint64_t upto = (end < fend ? end : fend) - f.uoff;
       cost += (upto + SPILL_CHUNK - 1) / SPILL_CHUNK * SPILL_CHUNK;
     }
-    else if (f.usize <= MAX_FRAME)
+    else if (f.usize <= MAX_FRAME || probe)
       cost += f.usize;
     pos = fend;
   }
   return cost;
+}
+
+static uint64_t
+read_cost (struct run *r, uint64_t off, size_t len)
+{
+  return range_cost (r, off, len, false);
 }
 
 static void
@@ -423,6 +435,80 @@ export_prefetch (struct run *r, uint64_t off, size_t len)
     check_err (&err, "ad_export_prefetch");
 }
 
+/* Block status as a client asks it: the runs must tile the range from
+ * its start, and a run said to be zeros must read back as zeros.
+ */
+#define MAX_RUNS 16
+
+struct runs {
+  uint64_t next, end;
+  size_t n;
+  uint64_t off[MAX_RUNS], len[MAX_RUNS];
+  bool zero[MAX_RUNS];
+};
+
+static int
+record_run (void *opaque, uint64_t offset, uint64_t length, bool zero)
+{
+  struct runs *w = opaque;
+
+  if (offset != w->next || length == 0 || length > w->end - offset)
+    oracle ("extents", "a run of %" PRIu64 " bytes at %" PRIu64 ", expected "
+            "one at %" PRIu64 " ending by %" PRIu64, length, offset, w->next,
+            w->end);
+  if (w->n < MAX_RUNS) {
+    w->off[w->n] = offset;
+    w->len[w->n] = length;
+    w->zero[w->n] = zero;
+    w->n++;
+  }
+  w->next = offset + length;
+  return 0;
+}
+
+static void
+export_extents (struct run *r, uint64_t off, size_t len)
+{
+  struct ad_error err = { 0 };
+  struct runs w;
+  unsigned char *buf;
+  size_t i;
+
+  if (len == 0 || off >= r->idx->size)
+    return;
+  if (len > r->idx->size - off)
+    len = r->idx->size - off;
+  if (!afford (r, range_cost (r, off, len, true)))
+    return;
+  memset (&w, 0, sizeof w);
+  w.next = off;
+  w.end = off + len;
+  if (ad_export_extents (r->exp, &r->src, len, off, record_run, &w,
+                         &err) == -1) {
+    check_err (&err, "ad_export_extents");
+    return;
+  }
+  if (w.next == off)
+    oracle ("extents", "no run described at %" PRIu64, off);
+  /* Zeros must read as zeros (what the reads cost is paid above). */
+  buf = malloc (MAX_READ_LEN);
+  if (buf == NULL)
+    abort ();
+  for (i = 0; i < w.n; i++) {
+    size_t n = w.len[i] < MAX_READ_LEN ? w.len[i] : MAX_READ_LEN, k;
+
+    if (!w.zero[i] ||
+        ad_export_pread (r->exp, &r->src, buf, n, w.off[i], &err) == -1)
+      continue;
+    for (k = 0; k < n; k++)
+      if (buf[k] != 0)
+        oracle ("extents", "the run of %" PRIu64 " bytes at %" PRIu64
+                " is said to be zeros, but byte %" PRIu64 " reads 0x%02x",
+                w.len[i], w.off[i], w.off[i] + k, buf[k]);
+  }
+  free (buf);
+}
+
 static size_t
 pick_len (struct run *r)
 {
@@ -449,6 +535,9 @@ export_reads (struct run *r)
   len = pick_len (r);
   export_read (r, len < size ? size - len : 0, len);
   export_prefetch (r, rng_range (&r->rng, 0, size - 1), pick_len (r));
+  export_extents (r, rng_range (&r->rng, 0, size - 1),
+                  rng_range (&r->rng, 1, 4 * MAX_READ_LEN));
+  export_extents (r, 0, rng_range (&r->rng, 1, 4 * MAX_READ_LEN));
   for (i = 0; i < 4; i++)
     export_read (r, rng_range (&r->rng, 0, size - 1), pick_len (r));
 
