@@ -342,10 +342,9 @@ emit_check (void *opaque, struct ad_index *idx, size_t frame_no,
 /* What decoding [off, off + len) through the export costs: indexing
  * up to it, then each frame it touches (whole into the cache, or up
  * to the end of the range through the spill).  Frames indexed by the
- * read itself are emitted into the cache while indexing.
- */
-/* With probe, frames above MAX_FRAME count too: ad_export_extents may
- * decode one (through a small buffer) to see whether it is all zeros.
+ * read itself are emitted into the cache while indexing.  With probe,
+ * frames above MAX_FRAME count too: ad_export_extents may decode one
+ * (through a small buffer) to see whether it is all zeros.
  */
 static uint64_t
 range_cost (struct run *r, uint64_t off, size_t len, bool probe)

@@ -244,7 +244,6 @@ struct reader {
   uint64_t frame_done;
   struct ad_reader seq;         /* So the workers decode ahead. */
   bool progress;                /* Show how far it got, on stderr. */
-  bool shown;
   double last;
 };
 
@@ -306,7 +305,6 @@ reader_progress (struct reader *r, const char *what)
   if (t - r->last < 1 && r->off < size)
     return;
   r->last = t;
-  r->shown = true;
   fprintf (stderr, "\r%s %s: %3.0f%% of ", what, r->im->path,
            size ? 100.0 * r->off / size : 100.0);
   print_size (stderr, size);
