@@ -4,14 +4,17 @@
 # the test corpus: every image through ad-verify under ASan/UBSan, one
 # image of each kind of index with four threads and two decode workers
 # (progressive reads) on one shared export under TSan, the cache unit
-# test, and the command line tool under both.  Run from the top of a configured build tree (it
-# uses its config.h and the corpus the test suite made), by ./check.
+# test, and the command line tool under both.  Run from the top of a
+# configured build tree (it uses its config.h, and the test corpus, which
+# it makes with tests/setup-corpus.sh when make check has not), by ./check.
 set -e
 cd "$(dirname "$0")/.."
 top=$(pwd)
 : "${CORPUS:=$top/tests/corpus}"
 [ -f config.h ] || { echo "check-sanitizers: run ./configure first" >&2; exit 1; }
-[ -f "$CORPUS/disk.img" ] || { echo "check-sanitizers: no corpus in $CORPUS (run make check first)" >&2; exit 1; }
+export CORPUS
+srcdir=$top/tests top_srcdir=$top tests/setup-corpus.sh ||
+  { echo "check-sanitizers: could not make the test corpus in $CORPUS" >&2; exit 1; }
 
 libs="-llzma -lzstd -lz -ldeflate -lisal -lbz2 -lxxhash -lpthread"
 srcs=$(echo lib/*.c)             # The whole library, as fuzz/build.sh.

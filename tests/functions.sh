@@ -62,14 +62,19 @@ note () { echo "$test_name: $*"; }
 fail () { echo "$test_name: FAIL: $*" >&2; exit 1; }
 skip () { echo "$test_name: SKIP: $*"; exit 77; }
 
-# requires CMD [ARGS...]: skip (77) unless CMD exists (and, with ARGS, unless
-# running it with ARGS succeeds).
+# requires CMD [ARGS...]: fail unless CMD exists (and, with ARGS, unless
+# running it with ARGS succeeds).  Every program the tests use is a Debian
+# package that scripts/install-deps.sh installs, so a missing one is a
+# broken setup, not a reason to skip; tests skip (77) only for what the
+# machine cannot do (no /dev/fuse, FUSE mounts refused).
 requires ()
 {
     if [ $# -eq 1 ]; then
-        command -v "$1" >/dev/null 2>&1 || skip "$1 is not installed"
+        command -v "$1" >/dev/null 2>&1 ||
+            fail "$1 is not installed (scripts/install-deps.sh installs it)"
     else
-        "$@" >/dev/null 2>&1 </dev/null || skip "'$*' failed"
+        "$@" >/dev/null 2>&1 </dev/null ||
+            fail "'$*' failed (scripts/install-deps.sh installs what the tests need)"
     fi
 }
 
@@ -221,8 +226,8 @@ export_size ()
 
 # ---------------------------------------------------------------- corpus
 
-# setup_corpus: build $CORPUS (and $CORPUS/extra) once; skips the test (77)
-# when shared/corpus/make-corpus.sh is not there.
+# setup_corpus: build $CORPUS (and $CORPUS/extra) once, with the project's
+# corpus/make-corpus.sh and setup-corpus.sh; fails the test when it cannot.
 setup_corpus ()
 {
     local rc=0
@@ -238,7 +243,7 @@ corpus_pairs ()
     local c=$CORPUS e=$CORPUS/extra f
     # raw image, passed through
     echo "$c/disk.img $c/disk.img"
-    # made by shared/corpus/make-corpus.sh
+    # made by corpus/make-corpus.sh
     for f in disk.img.xz disk-1block.img.xz \
              disk.img.zst disk-frames.img.zst disk-seekable.img.zst \
              disk.img.gz disk.img.bgz disk.img.bz2; do

@@ -1,11 +1,12 @@
 #!/bin/bash
 # setup-corpus.sh: make sure $CORPUS holds the test corpus.
 #
-# Runs $top_srcdir/../shared/corpus/make-corpus.sh "$CORPUS" 64 when the corpus
-# is missing or incomplete, then adds our own extra shapes in $CORPUS/extra/.
+# Runs $top_srcdir/corpus/make-corpus.sh "$CORPUS" 64 when the corpus is
+# missing or incomplete, then adds the tests' extra shapes in $CORPUS/extra/.
 # Everything happens once, under an flock, so tests run by `make -j2 check`
-# (which each call this first) do not build it twice.  Exit 77 (skip) when
-# make-corpus.sh is not there.
+# (which each call this first) do not build it twice.  A tool the corpus
+# needs that is missing is a failure (scripts/install-deps.sh installs them
+# all), not a skip: without the corpus no test can say anything.
 #
 # The list of pairs the tests use is corpus_pairs in functions.sh; the files
 # made here must match it.
@@ -13,16 +14,17 @@
 corpus_only=1
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 
-make_corpus=$top_srcdir/../shared/corpus/make-corpus.sh
-mk_seekable=$top_srcdir/../shared/corpus/mk-seekable.py
+make_corpus=$top_srcdir/corpus/make-corpus.sh
+mk_seekable=$top_srcdir/corpus/mk-seekable.py
 stamp=$CORPUS/.autodecomp-corpus-v1
 
 # Fast path: already built.
 if [ -f "$stamp" ]; then exit 0; fi
 
-[ -f "$make_corpus" ] || skip "$make_corpus not found"
-for c in xz zstd gzip pigz bgzip bzip2 lbzip2 xxhsum mkfs.ext4 split flock; do
-    requires "$c"
+[ -f "$make_corpus" ] || fail "$make_corpus not found"
+for c in xz zstd gzip bgzip bzip2 lbzip2 xxhsum mkfs.ext4 split flock; do
+    command -v "$c" >/dev/null 2>&1 ||
+        fail "$c is not installed (scripts/install-deps.sh installs it)"
 done
 
 mkdir -p "$(dirname "$CORPUS")"

@@ -10,7 +10,7 @@
 requires nbdkit
 requires nbdsh
 requires_python_nbd
-nbdkit --filter=cow null --dump-plugin >/dev/null 2>&1 || skip "nbdkit cow filter is missing"
+nbdkit --filter=cow null --dump-plugin >/dev/null 2>&1 || fail "nbdkit cow filter is missing"
 setup_corpus
 make_tmpdir
 

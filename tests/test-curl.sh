@@ -13,9 +13,9 @@ requires nbdkit
 requires nbdcopy
 requires nbdinfo
 nginx=/usr/sbin/nginx
-[ -x "$nginx" ] || nginx=$(command -v nginx 2>/dev/null) || skip "nginx is not installed"
-[ -x "$nginx" ] || skip "nginx is not installed"
-nbdkit curl --dump-plugin >/dev/null 2>&1 || skip "nbdkit curl plugin is not installed"
+[ -x "$nginx" ] || nginx=$(command -v nginx 2>/dev/null) || fail "nginx is not installed (scripts/install-deps.sh)"
+[ -x "$nginx" ] || fail "nginx is not installed (scripts/install-deps.sh)"
+nbdkit curl --dump-plugin >/dev/null 2>&1 || fail "nbdkit curl plugin is not installed (scripts/install-deps.sh)"
 setup_corpus
 make_tmpdir
 

@@ -19,7 +19,7 @@ requires_python_nbd
 requires xz
 requires zstd
 nbdkit --filter=delay null --dump-plugin >/dev/null 2>&1 ||
-    skip "nbdkit delay filter is missing"
+    fail "nbdkit delay filter is missing"
 setup_corpus
 make_tmpdir
 

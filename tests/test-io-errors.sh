@@ -12,7 +12,7 @@
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires nbdkit
 requires_python_nbd
-nbdkit --filter=error null --dump-plugin >/dev/null 2>&1 || skip "nbdkit error filter is missing"
+nbdkit --filter=error null --dump-plugin >/dev/null 2>&1 || fail "nbdkit error filter is missing"
 setup_corpus
 make_tmpdir
 
