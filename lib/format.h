@@ -47,7 +47,18 @@ struct ad_options {
   unsigned threads;             /* Workers for parallel passes (0: nproc). */
   bool gzip_trust_isize;        /* Take an ambiguous single-member ISIZE
                                    as the size (verified by the pass). */
+  bool size_at_connect;         /* Prove at open that a size a header or
+                                   trailer declares covers the whole file
+                                   (else the decoder proves it when it
+                                   reaches the end). */
 };
+
+/* Named in the errors of an image whose declared size the decoder
+ * found wrong, as the way to size such an image at connect.
+ */
+#define AD_SIZE_CHECK_HINT \
+  "serve it with autodecomp-size-check=connect, which sizes it at connect"
+
 
 #define AD_DEFAULT_MAX_FRAME (512 * 1024 * 1024ULL)
 #define AD_DEFAULT_GZIP_SPAN (1024 * 1024ULL)

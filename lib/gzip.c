@@ -977,8 +977,13 @@ pass_member_end (struct gz_priv *priv, struct ad_index *idx,
     /* Nothing may follow (the size came from the last bytes of the
      * file), checked before the last frame makes the index complete.
      */
-    if (pass_skip_zeros (P, src, err) == -1)
+    if (pass_skip_zeros (P, src, err) == -1) {
+      if (!err->transient)
+        ad_error_prefix (err, "the member taken to be the whole file ends "
+                         "at offset %" PRIu64 " but more follows ("
+                         AD_SIZE_CHECK_HINT ")", mend);
       return -1;
+    }
     if (P->uoff != P->limit)
       return ad_error_set (err, EIO, "member at offset %" PRIu64 " decodes "
                            "to %" PRIu64 " bytes, not the %" PRIu64 " its "
@@ -1063,10 +1068,12 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
       if (P->lazy && P->uoff > P->limit)
         return ad_error_set (err, EIO, "member at offset %" PRIu64
                              " decodes to more than the %" PRIu64 " bytes "
-                             "its trailer implied: the image is 4 GiB or "
-                             "larger (the trailer holds the size modulo "
-                             "4 GiB), serve it with "
-                             "autodecomp-gzip-size=decode", P->member_coff,
+                             "the trailer at the end of the file implied: "
+                             "either the file holds several members ("
+                             AD_SIZE_CHECK_HINT ") or the image is 4 GiB "
+                             "or larger (the trailer holds the size modulo "
+                             "4 GiB: serve it with "
+                             "autodecomp-gzip-size=decode)", P->member_coff,
                              P->limit);
     }
     if (r < 0)
@@ -1264,7 +1271,7 @@ trial_member (const unsigned char *p, size_t avail, uint64_t off,
 static int
 single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
                     const struct gz_header *h, bool trust_isize,
-                    uint64_t *size, struct ad_error *err)
+                    bool scan_all, uint64_t *size, struct ad_error *err)
 {
   uint64_t fsize = src->size, d, umax, start;
   unsigned char trailer[TRAILER_SIZE];
@@ -1290,14 +1297,17 @@ single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
   if (isize + (UINT64_C (1) << 32) <= umax && !trust_isize)
     return 0;
 
-  /* Any other member?  Scan the whole file in CHUNK reads (chunk c at
+  /* Any other member?  Scan the file in CHUNK reads (chunk c at
    * c * (CHUNK - 3): an overlap of 3 bytes so that no header is split)
    * for the bytes 1f 8b 08 (memchr for the first: faster here than
    * memmem), and trial-decode every candidate, from the chunk itself
    * when its trial input lies in it.  Every chunk is read into buf
    * (a second 8 MiB buffer would cost more in page faults than reading
    * the first chunk again), the first one (already there) last, so
-   * that buf ends up holding the start of the file again.
+   * that buf ends up holding the start of the file again.  Unless
+   * scan_all (autodecomp-size-check=connect), only the first chunk,
+   * already read, is scanned: the lazy pass finds any member after it
+   * when it gets there.
    */
   out = malloc (TRIAL_OUTPUT);
   if (out == NULL) {
@@ -1306,14 +1316,14 @@ single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
   }
   start = h->len + 2 + TRAILER_SIZE;
   nchunks = fsize <= CHUNK ? 1 : (fsize - 3 - 1) / (CHUNK - 3) + 1;
-  for (c = 1; c <= nchunks; c++) {
+  for (c = scan_all ? 1 : nchunks; c <= nchunks; c++) {
     uint64_t coff = (c % nchunks) * (uint64_t) (CHUNK - 3);
     size_t clen = fsize - coff < CHUNK ? fsize - coff : CHUNK;
     bool last = coff + clen == fsize;
     size_t lim = last ? clen : clen - 3;
     size_t i = coff < start ? start - coff : 0;
 
-    if (nchunks > 1) {
+    if (coff != 0 || !buf_is_start) {
       buf_is_start = false;
       if (ad_source_pread (src, buf, clen, coff, err) == -1) {
         r = -1;
@@ -1529,7 +1539,7 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   }
   else {
     r = single_member_size (src, buf, n, &h, idx->opts.gzip_trust_isize,
-                            &size, err);
+                            idx->opts.size_at_connect, &size, err);
     if (r == -1)
       goto fail;
     if (r == 1) {

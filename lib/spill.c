@@ -14,12 +14,18 @@
  * decoder is thrown away.  The bytes behind the frontier stay valid; a
  * later read past the frontier starts a new decoder, which decodes and
  * discards up to the frontier before it writes again.  So an error
- * below that goes away is not remembered.
+ * below that goes away is not remembered.  An error in the data is:
+ * decoding again would find it again, so it is returned at once to
+ * every later read that needs the decoder to get further.
  *
  * At the end of the frame the decoder's final checks run (the content
- * checksum of a zstd frame, the check of an xz block).  Bytes served
- * before the decoder got there were not yet covered by that check: it
- * is a property of one-frame images, and the man page says so.
+ * checksum of a zstd frame, the check of an xz block, that nothing but
+ * padding follows the frame in its range).  A read that includes the
+ * frame's last byte is served only once they have passed, so a copy of
+ * the image can never complete on a frame that is damaged, cut short
+ * or followed by more than the index knows of.  Bytes served before
+ * the decoder got there were not yet covered by those checks: it is a
+ * property of one-frame images, and the man page says so.
  */
 
 #include <config.h>
@@ -46,7 +52,9 @@ struct spill_frame {
                                    an error. */
   uint64_t decoded;             /* Decoder's position in the frame. */
   uint64_t frontier;            /* Bytes in the file (atomic). */
-  bool finished;                /* Frame ended and verified. */
+  bool finished;                /* Frame ended and verified (atomic). */
+  bool failed;                  /* The data is wrong: err says how. */
+  struct ad_error err;
   char *chunk;                  /* SPILL_CHUNK bytes of scratch. */
   struct spill_frame *next;
 };
@@ -180,14 +188,16 @@ write_chunk (struct ad_spill *spill, const char *buf, size_t count,
   return 0;
 }
 
-/* Must the decoder run to serve bytes up to want?  Also once the whole
- * frame is in the file but its final checks have not run yet.
+/* Must the decoder run to serve bytes up to want?  Also when want is
+ * the end of the frame and its final checks have not passed yet.
  */
 static bool
 need_decoding (const struct ad_frame *frame, struct spill_frame *f,
                uint64_t want)
 {
-  return f->frontier < want || (f->frontier == frame->usize && !f->finished);
+  return __atomic_load_n (&f->frontier, __ATOMIC_ACQUIRE) < want ||
+    (want == frame->usize &&
+     !__atomic_load_n (&f->finished, __ATOMIC_ACQUIRE));
 }
 
 /* Run the decoder of f until its frontier reaches want.  Called with
@@ -203,6 +213,10 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
   /* Another reader may have done the work while we waited. */
   if (!need_decoding (frame, f, want))
     return 0;
+  if (f->failed) {
+    *err = f->err;
+    return -1;
+  }
   if (f->chunk == NULL) {
     f->chunk = malloc (SPILL_CHUNK);
     if (f->chunk == NULL)
@@ -233,7 +247,7 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
                       " bytes the index declares", frame->usize);
         goto fail;
       }
-      f->finished = true;
+      __atomic_store_n (&f->finished, true, __ATOMIC_RELEASE);
       ops->decoder_free (f->decoder);
       f->decoder = NULL;
       break;
@@ -269,6 +283,10 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
                      " (decoded %" PRIu64 " of %" PRIu64 " bytes)",
                      ops->name, f->frame_no, frame->coff, f->decoded,
                      frame->usize);
+  if (!err->transient && err->errnum == EIO) {
+    f->failed = true;
+    f->err = *err;
+  }
   return -1;
 }
 
@@ -363,7 +381,7 @@ ad_spill_read (struct ad_spill *spill, struct ad_source *src,
 
   if (f == NULL)
     return -1;
-  if (__atomic_load_n (&f->frontier, __ATOMIC_ACQUIRE) < end) {
+  if (need_decoding (frame, f, end)) {
     int r;
     pthread_mutex_lock (&f->lock);
     r = decode_to (spill, src, frame, f, end, err);

@@ -98,6 +98,8 @@ struct zstd_priv {
   uint32_t *sums;               /* Seek-table checksum per frame, or NULL. */
   size_t nsums;
   uint64_t max_frame;
+  bool declared;                /* One frame sized by its header: what
+                                   follows it is found by the decoder. */
 
   pthread_mutex_t lock;         /* Protects the context pool. */
   ZSTD_DCtx *pool[DCTX_POOL_MAX];
@@ -440,7 +442,10 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
   }
   if (avail < 4)
     return ad_error_set (err, EIO, "%zu stray bytes at offset %" PRIu64
-                         " at the end of the range", avail, offset);
+                         " at the end of the range%s", avail, offset,
+                         d->priv->declared ? " (after the frame that "
+                         "declared the image's size; "
+                         AD_SIZE_CHECK_HINT ")" : "");
   magic = ad_le32 (p);
   if (is_skippable (magic)) {
     if (avail < SKIPPABLE_HEADER_SIZE)
@@ -451,6 +456,13 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
     d->state = DEC_SKIP;
     return 1;
   }
+  if (d->seen_frame && d->priv->declared)
+    return ad_error_set (err, EIO, "%s at offset %" PRIu64 " after the "
+                         "frame that declared the image's size (%" PRIu64
+                         " bytes): the image is more than its first frame; "
+                         AD_SIZE_CHECK_HINT, magic == FRAME_MAGIC ?
+                         "another zstd frame" : "data that is not a zstd "
+                         "frame", offset, d->usize);
   if (magic != FRAME_MAGIC)
     return ad_error_set (err, EIO, "bad magic 0x%08" PRIx32 " at offset %"
                          PRIu64 " (not a zstd frame)", magic, offset);
@@ -1506,6 +1518,78 @@ open_walk (struct ad_index *idx, struct ad_source *src,
   return r;
 }
 
+/* Is the file one frame that declares its content size (what `zstd`
+ * writes from a file)?  Then that is the image's size, taken without
+ * reading the rest of the file, after cheap checks that catch the
+ * common many-frame shapes: the frame must have a Frame_Content_Size,
+ * the file (after leading skippable frames) must be no larger than the
+ * most the frame could compress to (ZSTD_COMPRESSBOUND), and the frame
+ * must not end within the first WALK_CHUNK bytes, whose block headers
+ * are walked.  The frame's range is then the rest of the file: the
+ * decoder checks that it decodes to exactly the declared size and that
+ * nothing but skippable frames follows it, before the last bytes of
+ * the image are served (see ad_spill_read, and
+ * ad_index_decode_frame).  Returns 1 if taken, 0 to walk the file.
+ */
+static int
+open_declared (struct ad_index *idx, struct ad_source *src,
+               struct ad_error *err)
+{
+  struct zstd_priv *priv = idx->priv;
+  uint64_t pos = 0, rest, p;
+  struct frame_header h;
+  struct ad_error scratch;
+  unsigned char *buf;
+  size_t n;
+  int r = 0;
+
+  if (idx->opts.size_at_connect)
+    return 0;
+  if (hop_skippable (src, &pos, src->size, err) == -1)
+    return -1;
+  rest = src->size - pos;
+  if (rest <= WALK_CHUNK)
+    return 0;                   /* Small: the walk costs no more. */
+  n = WALK_CHUNK;
+  buf = malloc (n);
+  if (buf == NULL)
+    return ad_error_set (err, ENOMEM, "malloc: %m");
+  if (ad_source_pread (src, buf, n, pos, err) == -1) {
+    r = -1;
+    goto out;
+  }
+  /* Anything odd is left to the walk, which names it. */
+  if (ad_le32 (buf) != FRAME_MAGIC ||
+      parse_frame_header (buf, pos, &h, &scratch) == -1 ||
+      !h.has_fcs || h.fcs == 0 || h.fcs > INT64_MAX / 2 ||
+      rest > ZSTD_COMPRESSBOUND (h.fcs))
+    goto out;
+  for (p = h.size; p + BLOCK_HEADER_SIZE <= n; ) {
+    uint32_t bh = buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16);
+    uint32_t type = (bh >> 1) & 3, bsize = bh >> 3;
+
+    if (type == 3 || bsize > BLOCK_SIZE_MAX || (bh & 1))
+      goto out;                 /* Bad, or the frame ends early. */
+    p += BLOCK_HEADER_SIZE + (type == 1 ? 1 : bsize);
+  }
+
+  {
+    struct ad_frame frame = {
+      .uoff = 0, .usize = h.fcs, .coff = pos, .csize = rest,
+    };
+    idx->size = h.fcs;
+    if (ad_index_append_frame (idx, &frame, err) == -1) {
+      r = -1;
+      goto out;
+    }
+  }
+  priv->declared = true;
+  r = 1;
+ out:
+  free (buf);
+  return r;
+}
+
 static void
 zstd_close (struct ad_index *idx)
 {
@@ -1543,6 +1627,14 @@ zstd_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
     return -1;
   if (found) {
     idx->index_from = "the seek table";
+    return 0;
+  }
+  switch (open_declared (idx, src, err)) {
+  case -1:
+    return -1;
+  case 1:
+    idx->index_from = "the content size in the frame header (the end of "
+      "the file is proven when decoding reaches it)";
     return 0;
   }
   idx->index_from = "frame and block headers";

@@ -67,6 +67,13 @@ struct named_export {
   struct ad_export *exp;        /* NULL if the image could not be opened. */
   char *failed;                 /* Then why (not a failure below). */
   uint64_t compressed_size;
+  /* The last error logged for a request, so that a request failing
+   * again for the same reason (every read of the end of an image whose
+   * declared size was wrong, say) is logged once at error level, then
+   * at debug level.
+   */
+  pthread_mutex_t error_lock;
+  char last_error[AD_ERROR_MSG_MAX];
   /* Under exports_lock: */
   unsigned users;               /* Connections holding it. */
   uint64_t last_used;           /* export_clock when last released. */
@@ -106,6 +113,7 @@ free_export (struct named_export *e)
                   idx->nframes, ad_spill_total (e->exp->spill));
   ad_export_free (e->exp);
   pthread_mutex_destroy (&e->open_lock);
+  pthread_mutex_destroy (&e->error_lock);
   free (e->failed);
   free (e->name);
   free (e);
@@ -192,6 +200,18 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
+  else if (strcmp (key, "autodecomp-size-check") == 0) {
+    if (strcmp (value, "lazy") == 0)
+      options.size_at_connect = false;
+    else if (strcmp (value, "connect") == 0)
+      options.size_at_connect = true;
+    else {
+      nbdkit_error ("autodecomp-size-check: expected 'lazy' or 'connect', "
+                    "not '%s'", value);
+      return -1;
+    }
+    return 0;
+  }
   else if (strcmp (key, "autodecomp-threads") == 0)
     return nbdkit_parse_unsigned (key, value, &options.threads);
   else if (strcmp (key, "autodecomp-readahead") == 0) {
@@ -217,6 +237,10 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "autodecomp-gzip-size=trailer|decode\n" \
   "                          Size of one gzip member: from its trailer\n" \
   "                          (default) or by decoding it all at connect.\n" \
+  "autodecomp-size-check=lazy|connect\n" \
+  "                          A one-frame zstd or one-member gzip takes its\n" \
+  "                          declared size, proven when decoding reaches the\n" \
+  "                          end (default lazy), or proven at connect.\n" \
   "autodecomp-threads=N        Decode threads (default: CPUs).\n" \
   "autodecomp-readahead=SIZE   Decoded ahead of sequential readers\n" \
   "                          (default: a quarter of the cache, at most 64M).\n" \
@@ -446,6 +470,7 @@ acquire_export (const char *name)
       return NULL;
     }
     pthread_mutex_init (&e->open_lock, NULL);
+    pthread_mutex_init (&e->error_lock, NULL);
     e->listed = true;
     e->next = exports;
     exports = e;
@@ -609,10 +634,24 @@ autodecomp_can_cache (nbdkit_next *next, void *handle)
   return NBDKIT_CACHE_NATIVE;
 }
 
+/* Fail a request with the library's error: logged at error level
+ * unless it is the same as the last one logged for this export.
+ */
 static int
-report (struct ad_error *e, int *err)
+report (struct handle *h, struct ad_error *e, int *err)
 {
-  nbdkit_error ("autodecomp: %s", e->msg);
+  struct named_export *ne = h->export;
+  bool again;
+
+  pthread_mutex_lock (&ne->error_lock);
+  again = strcmp (ne->last_error, e->msg) == 0;
+  if (!again)
+    memcpy (ne->last_error, e->msg, sizeof ne->last_error);
+  pthread_mutex_unlock (&ne->error_lock);
+  if (again)
+    nbdkit_debug ("autodecomp: again: %s", e->msg);
+  else
+    nbdkit_error ("autodecomp: %s", e->msg);
   *err = e->errnum ? e->errnum : EIO;
   return -1;
 }
@@ -632,7 +671,7 @@ autodecomp_pread (nbdkit_next *next, void *handle, void *buf,
   ad_error_clear (&e);
   if (ad_export_read (h->export->exp, &h->reader, &src, buf, count, offset,
                       &e) == -1)
-    return report (&e, err);
+    return report (h, &e, err);
   return 0;
 }
 
@@ -662,7 +701,7 @@ autodecomp_extents (nbdkit_next *next, void *handle, uint32_t count,
   ad_error_clear (&e);
   if (ad_export_extents (h->export->exp, &src, count, offset, add_extent,
                          extents, &e) == -1)
-    return report (&e, err);
+    return report (h, &e, err);
   return 0;
 }
 
@@ -680,7 +719,7 @@ autodecomp_cache (nbdkit_next *next, void *handle, uint32_t count,
   source_of_next (&src, next, h->export->compressed_size);
   ad_error_clear (&e);
   if (ad_export_prefetch (h->export->exp, &src, count, offset, &e) == -1)
-    return report (&e, err);
+    return report (h, &e, err);
   return 0;
 }
 
