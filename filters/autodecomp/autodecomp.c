@@ -1,4 +1,7 @@
-/* nbdkit-autodecomp-filter: serve a compressed image as the disk it
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * nbdkit-autodecomp-filter: serve a compressed image as the disk it
  * holds.
  *
  * This file is the glue between nbdkit and the format library in lib/:
