@@ -91,6 +91,7 @@ struct handle {
 static void
 autodecomp_load (void)
 {
+  nbdkit_debug ("autodecomp: version %s", PACKAGE_VERSION);
   ad_options_init (&options);
 }
 
@@ -689,7 +690,7 @@ autodecomp_cache (nbdkit_next *next, void *handle, uint32_t count,
 
 static struct nbdkit_filter filter = {
   .name               = "autodecomp",
-  .longname           = "nbdkit autodecomp filter",
+  .longname           = "nbdkit autodecomp filter " PACKAGE_VERSION,
   .load               = autodecomp_load,
   .unload             = autodecomp_unload,
   .config             = autodecomp_config,
