@@ -1,4 +1,7 @@
 #!/bin/sh -
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # Generate ./configure and run it with the arguments given.
 set -e
 test -n "$srcdir" || srcdir=`dirname "$0"`

@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # bench/measure.py: called by bench/run (see bench/README.md); not meant to be run alone.
 # Starts each server configuration on a unix socket and measures it, runs the command
 # line decompressors, prints one markdown table and writes it to --out.

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # make-corpus.sh OUTDIR [SIZE_MIB]
 #
 # Makes the reference disk image the tests and benchmarks measure on, and

@@ -1,4 +1,7 @@
 #!/usr/bin/env python3
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # mk-seekable.py IN OUT [FRAME_BYTES] [--no-sum]
 #
 # Writes IN as a file in the zstd seekable format (facebook/zstd,

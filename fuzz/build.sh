@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # fuzz/build.sh [BUILDDIR]
 #
 # Builds the libFuzzer targets of the format library into BUILDDIR

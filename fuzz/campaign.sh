@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # fuzz/campaign.sh [-s SLICE] [-t "TARGETS"] [-m MAXLEN] END
 #
 # A long fuzzing session that counts: runs the targets one at a time,

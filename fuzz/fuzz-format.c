@@ -1,4 +1,7 @@
-/* autodecomp: libFuzzer target for the format library.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: libFuzzer target for the format library.
  *
  * One source, compiled once per format: -DFUZZ_FORMAT=AD_FORMAT_XZ
  * (GZIP, BZIP2, ZSTD) gives a target that opens the input as that

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # fuzz/ledger.sh add LEDGER TARGET BUILD SECONDS EXECUTIONS RATE FINDINGS
 # fuzz/ledger.sh totals [LEDGER]
 #

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # fuzz/run.sh TARGET SECONDS [EXTRA...]
 #
 # Runs one fuzz target (xz, zstd, gzip, bzip2 or detect; "fuzz-xz" works

@@ -1,4 +1,7 @@
-/* autodecomp: sizing bzip2 blocks without libbz2.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: sizing bzip2 blocks without libbz2.
  *
  * Opening a bzip2 image decodes every block once, only to learn how
  * many bytes it holds (bzip2 records no sizes) and that its CRC

@@ -1,4 +1,8 @@
-/* autodecomp: sizing bzip2 blocks without libbz2 (see bzip2-size.c). */
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: sizing bzip2 blocks without libbz2 (see bzip2-size.c).
+ */
 #ifndef AUTODECOMP_BZIP2_SIZE_H
 #define AUTODECOMP_BZIP2_SIZE_H
 

@@ -1,4 +1,7 @@
-/* autodecomp: bzip2 images.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: bzip2 images.
  *
  * A bzip2 file is one or more streams, each byte aligned (pbzip2 and
  * lbzip2 write many, and so does `cat a.bz2 b.bz2`).  A stream is the

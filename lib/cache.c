@@ -1,4 +1,7 @@
-/* autodecomp: the shared, bounded cache of decoded frames (see cache.h).
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the shared, bounded cache of decoded frames (see cache.h).
  *
  * Entries live in a hash table with chaining (keyed by owner and frame
  * number) and, while nobody holds them, on a doubly linked LRU list:

@@ -1,4 +1,7 @@
-/* autodecomp: the shared, bounded cache of decoded frames.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the shared, bounded cache of decoded frames.
  *
  * One cache serves a whole process: every connection and every export
  * (the key is an owner pointer, the export, and a frame number).  It

@@ -1,4 +1,7 @@
-/* autodecomp: detect the format from magic bytes.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: detect the format from magic bytes.
  *
  * Only the bytes decide, never a file name.  A zstd image may begin
  * with skippable frames (magic 0x184D2A50..0x184D2A5F followed by a

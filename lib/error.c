@@ -1,4 +1,8 @@
-/* autodecomp: error reporting in the format library. */
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: error reporting in the format library.
+ */
 
 #include <config.h>
 

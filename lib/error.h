@@ -1,4 +1,7 @@
-/* autodecomp: error reporting in the format library.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: error reporting in the format library.
  *
  * The library never prints.  A function that fails fills a struct
  * ad_error with an errno value and a message that names the format,

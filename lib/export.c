@@ -1,4 +1,7 @@
-/* autodecomp: one served image, shared by every connection (see
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: one served image, shared by every connection (see
  * export.h).
  */
 

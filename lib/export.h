@@ -1,4 +1,7 @@
-/* autodecomp: one served image, shared by every connection.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: one served image, shared by every connection.
  *
  * An export ties together what the filter (or the command line tool)
  * needs to serve an image: its detected format, its index, the shared

@@ -1,4 +1,7 @@
-/* autodecomp: the seek index and the interface every format implements.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the seek index and the interface every format implements.
  *
  * An image is a sequence of frames: pieces of the uncompressed image
  * that can be decoded on their own, given the compressed bytes at

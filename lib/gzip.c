@@ -1,4 +1,7 @@
-/* autodecomp: gzip (RFC 1952) with random access.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: gzip (RFC 1952) with random access.
  *
  * A gzip file is one or more members, each:
  *

@@ -1,4 +1,8 @@
-/* autodecomp: the seek index (see format.h). */
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the seek index (see format.h).
+ */
 
 #include <config.h>
 

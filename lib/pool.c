@@ -1,4 +1,7 @@
-/* autodecomp: the decode workers (see pool.h).
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the decode workers (see pool.h).
  *
  * Two FIFO queues, urgent and read-ahead, under one mutex; workers take
  * from the urgent queue first.  Slots are a counter with a condition

@@ -1,4 +1,7 @@
-/* autodecomp: the decode workers.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the decode workers.
  *
  * One pool of worker threads serves a whole process, like the cache:
  * readers hand it the frames they miss (urgent jobs, run first) and the

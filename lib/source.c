@@ -1,4 +1,8 @@
-/* autodecomp: the source of compressed bytes (see source.h). */
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the source of compressed bytes (see source.h).
+ */
 
 #include <config.h>
 

@@ -1,4 +1,7 @@
-/* autodecomp: the source of compressed bytes.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the source of compressed bytes.
  *
  * The format library reads the compressed image only through this
  * small interface, so it knows nothing of nbdkit: the filter wraps the

@@ -1,4 +1,7 @@
-/* autodecomp: serving very large frames progressively (see spill.h).
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: serving very large frames progressively (see spill.h).
  *
  * Each large frame has a struct spill_frame: the decoder, how far it
  * has decoded (the frontier) and a lock that one decoding reader holds

@@ -1,4 +1,7 @@
-/* autodecomp: serving very large frames progressively.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: serving very large frames progressively.
  *
  * A frame too large to hold in memory (a one-block xz, a one-frame
  * zstd, what `xz` without -T and `zstd` write by default) cannot be

@@ -1,4 +1,7 @@
-/* autodecomp: xz images, one frame per xz block.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: xz images, one frame per xz block.
  *
  * An .xz file is one or more Streams, each optionally followed by
  * Stream Padding (a multiple of four null bytes).  A Stream is

@@ -1,4 +1,7 @@
-/* autodecomp: zstd images.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: zstd images.
  *
  * A zstd file (RFC 8878) is a sequence of frames.  A Zstandard frame
  * is

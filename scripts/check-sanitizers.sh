@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # Build the library and its unit tests with AddressSanitizer +
 # UndefinedBehaviorSanitizer, and with ThreadSanitizer, and run them on
 # the test corpus: every image through ad-verify under ASan/UBSan, one

@@ -1,4 +1,7 @@
 #!/bin/sh -
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # Install the Debian 12 packages that building, testing and benchmarking
 # nbdkit-autodecomp need, if any are missing.  Uses sudo when not root.
 set -e

@@ -1,4 +1,7 @@
-/* boot-sector.S: the 512-byte boot sector test-qemu-boot.sh boots.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * boot-sector.S: the 512-byte boot sector test-qemu-boot.sh boots.
  *
  * The BIOS loads it at 0x7c00 with the boot drive in DL.  It reads one
  * sector (the LBA patched in at "lba") with INT 13h AH=42h to 0x8000,

@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # corrupt-matrix.py: the corruption matrix of the nbdkit-autodecomp test
 # suite (run by test-corrupt-matrix.sh).
 #

@@ -1,4 +1,6 @@
 # Common helpers for the nbdkit-autodecomp integration tests.  -*- sh -*-
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
 #
 # Every test script starts with:
 #

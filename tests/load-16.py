@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # load-16.py: many connections reading at random at once, every byte
 # compared with the original, and nbdkit's peak memory checked against a
 # bound.  Part of the nbdkit-autodecomp test suite (test-load-16.sh).

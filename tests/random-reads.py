@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # random-reads.py: read an NBD export at random places and compare every byte
 # with the original file.  Part of the nbdkit-autodecomp test suite.
 #

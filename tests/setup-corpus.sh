@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # setup-corpus.sh: make sure $CORPUS holds the test corpus.
 #
 # Runs $top_srcdir/corpus/make-corpus.sh "$CORPUS" 64 when the corpus is

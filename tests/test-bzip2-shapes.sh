@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # bzip2 images of unusual shapes through lib/ (ad-verify: size, a
 # sequential read and random reads, every byte compared), so that the
 # sizing pass's own block decoder (lib/bzip2-size.c) meets what real

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-corrupt-matrix.sh: thousands of damaged images, every format.
 #
 # A small image (2.75 MiB - 4321 bytes, cut from the corpus disk.img: its

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-cow.sh: writable overlay above the filter.
 #   nbdkit --filter=cow --filter=$FILTER file X     (cow above ours)
 # Writes patterns at a few offsets (start, across a 1 MiB frame edge, across

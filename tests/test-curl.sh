@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-curl.sh: the filter over nbdkit's curl plugin, i.e. compressed images
 # served by a web server with range requests.  Starts nginx on 127.0.0.1 on
 # a free port (config, pid, logs and temp dirs in a private temp dir; one

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-errors.sh: damaged images.  For one file of each format, make
 #   - trunc-half: the first half of the compressed file,
 #   - trunc-tail: all but its last 7 bytes (trailer/index/seek table cut),

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # Several exports from one server (file dir=), as a server of many
 # images is run:
 #  1. An image replaced under its name (a new file of another size) is

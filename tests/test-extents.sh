@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-extents.sh: zeros are reported as holes, and sequential readers are
 # served by read-ahead.
 #

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # The first read of a large image whose format records its size must not
 # wait for the whole image to be decoded: a 3.5 GiB image of mostly
 # zeros, as one gzip member, one xz block and one zstd frame.  After one

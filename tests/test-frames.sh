@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-frames.sh: random access really is random access.  With
 #   nbdkit -v -D autodecomp.frames=1 --filter=$FILTER file F
 # the filter logs one line "autodecomp: decode frame N uoff=.. usize=.. ..."

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # A single gzip member of 4 GiB or more: its trailer holds the size
 # modulo 4 GiB.  By default (autodecomp-gzip-size=trailer) the export
 # takes that smaller size and the read that reaches its end fails with a

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # The lazy gzip indexing pass (one member, indexed as far as reads
 # need), through lib/ without nbdkit (unit/gzip-lazy): a sequential
 # read by 4 threads decodes every span once (in the pass, which gives

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # A single gzip member whose trailer was forged: the deflate data is
 # cut at 300 kB, and the last 8 bytes claim 17,000,000 bytes, so the
 # member is indexed lazily (one pass as reads need it, from a buffer that

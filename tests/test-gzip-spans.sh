@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # gzip checkpoints are snapshots of ISA-L's inflate state, taken exactly
 # every autodecomp-gzip-span bytes of output wherever that falls: inside
 # a stored block, in the middle of a match, right after a block header.

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-io-errors.sh: I/O errors below the filter (fault injection with
 # nbdkit's error filter between ours and the file plugin):
 #   nbdkit --filter=$FILTER --filter=error file X \

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # Library-level check of every corpus pair, without nbdkit: size, a
 # sequential read and random reads through lib/ (ad-verify), every byte
 # compared with the original.

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-load-16.sh: 16 connections at once, a small cache, large frames.
 #
 # For images whose frames are large next to the cache:

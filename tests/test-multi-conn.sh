@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-multi-conn.sh: as test-random-reads.sh, but through 4 connections at
 # once to one nbdkit (the filter shares its cache across connections, so this
 # is where races show up).  Then again, for one image per format family,

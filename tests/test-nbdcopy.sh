@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-nbdcopy.sh: for every (compressed, original) pair, the export's size
 # equals the original's, and nbdcopy of the whole export equals the original.
 . "${srcdir:-$(dirname "$0")}/functions.sh"

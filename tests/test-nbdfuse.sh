@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-nbdfuse.sh: the export as a file through FUSE.  nbdfuse mounts the
 # export (read-only) on a file in a temp dir; cmp it with the original.  As
 # root, if loop mounts work here, also mount the ext4 inside it read-only and

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-not-seekable.sh: the filter warns, once at connect time, when an
 # image holds a frame larger than 32 MiB that has data in it (a random
 # read there waits for the frame to be decoded from its start), and

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-qemu-boot.sh: QEMU boots from the filter's export.
 #
 # A copy of the corpus image gets a boot sector (boot-sector.S) in its

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-qemu-img.sh: qemu as a client.  For one pair per format family
 # (family_pairs): `qemu-img info` of the export reports the original's
 # virtual size (qemu 7.2 rounds it up to 512), `qemu-img compare` of the

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-random-reads.sh: thousands of random reads per (compressed, original)
 # pair through one connection, each compared with the original
 # (random-reads.py: lengths 1 byte .. 4 MiB, biased to cross 1 MiB / 4 MiB /

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # A one-frame zstd with a content size and a one-member gzip take their
 # declared size at connect, reading only their first bytes and their end
 # (autodecomp-size-check=lazy, the default).  When the declaration is

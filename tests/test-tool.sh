@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
 # test-tool.sh: autodecomp(1), the command line companion.
 #
 # info: what it says of corpus images that seek well (many frames, a seek

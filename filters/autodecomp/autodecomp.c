@@ -1,4 +1,7 @@
-/* nbdkit-autodecomp-filter: serve a compressed image as the disk it
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * nbdkit-autodecomp-filter: serve a compressed image as the disk it
  * holds.
  *
  * This file is the glue between nbdkit and the format library in lib/:
@@ -95,6 +98,7 @@ struct handle {
 static void
 autodecomp_load (void)
 {
+  nbdkit_debug ("autodecomp: version %s", PACKAGE_VERSION);
   ad_options_init (&options);
 }
 
@@ -725,7 +729,7 @@ autodecomp_cache (nbdkit_next *next, void *handle, uint32_t count,
 
 static struct nbdkit_filter filter = {
   .name               = "autodecomp",
-  .longname           = "nbdkit autodecomp filter",
+  .longname           = "nbdkit autodecomp filter " PACKAGE_VERSION,
   .load               = autodecomp_load,
   .unload             = autodecomp_unload,
   .config             = autodecomp_config,

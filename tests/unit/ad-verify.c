@@ -1,4 +1,7 @@
-/* ad-verify: check the library against an original, without nbdkit.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * ad-verify: check the library against an original, without nbdkit.
  *
  *   ad-verify [-n READS] [-s SEED] [-t THREADS] [-c CACHE] [-w WORKERS]
  *             [-f MAX-FRAME] [-g GZIP-SPAN] [-p] COMPRESSED ORIGINAL

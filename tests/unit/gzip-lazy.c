@@ -1,4 +1,7 @@
-/* gzip-lazy: checks of the lazy gzip indexing pass, without nbdkit.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * gzip-lazy: checks of the lazy gzip indexing pass, without nbdkit.
  *
  *   gzip-lazy [-s SEED] [-p PERCENT] [-k RUNS] COMPRESSED.gz ORIGINAL
  *

@@ -1,4 +1,7 @@
-/* splitmix64: the small, seedable generator the unit tests use, so a
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * splitmix64: the small, seedable generator the unit tests use, so a
  * failing run can be repeated from its seed.
  */
 #ifndef AUTODECOMP_TEST_SPLITMIX_H

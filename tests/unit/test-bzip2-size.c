@@ -1,4 +1,7 @@
-/* Unit test of lib/bzip2-size.c, the bzip2 block decoder of the sizing
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * Unit test of lib/bzip2-size.c, the bzip2 block decoder of the sizing
  * pass and of whole-block reads.
  *
  * It falls back to libbz2 whenever it does not accept a block, so a

@@ -1,4 +1,7 @@
-/* Unit test of lib/cache.c: decode-once, bound, LRU, reference counts,
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * Unit test of lib/cache.c: decode-once, bound, LRU, reference counts,
  * failures not cached, zero frames kept as flags.
  */
 

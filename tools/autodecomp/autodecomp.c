@@ -1,4 +1,7 @@
-/* autodecomp: the command line companion of nbdkit's autodecomp filter.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: the command line companion of nbdkit's autodecomp filter.
  *
  *   autodecomp info [--json] [--frames] IMAGE
  *   autodecomp prepare [OPTIONS] IMAGE OUTPUT
