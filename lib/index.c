@@ -13,6 +13,7 @@
 #include <errno.h>
 
 #include "format.h"
+#include "persist.h"
 
 void
 ad_options_init (struct ad_options *opts)
@@ -58,6 +59,15 @@ ad_index_open (enum ad_format format, struct ad_source *src,
   idx->opts = *opts;
   pthread_mutex_init (&idx->lock, NULL);
   pthread_mutex_init (&idx->advance_lock, NULL);
+  switch (ad_index_load (idx, src, err)) {
+  case -1:
+    ad_error_prefix (err, "%s", ops->name);
+    ad_index_free (idx);
+    return NULL;
+  case 1:
+    idx->index_from = "a persisted index file";
+    return idx;
+  }
   if (ops->open (idx, src, err) == -1) {
     ad_error_prefix (err, "%s", ops->name);
     ad_index_free (idx);
@@ -69,6 +79,8 @@ ad_index_open (enum ad_format format, struct ad_source *src,
     ad_index_free (idx);
     return NULL;
   }
+  /* Keep it for next time (replacing a file that was refused). */
+  ad_index_save (idx, src);
   return idx;
 }
 
