@@ -209,6 +209,13 @@ extern struct ad_index *ad_index_open (enum ad_format format,
                                        struct ad_error *err);
 extern void ad_index_free (struct ad_index *idx);
 
+/* An empty index of the given format (for ad_index_open and the
+ * persisted index).
+ */
+extern struct ad_index *ad_index_new (enum ad_format format,
+                                      const struct ad_options *opts,
+                                      struct ad_error *err);
+
 /* Append the next frame (for formats, in open and advance).  The frame
  * must start at idx->indexed and end within idx->size; its usize must
  * not exceed the size left.  Returns -1 with err (naming the format

@@ -38,8 +38,8 @@ ops_of_format (enum ad_format format)
 }
 
 struct ad_index *
-ad_index_open (enum ad_format format, struct ad_source *src,
-               const struct ad_options *opts, struct ad_error *err)
+ad_index_new (enum ad_format format, const struct ad_options *opts,
+              struct ad_error *err)
 {
   const struct ad_format_ops *ops = ops_of_format (format);
   struct ad_index *idx;
@@ -59,6 +59,19 @@ ad_index_open (enum ad_format format, struct ad_source *src,
   idx->opts = *opts;
   pthread_mutex_init (&idx->lock, NULL);
   pthread_mutex_init (&idx->advance_lock, NULL);
+  return idx;
+}
+
+struct ad_index *
+ad_index_open (enum ad_format format, struct ad_source *src,
+               const struct ad_options *opts, struct ad_error *err)
+{
+  struct ad_index *idx = ad_index_new (format, opts, err);
+  const struct ad_format_ops *ops;
+
+  if (idx == NULL)
+    return NULL;
+  ops = idx->ops;
   switch (ad_index_load (idx, src, err)) {
   case -1:
     ad_error_prefix (err, "%s", ops->name);

@@ -352,40 +352,49 @@ unload (struct ad_index *idx)
   pthread_mutex_unlock (&idx->lock);
 }
 
-int
-ad_index_load (struct ad_index *idx, struct ad_source *src,
-               struct ad_error *err)
+/* Make sure idx->fingerprint is set. */
+static int
+get_fingerprint (struct ad_index *idx, struct ad_source *src,
+                 struct ad_error *err)
 {
-  const char *path = idx->opts.index_path;
-  uint64_t fp, nframes;
-  uint32_t priv_len;
-  unsigned char *d;
-  char *file;
-  size_t len;
-  int r = 0;
+  if (!idx->has_fingerprint) {
+    if (ad_fingerprint (src, &idx->fingerprint, err) == -1)
+      return -1;
+    idx->has_fingerprint = true;
+  }
+  return 0;
+}
 
-  if (path == NULL || idx->ops->load == NULL)
+int
+ad_index_load_bytes (struct ad_index *idx, struct ad_source *src,
+                     const char *name, const unsigned char *d, size_t len,
+                     struct ad_error *err)
+{
+  uint64_t nframes;
+  uint32_t priv_len;
+
+  if (idx->ops->load == NULL)
     return 0;
-  if (ad_fingerprint (src, &fp, err) == -1)
+  if (get_fingerprint (idx, src, err) == -1)
     return -1;
-  idx->fingerprint = fp;
-  idx->has_fingerprint = true;
-  file = index_file (path, src->size, fp);
-  if (file == NULL)
-    return ad_error_set (err, ENOMEM, "index: out of memory");
-  d = read_file (idx, file, &len);
-  if (d == NULL)
-    goto out;
-  if (!check_header (idx, file, d, len, src, fp, &nframes, &priv_len))
-    goto out;
+  idx->index_refused = true;
+  if (len < HEADER_SIZE + TRAILER_SIZE) {
+    note (idx, "index file %s refused: too short (%zu bytes)", name, len);
+    return 0;
+  }
+  if (!check_header (idx, name, d, len, src, idx->fingerprint, &nframes,
+                     &priv_len))
+    return 0;
   idx->size = ad_le64 (d + 32);
   idx->sizes_unchecked = ad_le32 (d + 48) & FLAG_SIZES_UNCHECKED;
-  if (idx->size > INT64_MAX ||
-      !load_frames (idx, file, d + HEADER_SIZE, nframes, src)) {
-    if (idx->size > INT64_MAX)
-      note (idx, "index file %s refused: image size out of range", file);
+  if (idx->size > INT64_MAX) {
+    note (idx, "index file %s refused: image size out of range", name);
+    idx->size = 0;
+    return 0;
+  }
+  if (!load_frames (idx, name, d + HEADER_SIZE, nframes, src)) {
     unload (idx);
-    goto out;
+    return 0;
   }
   {
     struct ad_cursor c = {
@@ -393,17 +402,37 @@ ad_index_load (struct ad_index *idx, struct ad_source *src,
     };
     if (idx->ops->load (idx, &c) == -1 || c.bad || c.left != 0) {
       note (idx, "index file %s refused: the %s state in it does not "
-            "match its frames", file, idx->ops->name);
+            "match its frames", name, idx->ops->name);
       unload (idx);
-      goto out;
+      return 0;
     }
   }
-  note (idx, "loaded from %s", file);
+  note (idx, "loaded from %s", name);
+  idx->index_refused = false;
   idx->index_loaded = true;
-  r = 1;
- out:
-  if (r == 0 && d != NULL)
-    idx->index_refused = true;
+  return 1;
+}
+
+int
+ad_index_load (struct ad_index *idx, struct ad_source *src,
+               struct ad_error *err)
+{
+  const char *path = idx->opts.index_path;
+  unsigned char *d;
+  char *file;
+  size_t len;
+  int r = 0;
+
+  if (path == NULL || idx->ops->load == NULL)
+    return 0;
+  if (get_fingerprint (idx, src, err) == -1)
+    return -1;
+  file = index_file (path, src->size, idx->fingerprint);
+  if (file == NULL)
+    return ad_error_set (err, ENOMEM, "index: out of memory");
+  d = read_file (idx, file, &len);
+  if (d)
+    r = ad_index_load_bytes (idx, src, file, d, len, err);
   free (d);
   free (file);
   return r;
@@ -448,67 +477,81 @@ write_atomically (struct ad_index *idx, const char *file,
   free (tmp);
 }
 
+int
+ad_index_save_bytes (struct ad_index *idx, struct ad_source *src,
+                     struct ad_buf *b)
+{
+  const char *why = NULL;
+  struct ad_error e;
+  size_t i, start = b->len, priv_at;
+
+  if (idx->ops->save == NULL) {
+    note_more (idx, "not written: the %s format's own index is read in a "
+               "few reads", idx->ops->name);
+    return -1;
+  }
+  if (idx->indexed != idx->size) {
+    note_more (idx, "not written: the index is built as reads need it");
+    return -1;
+  }
+  if (get_fingerprint (idx, src, &e) == -1) {
+    note_more (idx, "not written: %s", e.msg);
+    return -1;
+  }
+  ad_buf_put (b, AD_INDEX_MAGIC, 8);
+  ad_buf_put_le32 (b, AD_INDEX_VERSION);
+  ad_buf_put_le32 (b, idx->format);
+  ad_buf_put_le64 (b, src->size);
+  ad_buf_put_le64 (b, idx->fingerprint);
+  ad_buf_put_le64 (b, idx->size);
+  ad_buf_put_le64 (b, idx->nframes);
+  ad_buf_put_le32 (b, idx->sizes_unchecked ? FLAG_SIZES_UNCHECKED : 0);
+  ad_buf_put_le32 (b, 0);       /* Length of the format's state, below. */
+  ad_buf_put_le64 (b, 0);
+  for (i = 0; i < idx->nframes; i++) {
+    const struct ad_frame *f = &idx->frames[i];
+    ad_buf_put_le64 (b, f->uoff);
+    ad_buf_put_le64 (b, f->usize);
+    ad_buf_put_le64 (b, f->coff);
+    ad_buf_put_le64 (b, f->csize);
+    ad_buf_put_le64 (b, f->aux);
+    ad_buf_put_le32 (b, f->aux32);
+    ad_buf_put_le32 (b, 0);
+  }
+  priv_at = b->len;
+  if (idx->ops->save (idx, src, b, &why) == -1) {
+    note_more (idx, "not written: %s",
+               why ? why : "the format cannot keep it");
+    return -1;
+  }
+  if (!b->failed && b->len - priv_at > UINT32_MAX)
+    b->failed = true;
+  if (!b->failed) {
+    ad_put_le32 (b->data + start + 52, b->len - priv_at);
+    ad_buf_put_le64 (b, XXH64 (b->data + start, b->len - start, 0));
+  }
+  if (b->failed) {
+    note_more (idx, "not written: out of memory");
+    return -1;
+  }
+  return 0;
+}
+
 void
 ad_index_save (struct ad_index *idx, struct ad_source *src)
 {
-  const char *path = idx->opts.index_path;
   struct ad_buf b = { .data = NULL };
-  struct ad_error e;
-  const char *why = NULL;
-  size_t i, priv_at;
   char *file;
 
-  if (path == NULL || idx->ops->save == NULL)
+  if (idx->opts.index_path == NULL || idx->ops->save == NULL)
     return;
-  if (idx->indexed != idx->size) {
-    note_more (idx, "not written: the index is built as reads need it");
-    return;
+  if (ad_index_save_bytes (idx, src, &b) == 0) {
+    file = index_file (idx->opts.index_path, src->size, idx->fingerprint);
+    if (file == NULL)
+      note_more (idx, "not written: out of memory");
+    else
+      write_atomically (idx, file, b.data, b.len);
+    free (file);
   }
-  if (!idx->has_fingerprint) {
-    if (ad_fingerprint (src, &idx->fingerprint, &e) == -1) {
-      note_more (idx, "not written: %s", e.msg);
-      return;
-    }
-    idx->has_fingerprint = true;
-  }
-
-  ad_buf_put (&b, AD_INDEX_MAGIC, 8);
-  ad_buf_put_le32 (&b, AD_INDEX_VERSION);
-  ad_buf_put_le32 (&b, idx->format);
-  ad_buf_put_le64 (&b, src->size);
-  ad_buf_put_le64 (&b, idx->fingerprint);
-  ad_buf_put_le64 (&b, idx->size);
-  ad_buf_put_le64 (&b, idx->nframes);
-  ad_buf_put_le32 (&b, idx->sizes_unchecked ? FLAG_SIZES_UNCHECKED : 0);
-  ad_buf_put_le32 (&b, 0);      /* Length of the format's state, below. */
-  ad_buf_put_le64 (&b, 0);
-  for (i = 0; i < idx->nframes; i++) {
-    const struct ad_frame *f = &idx->frames[i];
-    ad_buf_put_le64 (&b, f->uoff);
-    ad_buf_put_le64 (&b, f->usize);
-    ad_buf_put_le64 (&b, f->coff);
-    ad_buf_put_le64 (&b, f->csize);
-    ad_buf_put_le64 (&b, f->aux);
-    ad_buf_put_le32 (&b, f->aux32);
-    ad_buf_put_le32 (&b, 0);
-  }
-  priv_at = b.len;
-  if (idx->ops->save (idx, src, &b, &why) == -1) {
-    note_more (idx, "not written: %s", why ? why : "the format cannot keep it");
-    free (b.data);
-    return;
-  }
-  if (!b.failed && b.len - priv_at > UINT32_MAX)
-    b.failed = true;
-  if (!b.failed)
-    ad_put_le32 (b.data + 52, b.len - priv_at);
-  if (!b.failed)
-    ad_buf_put_le64 (&b, XXH64 (b.data, b.len, 0));
-  file = index_file (path, src->size, idx->fingerprint);
-  if (b.failed || file == NULL)
-    note_more (idx, "not written: out of memory");
-  else
-    write_atomically (idx, file, b.data, b.len);
-  free (file);
   free (b.data);
 }

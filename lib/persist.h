@@ -86,4 +86,17 @@ extern int ad_index_load (struct ad_index *idx, struct ad_source *src,
  */
 extern void ad_index_save (struct ad_index *idx, struct ad_source *src);
 
+/* The same on bytes in memory (for the tool, tests and fuzzers): load
+ * the index file held in data into the empty idx (name is used in
+ * messages); returns 1, or 0 (refused, idx->index_note says why) or
+ * -1 (the image could not be read).  ad_index_save_bytes appends the
+ * file for the complete idx to out; -1 (and the note) if the format
+ * cannot keep it.
+ */
+extern int ad_index_load_bytes (struct ad_index *idx, struct ad_source *src,
+                                const char *name, const unsigned char *data,
+                                size_t len, struct ad_error *err);
+extern int ad_index_save_bytes (struct ad_index *idx, struct ad_source *src,
+                                struct ad_buf *out);
+
 #endif /* AUTODECOMP_PERSIST_H */
