@@ -6,8 +6,9 @@
 #
 # Builds the libFuzzer targets of the format library into BUILDDIR
 # (default fuzz/build): fuzz-xz, fuzz-zstd, fuzz-gzip, fuzz-bzip2 (one
-# source, fuzz-format.c, compiled once per format) and fuzz-detect
-# (the format detected from the magic bytes, as the filter does).
+# source, fuzz-format.c, compiled once per format), fuzz-detect (the
+# format detected from the magic bytes, as the filter does) and
+# fuzz-index (the persisted index loader, fuzz-index.c).
 #
 # The library (lib/*.c) is compiled here with the same instrumentation
 # rather than taken from the automake build, which is not built with
@@ -134,4 +135,12 @@ for fmt in xz zstd gzip bzip2 detect; do
       "$here/fuzz-format.c" "${objs[@]}" $libs -o "$out"
   fi
 done
+# The persisted index loader: its own source.
+out=$build/fuzz-index
+if stale "$out" "$here/fuzz-index.c" "${objs[@]}" "${headers[@]}"; then
+  echo "  CCLD     fuzz-index"
+  # shellcheck disable=SC2086
+  "$cc" $cflags $san $includes "$here/fuzz-index.c" "${objs[@]}" $libs \
+    -o "$out"
+fi
 echo "build.sh: targets ($mode) in $build"

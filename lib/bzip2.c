@@ -124,6 +124,7 @@
 #include <bzlib.h>
 
 #include "format.h"
+#include "persist.h"
 #include "bzip2-size.h"
 
 #define BLOCK_MAGIC 0x314159265359ULL
@@ -1420,6 +1421,75 @@ bzip2_close (struct ad_index *idx)
   }
 }
 
+/* The persisted index (see persist.h) keeps every block: its start
+ * and end bits, blockCRC, size, stream number and level.  A block
+ * loaded from a file is checked against its frame and the bounds
+ * above; decoding it checks its CRC as after a pass.
+ */
+static int
+bzip2_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
+            const char **why)
+{
+  struct bz_priv *priv = idx->priv;
+  size_t i;
+
+  ad_buf_put_le64 (out, priv->n);
+  for (i = 0; i < priv->n; i++) {
+    const struct bz_block *b = &priv->blocks[i];
+    ad_buf_put_le64 (out, b->start_bit);
+    ad_buf_put_le64 (out, b->end_bit);
+    ad_buf_put_le32 (out, b->crc);
+    ad_buf_put_le32 (out, b->usize);
+    ad_buf_put_le32 (out, b->stream);
+    ad_buf_put (out, &b->level, 1);
+  }
+  return 0;
+}
+
+static bool
+block_fits_frame (const struct bz_block *b, const struct ad_frame *f)
+{
+  return b->level >= 1 && b->level <= 9 &&
+    b->usize == f->usize && b->usize <= MAX_BLOCK_USIZE (b->level) &&
+    b->start_bit == f->aux && b->stream == f->aux32 &&
+    b->end_bit > b->start_bit + MARKER_BITS &&
+    b->end_bit - b->start_bit <= 8 * MAX_BLOCK_CSIZE (b->level) &&
+    f->coff == b->start_bit / 8 &&
+    f->csize == (b->end_bit - 1) / 8 + 1 - f->coff;
+}
+
+static int
+bzip2_load (struct ad_index *idx, struct ad_cursor *in)
+{
+  struct bz_priv *priv;
+  uint64_t n, i;
+
+  if (!ad_cursor_get_le64 (in, &n) || n != idx->nframes)
+    return -1;
+  priv = calloc (1, sizeof *priv);
+  if (priv == NULL)
+    return -1;
+  pthread_mutex_init (&priv->arena_lock, NULL);
+  priv->arena.lock = &priv->arena_lock;
+  idx->priv = priv;
+  priv->blocks = calloc (n ? n : 1, sizeof *priv->blocks);
+  if (priv->blocks == NULL)
+    return -1;
+  priv->n = n;
+  for (i = 0; i < n; i++) {
+    struct bz_block *b = &priv->blocks[i];
+    if (!ad_cursor_get_le64 (in, &b->start_bit) ||
+        !ad_cursor_get_le64 (in, &b->end_bit) ||
+        !ad_cursor_get_le32 (in, &b->crc) ||
+        !ad_cursor_get_le32 (in, &b->usize) ||
+        !ad_cursor_get_le32 (in, &b->stream) ||
+        !ad_cursor_get_u8 (in, &b->level) ||
+        !block_fits_frame (b, &idx->frames[i]))
+      return -1;
+  }
+  return 0;
+}
+
 /*----------------------------------------------------------------------
  * The decoder of one block.
  */
@@ -1626,5 +1696,7 @@ const struct ad_format_ops ad_bzip2_ops = {
   .decoder_new = bzip2_decoder_new,
   .decoder_read = bzip2_decoder_read,
   .decoder_free = bzip2_decoder_free,
+  .save = bzip2_save,
+  .load = bzip2_load,
   .close = bzip2_close,
 };

@@ -35,13 +35,14 @@
 #include "error.h"
 #include "source.h"
 
+/* The values are kept in persisted index files: never renumber. */
 enum ad_format {
   AD_FORMAT_UNKNOWN = 0,
-  AD_FORMAT_RAW,
-  AD_FORMAT_GZIP,
-  AD_FORMAT_XZ,
-  AD_FORMAT_BZIP2,
-  AD_FORMAT_ZSTD,
+  AD_FORMAT_RAW = 1,
+  AD_FORMAT_GZIP = 2,
+  AD_FORMAT_XZ = 3,
+  AD_FORMAT_BZIP2 = 4,
+  AD_FORMAT_ZSTD = 5,
 };
 
 struct ad_options {
@@ -50,6 +51,8 @@ struct ad_options {
   unsigned threads;             /* Workers for parallel passes (0: nproc). */
   bool gzip_trust_isize;        /* Take an ambiguous single-member ISIZE
                                    as the size (verified by the pass). */
+  const char *index_path;       /* Persisted index file or directory
+                                   (see persist.h), or NULL. */
   bool size_at_connect;         /* Prove at open that a size a header or
                                    trailer declares covers the whole file
                                    (else the decoder proves it when it
@@ -80,6 +83,8 @@ struct ad_frame {
 };
 
 struct ad_index;
+struct ad_buf;
+struct ad_cursor;
 
 /* Called by advance with frames it decoded anyway while indexing, so
  * the caller may cache them.  data holds exactly the frame's usize
@@ -123,6 +128,17 @@ struct ad_format_ops {
 
   void (*decoder_free) (void *decoder);
 
+  /* Optional: the persisted index (see persist.h).  save appends the
+   * format's own state for the complete index to out, or returns -1
+   * with *why when this index cannot be kept (it needs state that
+   * cannot be trusted from a file).  load sets idx->priv from what
+   * save wrote, given the frames already loaded, checking everything
+   * against them; -1 if it does not match.
+   */
+  int (*save) (struct ad_index *idx, struct ad_source *src,
+               struct ad_buf *out, const char **why);
+  int (*load) (struct ad_index *idx, struct ad_cursor *in);
+
   /* Free idx->priv. */
   void (*close) (struct ad_index *idx);
 };
@@ -156,6 +172,15 @@ struct ad_index {
    */
   const char *index_from;
 
+  /* What happened to the persisted index (loaded, written, refused and
+   * why), for the caller to show; empty if there is none.
+   */
+  char index_note[256];
+  bool index_loaded;            /* The frames came from the file. */
+  bool index_refused;           /* A file was there but not used. */
+  uint64_t fingerprint;         /* Of the image (see persist.h), */
+  bool has_fingerprint;         /* once computed. */
+
   /* Counters for debugging and tests (updated atomically). */
   uint64_t frames_decoded;
 
@@ -183,6 +208,13 @@ extern struct ad_index *ad_index_open (enum ad_format format,
                                        const struct ad_options *opts,
                                        struct ad_error *err);
 extern void ad_index_free (struct ad_index *idx);
+
+/* An empty index of the given format (for ad_index_open and the
+ * persisted index).
+ */
+extern struct ad_index *ad_index_new (enum ad_format format,
+                                      const struct ad_options *opts,
+                                      struct ad_error *err);
 
 /* Append the next frame (for formats, in open and advance).  The frame
  * must start at idx->indexed and end within idx->size; its usize must

@@ -161,6 +161,7 @@
 #include <zstd.h>
 
 #include "format.h"
+#include "persist.h"
 
 #define CHUNK (8 * 1024 * 1024)         /* Sequential reads. */
 #define ONE_READ_MAX (16 * 1024 * 1024) /* A frame read in one go. */
@@ -1940,6 +1941,54 @@ gz_close (struct ad_index *idx)
   idx->priv = NULL;
 }
 
+/* The persisted index (see persist.h) keeps images whose frames are
+ * all whole members (BGZF, or members that each end before a
+ * checkpoint): the frame table and the kind of index.  A checkpoint's
+ * inflate state is ISA-L's internal state, which it would trust as it
+ * is, so an index that needs checkpoints is not kept.
+ */
+static int
+gz_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
+         const char **why)
+{
+  struct gz_priv *priv = idx->priv;
+  size_t i;
+
+  for (i = 0; i < idx->nframes; i++)
+    if (idx->frames[i].aux != AUX_WHOLE) {
+      *why = "its checkpoints hold inflate states, which are not taken "
+        "from a file";
+      return -1;
+    }
+  ad_buf_put_le32 (out, priv->kind);
+  return 0;
+}
+
+static int
+gz_load (struct ad_index *idx, struct ad_cursor *in)
+{
+  struct gz_priv *priv;
+  uint32_t kind;
+  size_t i;
+
+  if (!ad_cursor_get_le32 (in, &kind) ||
+      (kind != GZ_BGZF && kind != GZ_FULL))
+    return -1;
+  for (i = 0; i < idx->nframes; i++)
+    if (idx->frames[i].aux != AUX_WHOLE || idx->frames[i].aux32 != 0 ||
+        idx->frames[i].csize < MEMBER_MIN ||
+        (kind == GZ_BGZF && (idx->frames[i].csize > BGZF_MEMBER_MAX ||
+                             idx->frames[i].usize > BGZF_ISIZE_MAX)))
+      return -1;
+  priv = calloc (1, sizeof *priv);
+  if (priv == NULL)
+    return -1;
+  pthread_mutex_init (&priv->lock, NULL);
+  priv->kind = kind;
+  idx->priv = priv;
+  return 0;
+}
+
 const struct ad_format_ops ad_gzip_ops = {
   .format = AD_FORMAT_GZIP,
   .name = "gzip",
@@ -1948,5 +1997,7 @@ const struct ad_format_ops ad_gzip_ops = {
   .decoder_new = gz_decoder_new,
   .decoder_read = gz_decoder_read,
   .decoder_free = gz_decoder_free,
+  .save = gz_save,
+  .load = gz_load,
   .close = gz_close,
 };

@@ -13,6 +13,7 @@
 #include <errno.h>
 
 #include "format.h"
+#include "persist.h"
 
 void
 ad_options_init (struct ad_options *opts)
@@ -37,8 +38,8 @@ ops_of_format (enum ad_format format)
 }
 
 struct ad_index *
-ad_index_open (enum ad_format format, struct ad_source *src,
-               const struct ad_options *opts, struct ad_error *err)
+ad_index_new (enum ad_format format, const struct ad_options *opts,
+              struct ad_error *err)
 {
   const struct ad_format_ops *ops = ops_of_format (format);
   struct ad_index *idx;
@@ -58,6 +59,28 @@ ad_index_open (enum ad_format format, struct ad_source *src,
   idx->opts = *opts;
   pthread_mutex_init (&idx->lock, NULL);
   pthread_mutex_init (&idx->advance_lock, NULL);
+  return idx;
+}
+
+struct ad_index *
+ad_index_open (enum ad_format format, struct ad_source *src,
+               const struct ad_options *opts, struct ad_error *err)
+{
+  struct ad_index *idx = ad_index_new (format, opts, err);
+  const struct ad_format_ops *ops;
+
+  if (idx == NULL)
+    return NULL;
+  ops = idx->ops;
+  switch (ad_index_load (idx, src, err)) {
+  case -1:
+    ad_error_prefix (err, "%s", ops->name);
+    ad_index_free (idx);
+    return NULL;
+  case 1:
+    idx->index_from = "a persisted index file";
+    return idx;
+  }
   if (ops->open (idx, src, err) == -1) {
     ad_error_prefix (err, "%s", ops->name);
     ad_index_free (idx);
@@ -69,6 +92,8 @@ ad_index_open (enum ad_format format, struct ad_source *src,
     ad_index_free (idx);
     return NULL;
   }
+  /* Keep it for next time (replacing a file that was refused). */
+  ad_index_save (idx, src);
   return idx;
 }
 

@@ -72,6 +72,7 @@
 #include <xxhash.h>
 
 #include "format.h"
+#include "persist.h"
 
 #define FRAME_MAGIC 0xFD2FB528U
 #define SKIPPABLE_MASK 0xFFFFFFF0U
@@ -94,6 +95,8 @@
 #define DCTX_POOL_MAX 16                   /* Decoder contexts kept. */
 #define DCTX_KEEP_MAX (32 * 1024 * 1024)   /* Larger ones are freed. */
 #define MAX_THREADS 64
+#define AUX_CHECKSUM 1                     /* aux32: the frame has a
+                                              Content_Checksum. */
 #define COUNT_BUF_SIZE (256 * 1024)        /* Discarded worker output. */
 
 /* The format's own state, in idx->priv. */
@@ -103,6 +106,14 @@ struct zstd_priv {
   uint64_t max_frame;
   bool declared;                /* One frame sized by its header: what
                                    follows it is found by the decoder. */
+  bool walked;                  /* Frames found by open_walk. */
+  /* From a persisted index: XXH64 of the compressed bytes of each frame
+   * that has no Content_Checksum (chashed[i]), checked by its decoder.
+   */
+  bool from_file;               /* The index was loaded from a file. */
+  uint64_t *chash;
+  unsigned char *chashed;
+  size_t nchash;
 
   pthread_mutex_t lock;         /* Protects the context pool. */
   ZSTD_DCtx *pool[DCTX_POOL_MAX];
@@ -297,6 +308,10 @@ struct zstd_decoder {
   uint32_t sum;                 /* ...this one. */
   bool hashing;                 /* We compute it ourselves. */
   XXH64_state_t *xxh;
+  bool need_checksum;           /* The index says it has one. */
+  bool chashing;                /* Hash the compressed bytes read... */
+  uint64_t chash;               /* ...against this (persisted index). */
+  XXH64_state_t *cxxh;
 };
 
 /* Compressed offset of the next unconsumed byte. */
@@ -327,6 +342,8 @@ dec_fill (struct zstd_decoder *d, struct ad_source *src, size_t want,
       d->inb.size = d->cend - d->next;
       d->inb.pos = 0;
       d->next = d->cend;
+      if (d->chashing)
+        XXH64_update (d->cxxh, p, d->inb.size);
       return 0;
     }
     d->in = malloc (d->in_alloc);
@@ -341,6 +358,8 @@ dec_fill (struct zstd_decoder *d, struct ad_source *src, size_t want,
     n = d->cend - d->next;
   if (ad_source_pread (src, d->in + avail, n, d->next, err) == -1)
     return -1;
+  if (d->chashing)
+    XXH64_update (d->cxxh, d->in + avail, n);
   d->next += n;
   d->inb.src = d->in;
   d->inb.size = avail + n;
@@ -379,15 +398,32 @@ dec_new (struct zstd_priv *priv, const struct ad_frame *frame,
   return 0;
 }
 
+static void zstd_decoder_free (void *decoder);
+
 static int
 zstd_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
                   size_t frame_no, void **decoder, struct ad_error *err)
 {
   struct zstd_priv *priv = idx->priv;
   bool has_sum = priv->sums != NULL && frame_no < priv->nsums;
+  struct zstd_decoder *d;
 
-  return dec_new (priv, frame, has_sum, has_sum ? priv->sums[frame_no] : 0,
-                  (struct zstd_decoder **) decoder, err);
+  if (dec_new (priv, frame, has_sum, has_sum ? priv->sums[frame_no] : 0,
+               &d, err) == -1)
+    return -1;
+  d->need_checksum = priv->from_file && (frame->aux32 & AUX_CHECKSUM);
+  if (priv->chashed && frame_no < priv->nchash && priv->chashed[frame_no]) {
+    d->cxxh = XXH64_createState ();
+    if (d->cxxh == NULL) {
+      zstd_decoder_free (d);
+      return ad_error_set (err, ENOMEM, "XXH64_createState failed");
+    }
+    XXH64_reset (d->cxxh, 0);
+    d->chashing = true;
+    d->chash = priv->chash[frame_no];
+  }
+  *decoder = d;
+  return 0;
 }
 
 static void
@@ -400,6 +436,8 @@ zstd_decoder_free (void *decoder)
   put_dctx (d->priv, d->dctx);
   if (d->xxh)
     XXH64_freeState (d->xxh);
+  if (d->cxxh)
+    XXH64_freeState (d->cxxh);
   free (d->in);
   free (d);
 }
@@ -440,6 +478,10 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
                              "has 0x%08" PRIx32 ", the decoded data "
                              "0x%08" PRIx32, d->sum, got);
     }
+    if (d->chashing && XXH64_digest (d->cxxh) != d->chash)
+      return ad_error_set (err, EIO, "the compressed bytes of the frame do "
+                           "not match the persisted index (the image has "
+                           "changed since it was indexed)");
     d->state = DEC_DONE;
     return 0;
   }
@@ -488,6 +530,11 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
   if (ZSTD_isError (r))
     return ad_error_set (err, EIO, "ZSTD_d_windowLogMax: %s",
                          ZSTD_getErrorName (r));
+  if (d->need_checksum && !h.checksum)
+    return ad_error_set (err, EIO, "frame header at offset %" PRIu64
+                         " has no content checksum, but the persisted "
+                         "index says it has (the image has changed since "
+                         "it was indexed)", offset);
   d->frame_checksum = h.checksum;
   /* With a content checksum, the seek-table checksum is a copy of it
    * (checked at the end of the frame); otherwise we hash the output.
@@ -1151,6 +1198,7 @@ pool_start (struct pool *p, struct ad_error *err)
 /* The walk over the frames, reading the file in sequential chunks. */
 struct walk_frame {
   uint64_t coff, csize, usize;
+  bool checksum;
   struct job *job;              /* If the size is learnt by decoding. */
 };
 
@@ -1279,6 +1327,7 @@ walk_frame (struct walker *w, struct ad_index *idx, uint64_t pos,
     return -1;
 
   f->coff = pos;
+  f->checksum = h.checksum;
   f->usize = h.has_fcs ? h.fcs : 0;
   f->job = NULL;
   if (!h.has_fcs || h.fcs == 0) {
@@ -1485,6 +1534,7 @@ open_walk (struct ad_index *idx, struct ad_source *src,
       struct ad_frame frame = {
         .uoff = uoff, .usize = frames[i].usize,
         .coff = frames[i].coff, .csize = frames[i].csize,
+        .aux32 = frames[i].checksum ? AUX_CHECKSUM : 0,
       };
       if (frame.usize == 0)
         continue;
@@ -1605,8 +1655,117 @@ zstd_close (struct ad_index *idx)
     ZSTD_freeDCtx (priv->pool[i]);
   pthread_mutex_destroy (&priv->lock);
   free (priv->sums);
+  free (priv->chash);
+  free (priv->chashed);
   free (priv);
   idx->priv = NULL;
+}
+
+/* The persisted index (see persist.h) keeps the frames of a walk, and
+ * for each frame without a Content_Checksum the XXH64 of its
+ * compressed bytes: a count, then (frame number, hash) pairs.
+ */
+static int
+hash_range (struct ad_source *src, uint64_t coff, uint64_t csize,
+            uint64_t *hash)
+{
+  XXH64_state_t *st = XXH64_createState ();
+  size_t alloc = csize < CHUNK_SIZE ? csize : CHUNK_SIZE;
+  unsigned char *buf = malloc (alloc ? alloc : 1);
+  struct ad_error e;
+  int r = -1;
+
+  if (st == NULL || buf == NULL)
+    goto out;
+  XXH64_reset (st, 0);
+  while (csize > 0) {
+    size_t n = csize < alloc ? csize : alloc;
+    if (ad_source_pread (src, buf, n, coff, &e) == -1)
+      goto out;
+    XXH64_update (st, buf, n);
+    coff += n;
+    csize -= n;
+  }
+  *hash = XXH64_digest (st);
+  r = 0;
+ out:
+  if (st)
+    XXH64_freeState (st);
+  free (buf);
+  return r;
+}
+
+static int
+zstd_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
+           const char **why)
+{
+  struct zstd_priv *priv = idx->priv;
+  uint64_t n = 0, hash;
+  size_t i;
+
+  if (!priv->walked) {
+    *why = priv->declared ? "the size is the one the frame header "
+      "declares, proven only when decoding reaches the end"
+      : "the seek table is an index already";
+    return -1;
+  }
+  for (i = 0; i < idx->nframes; i++)
+    n += !(idx->frames[i].aux32 & AUX_CHECKSUM);
+  ad_buf_put_le64 (out, n);
+  for (i = 0; i < idx->nframes; i++) {
+    const struct ad_frame *f = &idx->frames[i];
+    if (f->aux32 & AUX_CHECKSUM)
+      continue;
+    if (hash_range (src, f->coff, f->csize, &hash) == -1) {
+      *why = "the image could not be read to hash a frame";
+      return -1;
+    }
+    ad_buf_put_le64 (out, i);
+    ad_buf_put_le64 (out, hash);
+  }
+  return 0;
+}
+
+static int
+zstd_load (struct ad_index *idx, struct ad_cursor *in)
+{
+  struct zstd_priv *priv;
+  uint64_t n, i, unchecked = 0, last = 0;
+
+  priv = calloc (1, sizeof *priv);
+  if (priv == NULL)
+    return -1;
+  pthread_mutex_init (&priv->lock, NULL);
+  priv->max_frame = idx->opts.max_frame;
+  priv->from_file = true;
+  idx->priv = priv;
+  for (i = 0; i < idx->nframes; i++) {
+    if (idx->frames[i].aux != 0 || (idx->frames[i].aux32 & ~AUX_CHECKSUM))
+      return -1;
+    unchecked += !(idx->frames[i].aux32 & AUX_CHECKSUM);
+  }
+  if (!ad_cursor_get_le64 (in, &n) || n != unchecked)
+    return -1;
+  if (n == 0)
+    return 0;
+  priv->chash = calloc (idx->nframes, sizeof *priv->chash);
+  priv->chashed = calloc (idx->nframes, 1);
+  if (priv->chash == NULL || priv->chashed == NULL)
+    return -1;
+  priv->nchash = idx->nframes;
+  for (i = 0; i < n; i++) {
+    uint64_t frame_no, hash;
+
+    if (!ad_cursor_get_le64 (in, &frame_no) ||
+        !ad_cursor_get_le64 (in, &hash) ||
+        frame_no >= idx->nframes || (i > 0 && frame_no <= last) ||
+        (idx->frames[frame_no].aux32 & AUX_CHECKSUM))
+      return -1;
+    priv->chash[frame_no] = hash;
+    priv->chashed[frame_no] = 1;
+    last = frame_no;
+  }
+  return 0;
 }
 
 static int
@@ -1641,6 +1800,7 @@ zstd_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
     return 0;
   }
   idx->index_from = "frame and block headers";
+  priv->walked = true;
   return open_walk (idx, src, err);
 }
 
@@ -1652,5 +1812,7 @@ const struct ad_format_ops ad_zstd_ops = {
   .decoder_new = zstd_decoder_new,
   .decoder_read = zstd_decoder_read,
   .decoder_free = zstd_decoder_free,
+  .save = zstd_save,
+  .load = zstd_load,
   .close = zstd_close,
 };

@@ -41,6 +41,7 @@ static struct ad_options options;
 static bool progressive = false;
 static bool verify_offsets = false;
 static int64_t readahead = -1;          /* -1: from the cache size. */
+static char *index_path;                /* autodecomp-index. */
 
 /* The frame cache and the decode workers, shared by every connection
  * and export.
@@ -134,6 +135,7 @@ autodecomp_unload (void)
   }
   exports = NULL;
   ad_cache_free (cache);
+  free (index_path);
 }
 
 static int
@@ -216,6 +218,15 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
+  else if (strcmp (key, "autodecomp-index") == 0) {
+    /* Absolute: nbdkit changes directory when it forks. */
+    free (index_path);
+    index_path = nbdkit_absolute_path (value);
+    if (index_path == NULL)
+      return -1;
+    options.index_path = index_path;
+    return 0;
+  }
   else if (strcmp (key, "autodecomp-threads") == 0)
     return nbdkit_parse_unsigned (key, value, &options.threads);
   else if (strcmp (key, "autodecomp-readahead") == 0) {
@@ -245,6 +256,9 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "                          A one-frame zstd or one-member gzip takes its\n" \
   "                          declared size, proven when decoding reaches the\n" \
   "                          end (default lazy), or proven at connect.\n" \
+  "autodecomp-index=PATH       Keep the index in PATH (a file, or a\n" \
+  "                          directory of one file per image) and load it\n" \
+  "                          instead of indexing again.\n" \
   "autodecomp-threads=N        Decode threads (default: CPUs).\n" \
   "autodecomp-readahead=SIZE   Decoded ahead of sequential readers\n" \
   "                          (default: a quarter of the cache, at most 64M).\n" \
@@ -449,6 +463,14 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
                 e->exp->idx ? ad_index_nframes (e->exp->idx) : 0,
                 e->exp->idx && !ad_index_complete (e->exp->idx)
                 ? " so far" : "", src.reads);
+  if (e->exp->idx && e->exp->idx->index_note[0]) {
+    if (e->exp->idx->index_refused)
+      nbdkit_error ("autodecomp: warning: persisted index: %s",
+                    e->exp->idx->index_note);
+    else
+      nbdkit_debug ("autodecomp: persisted index: %s",
+                    e->exp->idx->index_note);
+  }
   warn_if_not_seekable (e);
   return 0;
 }

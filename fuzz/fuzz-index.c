@@ -1,0 +1,266 @@
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: libFuzzer target for the persisted index loader
+ * (lib/persist.c and the formats' load functions).
+ *
+ * Three small images are made in memory at start, one per format that
+ * keeps a persisted index: zstd frames (one of them without a content
+ * checksum, so its compressed bytes are hashed), two bzip2 streams of
+ * several blocks, and BGZF members.  The input's first byte picks the
+ * image, the rest is taken as an index file for it.  Whatever the
+ * file says, loading it must not crash, and if it is accepted, every
+ * byte of the image read through it must be the image's own or an
+ * error: never a wrong byte.
+ *
+ * With AD_FUZZ_WRITE_SEEDS=DIR in the environment the target writes
+ * the valid index file of each image to DIR (the seeds in
+ * fuzz/seeds/index) and exits.
+ */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdint.h>
+
+#include <zstd.h>
+#include <bzlib.h>
+#include <libdeflate.h>
+
+#include "format.h"
+#include "persist.h"
+
+#define NIMAGES 3
+
+struct image {
+  enum ad_format format;
+  unsigned char *comp;
+  size_t clen;
+  unsigned char *data;
+  size_t dlen;
+  struct ad_buf index;          /* The valid index file. */
+};
+
+static struct image images[NIMAGES];
+
+/* Compressible, deterministic data: words from a small table. */
+static unsigned char *
+make_data (size_t n, uint32_t seed)
+{
+  static const char *words[] = { "alpha ", "beta ", "gamma\n", "delta ",
+                                 "\0\0\0\0\0\0\0\0", "epsilon " };
+  unsigned char *d = malloc (n);
+  size_t i = 0;
+
+  if (d == NULL)
+    abort ();
+  while (i < n) {
+    const char *w;
+    size_t len, k;
+
+    seed = seed * 1103515245 + 12345;
+    w = words[(seed >> 16) % 6];
+    len = (seed >> 16) % 6 == 4 ? 8 : strlen (w);
+    for (k = 0; k < len && i < n; k++)
+      d[i++] = w[k];
+  }
+  return d;
+}
+
+static void
+append (struct image *im, const void *p, size_t n)
+{
+  im->comp = realloc (im->comp, im->clen + n);
+  if (im->comp == NULL)
+    abort ();
+  memcpy (im->comp + im->clen, p, n);
+  im->clen += n;
+}
+
+/* zstd: four 16 KiB frames, the third without a content checksum. */
+static void
+make_zstd (struct image *im)
+{
+  ZSTD_CCtx *cctx = ZSTD_createCCtx ();
+  unsigned char out[ZSTD_COMPRESSBOUND (16384)];
+  int i;
+
+  im->format = AD_FORMAT_ZSTD;
+  im->dlen = 4 * 16384;
+  im->data = make_data (im->dlen, 1);
+  for (i = 0; i < 4; i++) {
+    size_t n;
+    ZSTD_CCtx_reset (cctx, ZSTD_reset_session_and_parameters);
+    ZSTD_CCtx_setParameter (cctx, ZSTD_c_checksumFlag, i != 2);
+    n = ZSTD_compress2 (cctx, out, sizeof out, im->data + i * 16384, 16384);
+    if (ZSTD_isError (n))
+      abort ();
+    append (im, out, n);
+  }
+  ZSTD_freeCCtx (cctx);
+}
+
+/* bzip2: two streams of 250 kB at level 1 (100 kB blocks). */
+static void
+make_bzip2 (struct image *im)
+{
+  unsigned int half = 250000, n;
+  unsigned char *out = malloc (300000);
+  int i;
+
+  im->format = AD_FORMAT_BZIP2;
+  im->dlen = 2 * half;
+  im->data = make_data (im->dlen, 2);
+  for (i = 0; i < 2; i++) {
+    n = 300000;
+    if (out == NULL ||
+        BZ2_bzBuffToBuffCompress ((char *) out, &n,
+                                  (char *) im->data + i * half, half,
+                                  1, 0, 0) != BZ_OK)
+      abort ();
+    append (im, out, n);
+  }
+  free (out);
+}
+
+/* BGZF: 60000-byte members, then the empty end-of-file member. */
+static void
+make_bgzf (struct image *im)
+{
+  struct libdeflate_compressor *c = libdeflate_alloc_compressor (6);
+  unsigned char member[65536];
+  size_t off;
+
+  im->format = AD_FORMAT_GZIP;
+  im->dlen = 200000;
+  im->data = make_data (im->dlen, 3);
+  for (off = 0; off <= im->dlen; off += 60000) {
+    size_t n = im->dlen - off < 60000 ? im->dlen - off : 60000, clen, msize;
+    static const unsigned char head[16] = {
+      0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 6, 0, 'B', 'C', 2, 0
+    };
+    uint32_t crc = libdeflate_crc32 (0, im->data + off, n);
+
+    memcpy (member, head, 16);
+    clen = libdeflate_deflate_compress (c, im->data + off, n, member + 18,
+                                        sizeof member - 26);
+    if (clen == 0)
+      abort ();
+    msize = 18 + clen + 8;
+    member[16] = (msize - 1) & 0xff;
+    member[17] = (msize - 1) >> 8;
+    ad_put_le32 (member + 18 + clen, crc);
+    ad_put_le32 (member + 18 + clen + 4, n);
+    append (im, member, msize);
+    if (n == 0)
+      break;
+  }
+  libdeflate_free_compressor (c);
+}
+
+static void
+init_options (struct ad_options *opts)
+{
+  ad_options_init (opts);
+  opts->max_frame = 4 * 1024 * 1024;
+  opts->threads = 1;
+}
+
+int
+LLVMFuzzerInitialize (int *argc, char ***argv)
+{
+  const char *seeds = getenv ("AD_FUZZ_WRITE_SEEDS");
+  int i;
+
+  make_zstd (&images[0]);
+  make_bzip2 (&images[1]);
+  make_bgzf (&images[2]);
+  for (i = 0; i < NIMAGES; i++) {
+    struct image *im = &images[i];
+    struct ad_source src;
+    struct ad_options opts;
+    struct ad_error err;
+    struct ad_index *idx;
+
+    init_options (&opts);
+    ad_source_init_mem (&src, im->comp, im->clen);
+    idx = ad_index_open (im->format, &src, &opts, &err);
+    if (idx == NULL || ad_index_save_bytes (idx, &src, &im->index) == -1) {
+      fprintf (stderr, "fuzz-index: image %d: %s\n", i,
+               idx ? idx->index_note : err.msg);
+      abort ();
+    }
+    ad_index_free (idx);
+    if (seeds) {
+      char name[4096];
+      FILE *f;
+
+      snprintf (name, sizeof name, "%s/image%d.adindex", seeds, i);
+      f = fopen (name, "wb");
+      if (f == NULL)
+        abort ();
+      fputc (i, f);
+      fwrite (im->index.data, 1, im->index.len, f);
+      fclose (f);
+    }
+  }
+  if (seeds)
+    exit (0);
+  return 0;
+}
+
+/* Read the whole image through the loaded index, one frame at a time:
+ * each frame either fails or decodes to the image's own bytes.
+ */
+static void
+read_all (struct image *im, struct ad_index *idx, struct ad_source *src)
+{
+  size_t i, n = ad_index_nframes (idx);
+
+  for (i = 0; i < n; i++) {
+    struct ad_frame f;
+    struct ad_error err;
+    unsigned char *buf;
+
+    ad_index_get_frame (idx, i, &f);
+    if (f.usize > idx->opts.max_frame)
+      continue;
+    buf = malloc (f.usize ? f.usize : 1);
+    if (buf == NULL)
+      abort ();
+    if (ad_index_decode_frame (idx, src, &f, i, buf, &err) == 0 &&
+        (f.uoff + f.usize > im->dlen ||
+         memcmp (buf, im->data + f.uoff, f.usize) != 0)) {
+      fprintf (stderr, "fuzz-index: frame %zu served wrong bytes\n", i);
+      abort ();
+    }
+    free (buf);
+  }
+}
+
+int
+LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
+{
+  struct image *im;
+  struct ad_source src;
+  struct ad_options opts;
+  struct ad_error err;
+  struct ad_index *idx;
+
+  if (size < 1)
+    return 0;
+  im = &images[data[0] % NIMAGES];
+  init_options (&opts);
+  ad_source_init_mem (&src, im->comp, im->clen);
+  idx = ad_index_new (im->format, &opts, &err);
+  if (idx == NULL)
+    abort ();
+  if (ad_index_load_bytes (idx, &src, "input", data + 1, size - 1,
+                           &err) == 1) {
+    read_all (im, idx, &src);
+  }
+  ad_index_free (idx);
+  return 0;
+}

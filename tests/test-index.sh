@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Copyright (C) 2026 The nbdkit-autodecomp authors
+# SPDX-License-Identifier: BSD-3-Clause
+#
+# The persisted index (autodecomp-index=PATH): the first connect writes
+# it, a restart loads it instead of reading the image again (a few
+# reads below), and every byte is right both times.  A file that is
+# truncated, damaged, from another image, of another version or lying
+# about its frames is refused with a warning, the image is indexed
+# again, served right, and the file rewritten.  A zstd frame without a
+# checksum of its own changed in the middle of the image (which the
+# fingerprint does not see) fails its read instead of serving wrong
+# bytes.
+. "${srcdir:-$(dirname "$0")}/functions.sh"
+is_autodecomp || skip "needs the autodecomp filter"
+requires nbdkit
+requires nbdcopy
+requires nbdinfo
+requires_python_nbd
+requires lbzip2
+requires bgzip
+requires zstd
+requires xxhsum
+nbdkit --filter=log null --dump-plugin >/dev/null 2>&1 ||
+    fail "nbdkit log filter is missing"
+setup_corpus
+make_tmpdir
+
+M=$(( 1024 * 1024 ))
+# 15 MiB of the corpus image, then 1 MiB of random bytes (zstd stores
+# them in raw blocks, so a changed byte still decodes), then 4 MiB more.
+{ head -c $(( 15 * M )) "$CORPUS/disk.img"; head -c $M /dev/urandom;
+  dd if="$CORPUS/disk.img" bs=$M skip=40 count=4 status=none; } \
+    > "$tmp/a.img"
+lbzip2 -9 -n2 -c "$tmp/a.img" > "$tmp/a.img.bz2"
+bgzip -c "$tmp/a.img" > "$tmp/a.img.bgz"
+mkdir "$tmp/parts"
+split -b $M -a 3 "$tmp/a.img" "$tmp/parts/p"
+for p in "$tmp"/parts/p*; do zstd -3 -q --no-check -c "$p"; done \
+    > "$tmp/a-frames.img.zst"
+rm -rf "$tmp/parts"
+head -c $(( 8 * M )) "$CORPUS/disk.img" > "$tmp/b.img"
+lbzip2 -9 -n2 -c "$tmp/b.img" > "$tmp/b.img.bz2"
+
+# serve NAME IMAGE INDEX: start a server with the index, copy the
+# export and compare it with ORIG; sets below (reads at connect).
+serve ()
+{
+    local name=$1 image=$2 index=$3 orig=$4
+    rm -f "$tmp/$name.below"
+    start_nbdkit "$name" -v --filter="$FILTER" --filter=log file "$image" \
+        logfile="$tmp/$name.below" autodecomp-index="$index"
+    tlimit 60 nbdinfo --size "$uri" >/dev/null
+    below=$(grep -c 'Read id=.*count' "$tmp/$name.below" || :)
+    tlimit 300 nbdcopy "$uri" "$tmp/copy.img" || fail "$name: nbdcopy"
+    cmp "$tmp/copy.img" "$orig" || fail "$name: wrong bytes"
+    rm -f "$tmp/copy.img"
+    stop_nbdkit
+}
+logged () { grep -q "$2" "$tmp/$1.log" || fail "$1: the log does not say '$2'"; }
+
+mkdir "$tmp/idx"
+for f in a.img.bz2 a.img.bgz a-frames.img.zst; do
+    serve "$f-1" "$tmp/$f" "$tmp/idx" "$tmp/a.img"
+    logged "$f-1" "persisted index: .*written to"
+    serve "$f-2" "$tmp/$f" "$tmp/idx" "$tmp/a.img"
+    logged "$f-2" "persisted index: loaded from"
+    [ "$below" -le 4 ] || fail "$f: a restart read $below times below at connect"
+    note "$f: a restart with the index connects in $below reads below"
+done
+[ "$(ls "$tmp/idx" | wc -l)" -eq 3 ] || fail "expected 3 index files in the directory"
+
+# One file for one image, then another image with the same file.
+serve one-a "$tmp/a.img.bz2" "$tmp/one.adindex" "$tmp/a.img"
+logged one-a "written to"
+serve one-b "$tmp/b.img.bz2" "$tmp/one.adindex" "$tmp/b.img"
+logged one-b "warning: persisted index: .*made for another image"
+logged one-b "written to"
+serve one-b2 "$tmp/b.img.bz2" "$tmp/one.adindex" "$tmp/b.img"
+logged one-b2 "loaded from"
+cp "$tmp/one.adindex" "$tmp/good.adindex"
+
+# Damaged files: each is refused, the image served right, the file
+# rewritten so that the next connect loads it.
+damage ()
+{
+    /usr/bin/python3 - "$tmp/one.adindex" "$1" <<'PYEOF'
+import struct, subprocess, sys
+path, how = sys.argv[1:]
+d = bytearray(open(path, "rb").read())
+def reseal(d):
+    body = bytes(d[:-8])
+    h = subprocess.run(["xxhsum", "-H64"], input=body, capture_output=True,
+                       check=True).stdout.split()[0]
+    d[-8:] = struct.pack("<Q", int(h, 16))
+if how == "truncated":
+    d = d[:len(d) // 2]
+elif how == "flipped":
+    d[70] ^= 0x10
+elif how == "version":
+    d[8:12] = struct.pack("<I", 0); reseal(d)
+elif how == "frame":
+    # The second frame's size, one byte larger: the frames no longer tile.
+    o = 64 + 48 + 8
+    d[o:o+8] = struct.pack("<Q", struct.unpack("<Q", d[o:o+8])[0] + 1); reseal(d)
+elif how == "state":
+    # A block's end bit moved: the bzip2 state no longer fits its frame.
+    n = struct.unpack("<Q", d[40:48])[0]
+    o = 64 + 48 * n + 8 + 8
+    d[o:o+8] = struct.pack("<Q", struct.unpack("<Q", d[o:o+8])[0] + 4096); reseal(d)
+elif how == "empty":
+    d = b""
+open(path, "wb").write(d)
+PYEOF
+}
+for how in truncated flipped version frame state empty; do
+    cp "$tmp/good.adindex" "$tmp/one.adindex"
+    damage "$how"
+    serve "damaged-$how" "$tmp/b.img.bz2" "$tmp/one.adindex" "$tmp/b.img"
+    logged "damaged-$how" "warning: persisted index: .*refused"
+    logged "damaged-$how" "written to"
+    serve "repaired-$how" "$tmp/b.img.bz2" "$tmp/one.adindex" "$tmp/b.img"
+    logged "repaired-$how" "loaded from"
+    note "index file $how: refused, image indexed again, file rewritten"
+done
+
+# A changed byte inside the random MiB of the zstd image (frame 15, in
+# raw blocks, without a checksum): same size, same first and last
+# 64 KiB, so the fingerprint matches; the frame's hash does not.
+cp "$tmp/a-frames.img.zst" "$tmp/changed.img.zst"
+off=$(/usr/bin/python3 - "$tmp/changed.img.zst" <<'PYEOF'
+import sys
+d = open(sys.argv[1], "rb").read()
+# Find the 16th frame (number 15) by its magic, then go 1000 bytes in.
+pos, n = 0, 0
+while n < 15:
+    pos = d.index(b"\x28\xb5\x2f\xfd", pos + 4); n += 1
+print(pos + 1000)
+PYEOF
+)
+printf '\x55' | dd of="$tmp/changed.img.zst" bs=1 seek="$off" conv=notrunc status=none
+cmp -s "$tmp/changed.img.zst" "$tmp/a-frames.img.zst" && fail "could not change the image"
+start_nbdkit changed -v --filter="$FILTER" file "$tmp/changed.img.zst" \
+    autodecomp-index="$tmp/idx"
+tlimit 60 /usr/bin/python3 - "$uri" "$tmp/a.img" <<'PYEOF' || fail "changed: reads"
+import sys, nbd
+uri, orig = sys.argv[1:]
+h = nbd.NBD()
+h.connect_uri(uri)
+data = open(orig, "rb").read()
+M = 1 << 20
+if h.pread(M, 0) != data[:M]:
+    sys.exit("wrong bytes in frame 0")
+try:
+    got = h.pread(M, 15 * M)
+    sys.exit("the changed frame was served (%s)" %
+             ("right bytes?" if got == data[15*M:16*M] else "wrong bytes"))
+except nbd.Error:
+    pass
+if h.pread(M, 16 * M) != data[16 * M:17 * M]:
+    sys.exit("wrong bytes in frame 16")
+h.shutdown()
+PYEOF
+logged changed "loaded from"
+logged changed "do not match the persisted index"
+stop_nbdkit
+note "persisted index: reused, refused when damaged or stale, never wrong bytes"
