@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <errno.h>
+#include <inttypes.h>
 
 #include "error.h"
 
@@ -20,6 +21,8 @@ ad_error_set (struct ad_error *err, int errnum, const char *fmt, ...)
   if (err == NULL)
     return -1;
   err->errnum = errnum ? errnum : EIO;
+  err->format = NULL;
+  err->has_frame = false;
   va_start (ap, fmt);
   vsnprintf (err->msg, sizeof err->msg, fmt, ap);
   va_end (ap);
@@ -53,4 +56,35 @@ ad_error_clear (struct ad_error *err)
   err->errnum = 0;
   err->transient = false;
   err->msg[0] = '\0';
+  err->format = NULL;
+  err->has_frame = false;
+}
+
+int
+ad_error_in_frame (struct ad_error *err, const char *format, size_t frame,
+                   uint64_t coff)
+{
+  if (err == NULL || err->format != NULL)
+    return -1;
+  ad_error_prefix (err, "%s: frame %zu at compressed offset %" PRIu64,
+                   format, frame, coff);
+  err->format = format;
+  err->has_frame = true;
+  err->frame = frame;
+  err->coff = coff;
+  return -1;
+}
+
+int
+ad_error_in_format (struct ad_error *err, const char *format,
+                    const char *context)
+{
+  if (err == NULL || err->format != NULL)
+    return -1;
+  if (context)
+    ad_error_prefix (err, "%s: %s", format, context);
+  else
+    ad_error_prefix (err, "%s", format);
+  err->format = format;
+  return -1;
 }

@@ -14,6 +14,7 @@
 #include <errno.h>
 
 #include "export.h"
+#include "frame.h"
 
 struct ad_export *
 ad_export_open (struct ad_source *src, enum ad_format format,
@@ -832,45 +833,28 @@ probe_zero (struct ad_export *exp, struct ad_source *src,
             const struct ad_frame *frame, size_t frame_no, bool *zero,
             struct ad_error *err)
 {
-  struct ad_index *idx = exp->idx;
-  void *dec = NULL;
+  struct ad_frame_reader *r;
   char *buf;
-  uint64_t done = 0;
-  ssize_t r;
+  ssize_t n;
 
   *zero = false;
   buf = malloc (ZERO_PROBE_BUF);
   if (buf == NULL)
     return ad_error_set (err, ENOMEM, "out of memory");
-  if (idx->ops->decoder_new (idx, frame, frame_no, &dec, err) == -1)
-    goto fail;
-  while (done < frame->usize) {
-    size_t want = frame->usize - done < ZERO_PROBE_BUF
-      ? frame->usize - done : ZERO_PROBE_BUF;
-
-    r = idx->ops->decoder_read (dec, src, buf, want, err);
-    if (r == -1)
-      goto fail;
-    if (r == 0 || !ad_is_zero (buf, r))
-      break;                    /* Not zeros, or short: say data. */
-    done += r;
+  r = ad_frame_reader_open (exp->idx, frame, frame_no, err);
+  if (r == NULL) {
+    free (buf);
+    return -1;
   }
-  if (done == frame->usize) {
-    /* Run the frame's final checks before trusting it. */
-    r = idx->ops->decoder_read (dec, src, buf, 1, err);
-    if (r == -1)
-      goto fail;
-    *zero = r == 0;
-  }
-  idx->ops->decoder_free (dec);
+  /* To the end (which runs the frame's final checks) while zeros. */
+  while ((n = ad_frame_reader_read (r, src, buf, ZERO_PROBE_BUF, err)) > 0 &&
+         ad_is_zero (buf, n))
+    ;
+  if (n == 0)
+    *zero = true;
+  ad_frame_reader_close (r);
   free (buf);
-  return 0;
-
- fail:
-  if (dec)
-    idx->ops->decoder_free (dec);
-  free (buf);
-  return -1;
+  return n == -1 ? -1 : 0;
 }
 
 int

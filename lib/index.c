@@ -14,6 +14,7 @@
 
 #include "format.h"
 #include "persist.h"
+#include "frame.h"
 
 void
 ad_options_init (struct ad_options *opts)
@@ -74,7 +75,7 @@ ad_index_open (enum ad_format format, struct ad_source *src,
   ops = idx->ops;
   switch (ad_index_load (idx, src, err)) {
   case -1:
-    ad_error_prefix (err, "%s", ops->name);
+    ad_error_in_format (err, ops->name, NULL);
     ad_index_free (idx);
     return NULL;
   case 1:
@@ -82,7 +83,7 @@ ad_index_open (enum ad_format format, struct ad_source *src,
     return idx;
   }
   if (ops->open (idx, src, err) == -1) {
-    ad_error_prefix (err, "%s", ops->name);
+    ad_error_in_format (err, ops->name, NULL);
     ad_index_free (idx);
     return NULL;
   }
@@ -189,9 +190,8 @@ ad_index_find (struct ad_index *idx, struct ad_source *src, uint64_t offset,
       int r;
       pthread_mutex_unlock (&idx->lock);
       r = idx->ops->advance (idx, src, offset, emit, emit_opaque, err);
-      if (r == -1 && strncmp (err->msg, idx->ops->name,
-                              strlen (idx->ops->name)) != 0)
-        ad_error_prefix (err, "%s: indexing pass", idx->ops->name);
+      if (r == -1)
+        ad_error_in_format (err, idx->ops->name, "indexing pass");
       pthread_mutex_lock (&idx->lock);
       if (r == 0 && offset >= idx->indexed)
         r = ad_error_set (err, EIO, "%s: index stops at %" PRIu64
@@ -262,57 +262,33 @@ ad_index_decode_frame_progress (struct ad_index *idx, struct ad_source *src,
                                 ad_progress_fn *progress, void *opaque,
                                 struct ad_error *err)
 {
-  const char *name = idx->ops->name;
-  void *dec = NULL;
+  struct ad_frame_reader *r;
   uint64_t done = 0;
-  char extra;
   ssize_t n;
 
-  if (frame->usize > idx->opts.max_frame)
-    return ad_error_set (err, EFBIG, "%s: frame %zu at compressed offset %"
-                         PRIu64 " is %" PRIu64 " bytes, larger than "
-                         "autodecomp-max-frame=%" PRIu64, name, frame_no,
-                         frame->coff, frame->usize, idx->opts.max_frame);
-
+  if (frame->usize > idx->opts.max_frame) {
+    ad_error_set (err, EFBIG, "it is %" PRIu64 " bytes, larger than "
+                  "autodecomp-max-frame=%" PRIu64, frame->usize,
+                  idx->opts.max_frame);
+    return ad_error_in_frame (err, idx->ops->name, frame_no, frame->coff);
+  }
   __atomic_add_fetch (&idx->frames_decoded, 1, __ATOMIC_RELAXED);
-  if (idx->ops->decoder_new (idx, frame, frame_no, &dec, err) == -1)
-    goto fail;
-  while (done < frame->usize) {
+  r = ad_frame_reader_open (idx, frame, frame_no, err);
+  if (r == NULL)
+    return -1;
+  do {
     uint64_t want = frame->usize - done;
 
     if (progress && want > PROGRESS_STEP)
       want = PROGRESS_STEP;
-    n = idx->ops->decoder_read (dec, src, (char *) out + done, want, err);
-    if (n == -1)
-      goto fail;
-    if (n == 0) {
-      ad_error_set (err, EIO, "decodes to %" PRIu64 " bytes, fewer than "
-                    "the %" PRIu64 " the index declares", done,
-                    frame->usize);
-      goto fail;
+    n = ad_frame_reader_read (r, src, (char *) out + done,
+                              want > 0 ? want : 1, err);
+    if (n > 0) {
+      done += n;
+      if (progress)
+        progress (opaque, done);
     }
-    done += n;
-    if (progress)
-      progress (opaque, done);
-  }
-  /* The frame must end exactly here: this also runs the final checks. */
-  n = idx->ops->decoder_read (dec, src, &extra, 1, err);
-  if (n == -1)
-    goto fail;
-  if (n > 0) {
-    ad_error_set (err, EIO, "decodes to more than the %" PRIu64
-                  " bytes the index declares", frame->usize);
-    goto fail;
-  }
-  idx->ops->decoder_free (dec);
-  return 0;
-
- fail:
-  if (dec)
-    idx->ops->decoder_free (dec);
-  /* Name the format, frame and offset unless the decoder already did. */
-  if (strncmp (err->msg, name, strlen (name)) != 0)
-    ad_error_prefix (err, "%s: frame %zu at compressed offset %" PRIu64,
-                     name, frame_no, frame->coff);
-  return -1;
+  } while (n > 0);
+  ad_frame_reader_close (r);
+  return n == 0 ? 0 : -1;
 }

@@ -45,15 +45,15 @@
 
 #include "spill.h"
 #include "cache.h"
+#include "frame.h"
 
 #define SPILL_CHUNK (1024 * 1024)
 
 struct spill_frame {
   size_t frame_no;
   pthread_mutex_t lock;         /* Held while decoding. */
-  void *decoder;                /* NULL before the first read, or after
-                                   an error. */
-  uint64_t decoded;             /* Decoder's position in the frame. */
+  struct ad_frame_reader *reader; /* NULL before the first read, or
+                                   after an error. */
   uint64_t frontier;            /* Bytes in the file (atomic). */
   bool finished;                /* Frame ended and verified (atomic). */
   bool failed;                  /* The data is wrong: err says how. */
@@ -109,8 +109,7 @@ ad_spill_free (struct ad_spill *spill)
     return;
   for (f = spill->frames; f; f = next) {
     next = f->next;
-    if (f->decoder)
-      spill->idx->ops->decoder_free (f->decoder);
+    ad_frame_reader_close (f->reader);
     pthread_mutex_destroy (&f->lock);
     free (f->chunk);
     free (f);
@@ -211,8 +210,6 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
            const struct ad_frame *frame, struct spill_frame *f,
            uint64_t want, struct ad_error *err)
 {
-  const struct ad_format_ops *ops = spill->idx->ops;
-
   /* Another reader may have done the work while we waited. */
   if (!need_decoding (frame, f, want))
     return 0;
@@ -225,67 +222,44 @@ decode_to (struct ad_spill *spill, struct ad_source *src,
     if (f->chunk == NULL)
       return ad_error_set (err, ENOMEM, "spill: out of memory");
   }
-  if (f->decoder == NULL) {
-    if (ops->decoder_new (spill->idx, frame, f->frame_no, &f->decoder,
-                          err) == -1) {
-      f->decoder = NULL;
+  if (f->reader == NULL) {
+    f->reader = ad_frame_reader_open (spill->idx, frame, f->frame_no, err);
+    if (f->reader == NULL)
       return -1;
-    }
-    f->decoded = 0;
     __atomic_add_fetch (&spill->idx->frames_decoded, 1, __ATOMIC_RELAXED);
   }
 
   while (need_decoding (frame, f, want)) {
-    uint64_t left = frame->usize - f->decoded;
-    size_t n = left < SPILL_CHUNK ? left : SPILL_CHUNK;
-    ssize_t r;
+    uint64_t decoded = ad_frame_reader_pos (f->reader);
+    ssize_t r = ad_frame_reader_read (f->reader, src, f->chunk, SPILL_CHUNK,
+                                      err);
 
-    if (n == 0) {
-      /* The end: one more byte must not exist; this runs the checks. */
-      r = ops->decoder_read (f->decoder, src, f->chunk, 1, err);
-      if (r == -1)
-        goto fail;
-      if (r > 0) {
-        ad_error_set (err, EIO, "decodes to more than the %" PRIu64
-                      " bytes the index declares", frame->usize);
-        goto fail;
-      }
-      __atomic_store_n (&f->finished, true, __ATOMIC_RELEASE);
-      ops->decoder_free (f->decoder);
-      f->decoder = NULL;
-      break;
-    }
-    r = ops->decoder_read (f->decoder, src, f->chunk, n, err);
     if (r == -1)
       goto fail;
     if (r == 0) {
-      ad_error_set (err, EIO, "decodes to %" PRIu64 " bytes, fewer than "
-                    "the %" PRIu64 " the index declares", f->decoded,
-                    frame->usize);
-      goto fail;
+      /* The end, and the frame's final checks passed. */
+      __atomic_store_n (&f->finished, true, __ATOMIC_RELEASE);
+      ad_frame_reader_close (f->reader);
+      f->reader = NULL;
+      break;
     }
     /* After an earlier failure, skip what is already in the file. */
-    if (f->decoded + r > f->frontier) {
-      size_t skip = f->frontier > f->decoded ? f->frontier - f->decoded : 0;
+    if (decoded + r > f->frontier) {
+      size_t skip = f->frontier > decoded ? f->frontier - decoded : 0;
       if (!ad_is_zero (f->chunk + skip, r - skip) &&
           write_chunk (spill, f->chunk + skip, r - skip,
-                       frame->uoff + f->decoded + skip, err) == -1)
+                       frame->uoff + decoded + skip, err) == -1)
         goto fail;
     }
-    f->decoded += r;
-    if (f->decoded > f->frontier)
-      __atomic_store_n (&f->frontier, f->decoded, __ATOMIC_RELEASE);
+    if (decoded + r > f->frontier)
+      __atomic_store_n (&f->frontier, decoded + r, __ATOMIC_RELEASE);
   }
   return 0;
 
  fail:
-  ops->decoder_free (f->decoder);
-  f->decoder = NULL;
-  if (strncmp (err->msg, ops->name, strlen (ops->name)) != 0)
-    ad_error_prefix (err, "%s: frame %zu at compressed offset %" PRIu64
-                     " (decoded %" PRIu64 " of %" PRIu64 " bytes)",
-                     ops->name, f->frame_no, frame->coff, f->decoded,
-                     frame->usize);
+  ad_frame_reader_close (f->reader);
+  f->reader = NULL;
+  ad_error_in_frame (err, spill->idx->ops->name, f->frame_no, frame->coff);
   if (!err->transient && err->errnum == EIO) {
     f->failed = true;
     f->err = *err;
