@@ -2,8 +2,9 @@
 # Copyright (C) 2026 The nbdkit-autodecomp authors
 # SPDX-License-Identifier: BSD-3-Clause
 #
-# Install the Debian 12 packages that building, testing and benchmarking
-# nbdkit-autodecomp need, if any are missing.  Uses sudo when not root.
+# Install the Debian 12 packages that building, testing, benchmarking and
+# packaging (scripts/check-deb.sh) nbdkit-autodecomp need, if any are
+# missing.  Uses sudo when not root.
 set -e
 
 # (nbdfuse is in libnbd-bin on Debian 12: the package named nbdfuse
@@ -17,6 +18,7 @@ packages="
   qemu-utils qemu-system-x86 fio nginx-light curl
   xz-utils zstd gzip pigz bzip2 lbzip2 tabix xxhash e2fsprogs python3
   clang libclang-rt-14-dev
+  debhelper dpkg-dev
 "
 
 missing=
