@@ -19,10 +19,12 @@ make_tmpdir
 seed=${AUTODECOMP_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 note "seed $seed"
 n=0
+total=$(( $(family_pairs | grep -vc '/disk\.img ') * 2 ))
 while read -r comp orig <&3; do
     name=$(basename "$comp")
     for rate in 2% 30%; do
         tag="$name/rate=$rate"
+        progress "$tag ($((n+1))/$total, $(elapsed))"
         trigger=$tmp/trigger
         touch "$trigger"
         start_nbdkit "io-$name" --filter="$FILTER" --filter=error file "$comp" \
