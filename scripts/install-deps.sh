@@ -5,6 +5,8 @@
 # Install the Debian 12 packages that building, testing, benchmarking and
 # packaging (scripts/check-deb.sh) nbdkit-autodecomp need, if any are
 # missing.  Uses sudo when not root.
+#   scripts/install-deps.sh             install what is missing
+#   scripts/install-deps.sh --missing   only print what is missing
 set -e
 
 # (nbdfuse is in libnbd-bin on Debian 12: the package named nbdfuse
@@ -28,6 +30,11 @@ for p in $packages; do
     missing="$missing $p"
   fi
 done
+if [ "${1:-}" = --missing ]; then
+  # shellcheck disable=SC2086  # one line, without the leading space
+  echo $missing
+  exit 0
+fi
 [ -z "$missing" ] && exit 0
 
 echo "install-deps: installing:$missing"

@@ -616,6 +616,18 @@ def summary_line(label, s, extra=""):
                s.read_errors, s.bytes_ok, s.wrong_bytes, s.dropped, extra))
 
 
+def note_progress(text):
+    """Record text as the test's last note: the heartbeat of
+    tests/functions.sh prints it while a format takes long."""
+    path = os.environ.get("AUTODECOMP_PROGRESS_FILE")
+    if path:
+        try:
+            with open(path, "w") as f:
+                f.write("%d %s\n" % (time.time(), text))
+        except OSError:
+            pass
+
+
 def main():
     ap = argparse.ArgumentParser(description="corruption matrix for the autodecomp filter")
     ap.add_argument("--filter", required=True)
@@ -651,10 +663,12 @@ def main():
     total = Stats()
     failed = 0
     t0 = time.monotonic()
-    for spec in args.files:
+    for k, spec in enumerate(args.files):
         name, fmt, path = spec.split(":", 2)
         if only_name and name != only_name:
             continue
+        note_progress("corrupt-matrix.py: %s, %d variants (format %d/%d)"
+                      % (name, args.variants, k + 1, len(args.files)))
         run = Run(args, name, fmt, path, orig)
         run.run(only_list)
         total.add(run.stats)

@@ -19,6 +19,8 @@
 #   srcdir / top_srcdir   as automake sets them (guessed when unset)
 #   AUTODECOMP_CORPUS_TESTS=no  the tests that need the corpus skip (77)
 #   AUTODECOMP_TEST_FAST=1  fewer reads, for quick local runs
+#   AUTODECOMP_TEST_PROGRESS_TTY=1  progress lines on the terminal too (./check
+#            sets it; see progress below)
 
 set -e
 set -o pipefail
@@ -60,8 +62,39 @@ is_autodecomp ()
 
 # ---------------------------------------------------------------- messages
 
-# Quiet on success: progress goes to the .log automake keeps, prefixed.
-note () { echo "$test_name: $*"; }
+# Quiet on success: notes go to the .log automake keeps, prefixed.
+#
+# progress TEXT: a step of a long test ("disk.img.xz, 3/24"): a note that
+# is also written to the terminal when AUTODECOMP_TEST_PROGRESS_TTY is set
+# (./check sets it) and there is one (/dev/tty; none in CI, where nothing
+# more is written): automake's parallel harness sends a test's output only
+# to its .log.  A heartbeat (below) says "still running (N s: LAST NOTE)"
+# after 15 s without a note or progress line.
+_progress_tty=
+if [ -n "${AUTODECOMP_TEST_PROGRESS_TTY:-}" ] && [ ! -t 1 ] &&
+   ( exec 8>/dev/tty && [ -t 8 ] ) 2>/dev/null; then
+    _progress_tty=1
+fi
+# The last note, with its time, for the heartbeat.  A script run by a
+# test (setup-corpus.sh) writes to the test's file.
+if [ -n "${AUTODECOMP_PROGRESS_FILE:-}" ] && [ -f "$AUTODECOMP_PROGRESS_FILE" ]; then
+    _progress_file=$AUTODECOMP_PROGRESS_FILE
+    _own_heartbeat=
+else
+    _progress_file=$(mktemp "${TMPDIR:-/tmp}/adc-progress-$test_name.XXXXXX")
+    export AUTODECOMP_PROGRESS_FILE=$_progress_file
+    _own_heartbeat=1
+fi
+printf -v _test_start '%(%s)T' -1
+
+_remember () { printf '%(%s)T %s\n' -1 "$*" > "$_progress_file" 2>/dev/null || true; }
+_to_tty ()
+{
+    [ -n "$_progress_tty" ] || return 0
+    { printf '%s\n' "$*" > /dev/tty; } 2>/dev/null || true
+}
+note () { echo "$test_name: $*"; _remember "$*"; }
+progress () { note "$@"; _to_tty "$test_name: $*"; }
 fail () { echo "$test_name: FAIL: $*" >&2; exit 1; }
 skip () { echo "$test_name: SKIP: $*"; exit 77; }
 
@@ -139,6 +172,49 @@ _run_cleanup ()
 trap _run_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- heartbeat
+#
+# A background loop that, while the test runs, prints "test-x: still
+# running (N s: LAST NOTE)" (to the log, and to the terminal as progress
+# does) whenever 15 s have passed without a note, so that a test stuck in
+# one step says so.  It is stopped on exit (the first cleanup pushed, so
+# the last run), and ends by itself within a second when the test has
+# gone; it never changes the test's status.
+
+_heartbeat ()
+{
+    local parent=$1 last=$_test_start now t msg line
+    trap - EXIT INT TERM
+    set +e
+    while kill -0 "$parent" 2>/dev/null; do
+        sleep 1 </dev/null >/dev/null 2>&1
+        printf -v now '%(%s)T' -1
+        t=0 msg=
+        read -r t msg < "$_progress_file" 2>/dev/null
+        if [[ $t =~ ^[0-9]+$ ]] && [ "$t" -gt "$last" ]; then last=$t; fi
+        if [ $(( now - last )) -ge 15 ]; then
+            line="$test_name: still running ($(( now - _test_start )) s${msg:+: $msg})"
+            echo "$line"
+            _to_tty "$line"
+            last=$now
+        fi
+    done
+}
+
+_stop_heartbeat ()
+{
+    kill "$_heartbeat_pid" 2>/dev/null
+    wait "$_heartbeat_pid" 2>/dev/null
+    rm -f "$_progress_file"
+    return 0
+}
+
+if [ -n "$_own_heartbeat" ]; then
+    _heartbeat "$$" &
+    _heartbeat_pid=$!
+    cleanup_fn _stop_heartbeat
+fi
 
 # make_tmpdir: a private temporary directory, removed on exit.  Sets $tmp.
 make_tmpdir ()
@@ -219,6 +295,12 @@ stop_nbdkit ()
 nbdkit_alive ()
 {
     kill -0 "$nbdkit_pid" 2>/dev/null
+}
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port ()
+{
+    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # export_size URI: the export's size in bytes.
@@ -349,11 +431,13 @@ elapsed () { echo "${SECONDS}s"; }
 # CONNS connections at once.
 run_random_reads_all ()
 {
-    local conns=$1 count=$2 pairs=${3:-test_pairs} comp orig name n=0 seed
+    local conns=$1 count=$2 pairs=${3:-test_pairs} comp orig name n=0 seed total
     shift 2; [ $# -eq 0 ] || shift
     count=$(reads_for x "$count")
+    total=$($pairs | wc -l)
     while read -r comp orig <&3; do
         name=$(basename "$comp")
+        progress "$name: $count reads, $conns connection(s) ($((n+1))/$total, $(elapsed))"
         start_nbdkit "$name" --filter="$FILTER" file "$comp" "$@"
         seed=${AUTODECOMP_SEED:-$(( (RANDOM << 15) | RANDOM ))}
         tlimit 600 "${random_reads[@]}" --label "$name" --uri "$uri" --original "$orig" \

@@ -38,7 +38,7 @@ flock 9
 if [ -f "$stamp" ]; then exit 0; fi
 
 mkdir -p "$CORPUS"
-note "building the corpus in $CORPUS"
+progress "building the corpus in $CORPUS (once; a few minutes)"
 
 # A compressed file left half-written by an interrupted earlier run would be
 # kept by make-corpus.sh (it only tests -s), so check every file it made and
@@ -87,6 +87,7 @@ mk ()
 {
     local name=$1; shift
     [ -s "$extra/$name" ] && return 0
+    progress "making extra/$name ($(elapsed))"
     "$@" > "$work/$name"
     mv -f "$work/$name" "$extra/$name"
 }
@@ -95,6 +96,7 @@ mk_sh ()
 {
     local name=$1 text=$2 in=$3
     [ -s "$extra/$name" ] && return 0
+    progress "making extra/$name ($(elapsed))"
     bash -c "set -eo pipefail; $text" _ "$in" "$work" > "$work/$name"
     mv -f "$work/$name" "$extra/$name"
 }

@@ -93,6 +93,7 @@ ad=()
 if is_autodecomp; then ad=(--autodecomp --extra autodecomp-verify-offsets=true); fi
 only=()
 if [ -n "${AUTODECOMP_CORRUPT_ONLY:-}" ]; then only=(--only "$AUTODECOMP_CORRUPT_ONLY"); fi
+progress "corrupt-matrix.py: ${#specs[@]} formats x $variants variants ($(elapsed))"
 rc=0
 tlimit 900 /usr/bin/python3 "$srcdir/corrupt-matrix.py" --filter "$FILTER" \
     --original "$img" --tmp "$tmp" --seed "$seed" --variants "$variants" \

@@ -22,11 +22,6 @@ nbdkit curl --dump-plugin >/dev/null 2>&1 || fail "nbdkit curl plugin is not ins
 setup_corpus
 make_tmpdir
 
-free_port ()
-{
-    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 mkdir -p "$tmp/nginx/logs" "$tmp/nginx/tmp"
 nginx_pid=
 start_nginx ()
@@ -80,9 +75,11 @@ start_nginx
 note "nginx on 127.0.0.1:$nginx_port ($(elapsed))"
 
 n=0
+total=$(family_pairs | wc -l)
 while read -r comp orig <&3; do
     rel=${comp#"$CORPUS"/}
     name=$(basename "$comp")
+    progress "$name over http ($((n+1))/$total, $(elapsed))"
     url="http://127.0.0.1:$nginx_port/$rel"
     start_nbdkit "$name" --filter="$FILTER" curl "$url"
     size=$(export_size "$uri") || fail "$name: nbdinfo --size failed"

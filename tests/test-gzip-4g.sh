@@ -20,6 +20,7 @@ mkdir -p "$big"
 (
     flock 9
     if [ ! -s "$big/zero5g.img.gz" ]; then
+        progress "making a 5 GiB gzip member in $big (once)"
         truncate -s 5G "$tmp/zero5g.img"
         printf 'tail' | dd of="$tmp/zero5g.img" bs=1 seek=$(( 5 * 1024 * 1024 * 1024 - 4 )) conv=notrunc status=none
         pigz -1 -p 2 -c "$tmp/zero5g.img" > "$big/zero5g.img.gz.tmp"
@@ -28,6 +29,7 @@ mkdir -p "$big"
     fi
 ) 9>"$big/.lock"
 
+progress "autodecomp-gzip-size=trailer ($(elapsed))"
 start_nbdkit trailer --filter="$FILTER" file "$big/zero5g.img.gz"
 size=$(export_size "$uri")
 [ "$size" = $(( 1024 * 1024 * 1024 )) ] ||
@@ -52,6 +54,7 @@ grep -q 'autodecomp-gzip-size=decode' "$nbdkit_log" ||
     fail "the error does not say how to serve the image"
 stop_nbdkit
 
+progress "autodecomp-gzip-size=decode ($(elapsed))"
 start_nbdkit decode --filter="$FILTER" \
     file "$big/zero5g.img.gz" autodecomp-gzip-size=decode
 size=$(export_size "$uri")

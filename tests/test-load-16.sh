@@ -57,6 +57,7 @@ if [ ! -s "$xz16" ] || [ "$img" -nt "$xz16" ]; then
 fi
 
 failures=0
+i=0
 for comp in "$xz16" "$CORPUS/disk-frames.img.zst" "$CORPUS/disk.img.bz2" \
             "$CORPUS/disk.img.gz"; do
     name=$(basename "$comp")
@@ -64,6 +65,8 @@ for comp in "$xz16" "$CORPUS/disk-frames.img.zst" "$CORPUS/disk.img.bz2" \
         echo "$comp" | grep -Eq -- "$AUTODECOMP_TEST_ONLY" || continue
     fi
     [ -s "$comp" ] || fail "$comp is missing"
+    i=$((i+1))
+    progress "$name: 16 connections x $reads reads ($i/4, $(elapsed))"
     start_nbdkit "load-$name" --threads="$threads" --filter="$FILTER" file "$comp" \
         autodecomp-cache-size="$cache"
     rc=0

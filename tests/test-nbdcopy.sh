@@ -13,8 +13,10 @@ setup_corpus
 make_tmpdir
 
 n=0
+total=$(test_pairs | wc -l)
 while read -r comp orig <&3; do
     name=$(basename "$comp")
+    progress "$name ($((n+1))/$total, $(elapsed))"
     start_nbdkit "$name" --filter="$FILTER" file "$comp"
     size=$(export_size "$uri") || fail "$name: nbdinfo --size failed"
     want=$(stat -c %s "$orig")

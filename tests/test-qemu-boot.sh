@@ -60,9 +60,12 @@ gzip -1 -c "$tmp/boot.img" > "$tmp/boot.img.gz"
 lbzip2 -1 -n2 -c "$tmp/boot.img" > "$tmp/boot.img.bz2"
 
 failures=0
+i=0
 for comp in "$tmp"/boot.img.xz "$tmp"/boot.img.zst "$tmp"/boot.img.gz \
             "$tmp"/boot.img.bz2; do
     name=$(basename "$comp")
+    i=$((i+1))
+    progress "booting $name ($i/4, $(elapsed))"
     start_nbdkit "$name" --filter="$FILTER" file "$comp"
     serial=$tmp/$name.serial
     : > "$serial"

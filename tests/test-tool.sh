@@ -42,6 +42,7 @@ json ()
 # ------------------------------------------------------------------ info
 # image, expected verdict
 while read -r img want; do
+    progress "info $(basename "$img") ($(elapsed))"
     "$tool" info --json "$img" > "$tmp/info.json" ||
         fail "info $img failed"
     got=$(json "$tmp/info.json" seeks)
@@ -141,6 +142,7 @@ PYEOF
 
 # input, original, format, frame size option ("-": default), frame bytes
 while read -r in orig fmt fs frame; do
+    progress "prepare $(basename "$in") -> $fmt ($(elapsed))"
     out=$tmp/out.$fmt
     rm -f "$out"
     args=(-F "$fmt" --verify)

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <inttypes.h>
 #include <errno.h>
+#include <time.h>
 #include <pthread.h>
 
 #define NBDKIT_API_VERSION 2
@@ -61,8 +62,19 @@ static struct ad_pool *pool;
  * size for the image than when the export was opened, the image has
  * changed: the export leaves the list (the connections using it keep
  * it until they close) and the next connection opens a new one.
+ *
+ * When the plugin below fails while an export is opened (its own open,
+ * e.g. the curl plugin against a web server without Range requests, or
+ * a read of the image), the failure is logged once, and connections to
+ * that export for the next RETRY_DELAY_MIN fail at once without asking
+ * the plugin again: clients that reconnect in a loop do not make the
+ * plugin log the same cause many times a second.  Each failure in a row
+ * doubles the delay, up to RETRY_DELAY_MAX; an export that opens starts
+ * over.
  */
 #define MAX_IDLE_EXPORTS 16
+#define RETRY_DELAY_MIN 1000    /* ms */
+#define RETRY_DELAY_MAX 16000   /* ms */
 
 struct named_export {
   char *name;
@@ -79,6 +91,9 @@ struct named_export {
   pthread_mutex_t error_lock;
   char last_error[AD_ERROR_MSG_MAX];
   /* Under exports_lock: */
+  uint64_t retry_at;            /* ms (now_ms): fail at once before it. */
+  uint64_t retry_delay;         /* ms, after the last failure below. */
+  char why[AD_ERROR_MSG_MAX];   /* That failure. */
   unsigned users;               /* Connections holding it. */
   uint64_t last_used;           /* export_clock when last released. */
   bool listed;                  /* In exports (else freed by the last user). */
@@ -89,6 +104,9 @@ static struct named_export *exports;
 static uint64_t export_clock;
 
 static void release_export (struct named_export *e);
+static bool failing_at_once (struct named_export *e, const char *name);
+static void failed_below (struct named_export *e, const char *name,
+                          const char *why);
 
 struct handle {
   char *exportname;
@@ -322,9 +340,14 @@ autodecomp_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 {
   struct handle *h;
 
-  /* The export is read-only whatever the client asked for. */
-  if (next (nxdata, 1, exportname) == -1)
+  if (failing_at_once (NULL, exportname))
     return NULL;
+  /* The export is read-only whatever the client asked for. */
+  if (next (nxdata, 1, exportname) == -1) {
+    failed_below (NULL, exportname,
+                  "the plugin below could not open it (its error is above)");
+    return NULL;
+  }
   h = calloc (1, sizeof *h);
   if (h == NULL) {
     nbdkit_error ("calloc: %m");
@@ -429,8 +452,8 @@ warn_if_not_seekable (struct named_export *e)
 /* Open the image into e (under e->open_lock).  On failure the error
  * is logged; a failure of the image itself is remembered in e, so that
  * later connections do not pay for the same pass again, while a
- * failure of the plugin below leaves e unopened for the next one to
- * try again.
+ * failure of the plugin below leaves e unopened, for a connection after
+ * the retry delay to try again.
  */
 static int
 open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
@@ -443,10 +466,13 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
   ad_error_clear (&err);
   e->exp = ad_export_open (&src, format_param, &options, cache, &err);
   if (e->exp == NULL) {
-    nbdkit_error ("autodecomp: %s", err.msg);
-    if (!err.transient && err.errnum != ENOMEM &&
-        (e->failed = strdup (err.msg)) != NULL)
-      e->opened = true;
+    if (err.transient)
+      failed_below (e, e->name, err.msg);
+    else {
+      nbdkit_error ("autodecomp: %s", err.msg);
+      if (err.errnum != ENOMEM && (e->failed = strdup (err.msg)) != NULL)
+        e->opened = true;
+    }
     return -1;
   }
   e->opened = true;
@@ -561,6 +587,76 @@ release_export (struct named_export *e)
   }
 }
 
+static uint64_t
+now_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+/* Did the plugin below fail to open this export less than the retry
+ * delay ago?  Then this connection fails at once, said at debug level
+ * only (the cause was logged when it happened).  e is the export when
+ * the caller holds it, else NULL and the export is looked up by name.
+ */
+static bool
+failing_at_once (struct named_export *e, const char *name)
+{
+  uint64_t now = now_ms (), left = 0;
+  char why[AD_ERROR_MSG_MAX];
+
+  pthread_mutex_lock (&exports_lock);
+  if (e == NULL)
+    for (e = exports; e; e = e->next)
+      if (strcmp (e->name, name) == 0)
+        break;
+  if (e && e->retry_at > now) {
+    left = e->retry_at - now;
+    memcpy (why, e->why, sizeof why);
+  }
+  pthread_mutex_unlock (&exports_lock);
+  if (left == 0)
+    return false;
+  nbdkit_debug ("autodecomp: export '%s': failing this connection at once: "
+                "%s (the plugin is asked again in %.1f s)",
+                name, why, left / 1000.0);
+  return true;
+}
+
+/* The plugin below failed while export name was being opened: log why
+ * and start (or double) the retry delay.  e is the export when the
+ * caller holds it, else NULL.
+ */
+static void
+failed_below (struct named_export *e, const char *name, const char *why)
+{
+  struct named_export *held = e;
+  uint64_t now = now_ms (), delay = RETRY_DELAY_MIN;
+
+  if (e == NULL)
+    e = acquire_export (name);
+  if (e) {
+    pthread_mutex_lock (&exports_lock);
+    /* Failing again soon after the last failure: a longer delay. */
+    if (e->retry_delay && now < e->retry_at + RETRY_DELAY_MAX) {
+      delay = e->retry_delay * 2;
+      if (delay > RETRY_DELAY_MAX)
+        delay = RETRY_DELAY_MAX;
+    }
+    e->retry_delay = delay;
+    e->retry_at = now + delay;
+    snprintf (e->why, sizeof e->why, "%s", why);
+    pthread_mutex_unlock (&exports_lock);
+    if (held == NULL)
+      release_export (e);
+  }
+  nbdkit_error ("autodecomp: export '%s': %s; connections to it in the "
+                "next %" PRIu64 " s fail at once, without asking the "
+                "plugin again", name, why, delay / 1000);
+}
+
 static int
 autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
 {
@@ -596,7 +692,7 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
   }
   if (e->opened)
     failed_before = e->exp == NULL;
-  else
+  else if (!failing_at_once (e, h->exportname))
     open_export (e, next, size);
   ok = e->exp != NULL;
   pthread_mutex_unlock (&e->open_lock);
@@ -608,6 +704,9 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
     release_export (e);
     return -1;
   }
+  pthread_mutex_lock (&exports_lock);
+  e->retry_at = e->retry_delay = 0;
+  pthread_mutex_unlock (&exports_lock);
   h->export = e;
   return 0;
 }
