@@ -17,7 +17,7 @@ packages="
   nbdkit nbdkit-plugin-dev
   liblzma-dev libzstd-dev zlib1g-dev libdeflate-dev libisal-dev libbz2-dev libxxhash-dev
   libnbd-bin libnbd-dev python3-libnbd fuse3
-  qemu-utils qemu-system-x86 fio nginx-light curl
+  qemu-utils qemu-system-x86 fio nginx-light curl busybox-static
   xz-utils zstd gzip pigz bzip2 lbzip2 tabix xxhash e2fsprogs python3
   clang libclang-rt-14-dev
   debhelper dpkg-dev
