@@ -162,15 +162,13 @@
 
 #include "format.h"
 #include "persist.h"
+#include "seekable-formats.h"
 
 #define CHUNK (8 * 1024 * 1024)         /* Sequential reads. */
 #define ONE_READ_MAX (16 * 1024 * 1024) /* A frame read in one go. */
 #define NAME_MAX_LEN 65536              /* FNAME, FCOMMENT incl. NUL. */
 #define HEADER_MAX (10 + 2 + 65535 + 2 * NAME_MAX_LEN + 2)
-#define TRAILER_SIZE 8
 #define MEMBER_MIN 20                   /* 10 + 2 (empty block) + 8. */
-#define BGZF_MEMBER_MAX 65536           /* BSIZE + 1. */
-#define BGZF_ISIZE_MAX 65536
 #define MAX_RATIO 1032                  /* Deflate's output per byte. */
 #define TRIAL_OUTPUT (64 * 1024)
 #define TRIAL_INPUT (1024 * 1024)       /* Read per candidate member. */
@@ -332,7 +330,8 @@ parse_header (const unsigned char *p, size_t avail, uint64_t off,
       size_t slen = p[j + 2] | (p[j + 3] << 8);
       if (end - j - 4 < slen)
         break;
-      if (p[j] == 'B' && p[j + 1] == 'C' && slen == 2) {
+      if (p[j] == AD_BGZF_SI1 && p[j + 1] == AD_BGZF_SI2 &&
+          slen == AD_BGZF_SLEN) {
         h->bgzf = true;
         h->bsize = p[j + 4] | (p[j + 5] << 8);
       }
@@ -954,17 +953,17 @@ pass_member_end (struct gz_priv *priv, struct ad_index *idx,
   uint32_t crc, isize;
 
   input_seek (&P->in, P->st, tpos);
-  if (pass_fill (P, src, TRAILER_SIZE, err) == -1)
+  if (pass_fill (P, src, AD_GZIP_TRAILER_SIZE, err) == -1)
     return -1;
-  if (P->st->avail_in < TRAILER_SIZE)
+  if (P->st->avail_in < AD_GZIP_TRAILER_SIZE)
     return ad_error_set (err, EIO, "member at offset %" PRIu64 ": the "
                          "trailer at offset %" PRIu64 " is truncated",
                          P->member_coff, tpos);
   crc = ad_le32 (P->st->next_in);
   isize = ad_le32 (P->st->next_in + 4);
-  P->st->next_in += TRAILER_SIZE;
-  P->st->avail_in -= TRAILER_SIZE;
-  mend = tpos + TRAILER_SIZE;
+  P->st->next_in += AD_GZIP_TRAILER_SIZE;
+  P->st->avail_in -= AD_GZIP_TRAILER_SIZE;
+  mend = tpos + AD_GZIP_TRAILER_SIZE;
 
   pass_close_span (P);
   if (crc != P->member_crc)
@@ -1249,7 +1248,7 @@ trial_member (const unsigned char *p, size_t avail, uint64_t off,
   r = inflate (&zs, Z_NO_FLUSH);
   if (r == Z_STREAM_END) {
     size_t n = TRIAL_OUTPUT - zs.avail_out;
-    if (zs.avail_in >= TRAILER_SIZE &&
+    if (zs.avail_in >= AD_GZIP_TRAILER_SIZE &&
         ad_le32 (zs.next_in) == crc32 (0, out, n) &&
         ad_le32 (zs.next_in + 4) == n)
       ok = true;
@@ -1278,23 +1277,23 @@ single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
                     bool scan_all, uint64_t *size, struct ad_error *err)
 {
   uint64_t fsize = src->size, d, umax, start;
-  unsigned char trailer[TRAILER_SIZE];
+  unsigned char trailer[AD_GZIP_TRAILER_SIZE];
   uint32_t isize;
   unsigned char *out = NULL, *trial = NULL;
   uint64_t nchunks, c;
   bool buf_is_start = true;
   int failures = 0, r = 0;
 
-  if (fsize < h->len + 2 + TRAILER_SIZE)
+  if (fsize < h->len + 2 + AD_GZIP_TRAILER_SIZE)
     return 0;
-  if (ad_source_pread (src, trailer, TRAILER_SIZE, fsize - TRAILER_SIZE,
-                       err) == -1)
+  if (ad_source_pread (src, trailer, AD_GZIP_TRAILER_SIZE,
+                       fsize - AD_GZIP_TRAILER_SIZE, err) == -1)
     return -1;
   /* A last byte of zero may be padding: decode (see the top). */
-  if (trailer[TRAILER_SIZE - 1] == 0)
+  if (trailer[AD_GZIP_TRAILER_SIZE - 1] == 0)
     return 0;
   isize = ad_le32 (trailer + 4);
-  d = fsize - h->len - TRAILER_SIZE;
+  d = fsize - h->len - AD_GZIP_TRAILER_SIZE;
   umax = d > UINT64_MAX / MAX_RATIO ? UINT64_MAX : d * MAX_RATIO;
   if (isize > umax)
     return 0;
@@ -1318,7 +1317,7 @@ single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
     r = ad_error_set (err, ENOMEM, "malloc: %m");
     goto out;
   }
-  start = h->len + 2 + TRAILER_SIZE;
+  start = h->len + 2 + AD_GZIP_TRAILER_SIZE;
   nchunks = fsize <= CHUNK ? 1 : (fsize - 3 - 1) / (CHUNK - 3) + 1;
   for (c = scan_all ? 1 : nchunks; c <= nchunks; c++) {
     uint64_t coff = (c % nchunks) * (uint64_t) (CHUNK - 3);
@@ -1404,7 +1403,7 @@ empty_member_ok (const unsigned char *b, size_t msize, size_t hlen)
   if (inflateInit2 (&zs, -15) != Z_OK)
     return false;
   zs.next_in = (unsigned char *) b + hlen;
-  zs.avail_in = msize - hlen - TRAILER_SIZE;
+  zs.avail_in = msize - hlen - AD_GZIP_TRAILER_SIZE;
   zs.next_out = out;
   zs.avail_out = sizeof out;
   r = inflate (&zs, Z_FINISH);
@@ -1427,8 +1426,8 @@ bgzf_index (struct ad_index *idx, struct gz_priv *priv,
   size_t blen = n;
 
   while (pos < fsize) {
-    uint64_t want = fsize - pos < BGZF_MEMBER_MAX ? fsize - pos
-      : BGZF_MEMBER_MAX;
+    uint64_t want = fsize - pos < AD_BGZF_MEMBER_MAX ? fsize - pos
+      : AD_BGZF_MEMBER_MAX;
     struct gz_header h;
     struct ad_frame f;
     const unsigned char *b;
@@ -1464,10 +1463,10 @@ bgzf_index (struct ad_index *idx, struct gz_priv *priv,
     if (parse_header (b, want, pos, &h, &scratch) == -1 || !h.bgzf)
       goto not_bgzf;
     msize = (uint64_t) h.bsize + 1;
-    if (msize < h.len + 2 + TRAILER_SIZE || msize > want)
+    if (msize < h.len + 2 + AD_GZIP_TRAILER_SIZE || msize > want)
       goto not_bgzf;
     isize = ad_le32 (b + msize - 4);
-    if (isize > BGZF_ISIZE_MAX)
+    if (isize > AD_BGZF_ISIZE_MAX)
       goto not_bgzf;
     if (isize == 0 && !empty_member_ok (b, msize, h.len))
       goto not_bgzf;            /* The sizing pass will say why. */
@@ -1727,14 +1726,15 @@ dec_check_trailer (struct gz_decoder *d, struct ad_source *src,
   uint64_t tpos = input_stream_end (&d->in, d->st);
   uint32_t crc, isize;
 
-  if (tpos + TRAILER_SIZE != d->in.end)
+  if (tpos + AD_GZIP_TRAILER_SIZE != d->in.end)
     return ad_error_set (err, EIO, "the deflate data ends at offset %"
                          PRIu64 ", but the member's trailer should be at "
-                         "offset %" PRIu64, tpos, d->in.end - TRAILER_SIZE);
+                         "offset %" PRIu64, tpos,
+                         d->in.end - AD_GZIP_TRAILER_SIZE);
   input_seek (&d->in, d->st, tpos);
-  if (dec_fill (d, src, TRAILER_SIZE, err) == -1)
+  if (dec_fill (d, src, AD_GZIP_TRAILER_SIZE, err) == -1)
     return -1;
-  if (d->st->avail_in < TRAILER_SIZE)
+  if (d->st->avail_in < AD_GZIP_TRAILER_SIZE)
     return ad_error_set (err, EIO, "the trailer at offset %" PRIu64
                          " is truncated", tpos);
   crc = ad_le32 (d->st->next_in);
@@ -1801,19 +1801,20 @@ dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
   }
   if (parse_header (p, clen < HEADER_MAX ? clen : HEADER_MAX, d->f.coff, &h,
                     &scratch) == -1 ||
-      clen - h.len < 2 + TRAILER_SIZE)
+      clen - h.len < 2 + AD_GZIP_TRAILER_SIZE)
     return 0;
   ld = libdeflate_alloc_decompressor ();
   if (ld == NULL)
     return 0;
   r = libdeflate_deflate_decompress_ex (ld, p + h.len,
-                                        clen - h.len - TRAILER_SIZE, out,
-                                        d->f.usize, &in_used, &out_used);
+                                        clen - h.len - AD_GZIP_TRAILER_SIZE,
+                                        out, d->f.usize, &in_used,
+                                        &out_used);
   libdeflate_free_decompressor (ld);
   if (r != LIBDEFLATE_SUCCESS || out_used != d->f.usize ||
-      in_used != clen - h.len - TRAILER_SIZE)
+      in_used != clen - h.len - AD_GZIP_TRAILER_SIZE)
     return 0;
-  t = p + clen - TRAILER_SIZE;
+  t = p + clen - AD_GZIP_TRAILER_SIZE;
   d->crc = libdeflate_crc32 (0, out, out_used);
   if (ad_le32 (t) != d->crc || ad_le32 (t + 4) != (uint32_t) out_used)
     return 0;
@@ -1977,8 +1978,8 @@ gz_load (struct ad_index *idx, struct ad_cursor *in)
   for (i = 0; i < idx->nframes; i++)
     if (idx->frames[i].aux != AUX_WHOLE || idx->frames[i].aux32 != 0 ||
         idx->frames[i].csize < MEMBER_MIN ||
-        (kind == GZ_BGZF && (idx->frames[i].csize > BGZF_MEMBER_MAX ||
-                             idx->frames[i].usize > BGZF_ISIZE_MAX)))
+        (kind == GZ_BGZF && (idx->frames[i].csize > AD_BGZF_MEMBER_MAX ||
+                             idx->frames[i].usize > AD_BGZF_ISIZE_MAX)))
       return -1;
   priv = calloc (1, sizeof *priv);
   if (priv == NULL)

@@ -73,15 +73,12 @@
 
 #include "format.h"
 #include "persist.h"
+#include "seekable-formats.h"
 
 #define FRAME_MAGIC 0xFD2FB528U
 #define SKIPPABLE_MASK 0xFFFFFFF0U
 #define SKIPPABLE_MAGIC 0x184D2A50U
-#define SEEK_TABLE_MAGIC 0x184D2A5EU
-#define SEEKABLE_MAGIC 0x8F92EAB1U
 
-#define SKIPPABLE_HEADER_SIZE 8
-#define SEEK_FOOTER_SIZE 9
 #define FRAME_HEADER_MIN 5      /* Magic_Number and the descriptor. */
 #define FRAME_HEADER_MAX 18
 #define BLOCK_HEADER_SIZE 3
@@ -493,11 +490,11 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
                          AD_SIZE_CHECK_HINT ")" : "");
   magic = ad_le32 (p);
   if (is_skippable (magic)) {
-    if (avail < SKIPPABLE_HEADER_SIZE)
+    if (avail < AD_SKIPPABLE_HEADER_SIZE)
       return ad_error_set (err, EIO, "skippable frame header at offset %"
                            PRIu64 " is truncated", offset);
     d->skip = ad_le32 (p + 4);
-    d->inb.pos += SKIPPABLE_HEADER_SIZE;
+    d->inb.pos += AD_SKIPPABLE_HEADER_SIZE;
     d->state = DEC_SKIP;
     return 1;
   }
@@ -690,24 +687,24 @@ static int
 hop_skippable (struct ad_source *src, uint64_t *pos, uint64_t end,
                struct ad_error *err)
 {
-  unsigned char buf[SKIPPABLE_HEADER_SIZE];
+  unsigned char buf[AD_SKIPPABLE_HEADER_SIZE];
   int hops;
 
   for (hops = 0; hops < MAX_SKIPPABLE_HOPS; hops++) {
     uint64_t size;
 
-    if (end - *pos < SKIPPABLE_HEADER_SIZE)
+    if (end - *pos < AD_SKIPPABLE_HEADER_SIZE)
       return 0;
     if (ad_source_pread (src, buf, sizeof buf, *pos, err) == -1)
       return -1;
     if (!is_skippable (ad_le32 (buf)))
       return 0;
     size = ad_le32 (buf + 4);
-    if (size > end - *pos - SKIPPABLE_HEADER_SIZE)
+    if (size > end - *pos - AD_SKIPPABLE_HEADER_SIZE)
       return ad_error_set (err, EIO, "skippable frame at offset %" PRIu64
                            " (%" PRIu64 " bytes) extends past offset %"
                            PRIu64, *pos, size, end);
-    *pos += SKIPPABLE_HEADER_SIZE + size;
+    *pos += AD_SKIPPABLE_HEADER_SIZE + size;
   }
   return ad_error_set (err, EIO, "more than %d skippable frames in a row "
                        "before offset %" PRIu64, MAX_SKIPPABLE_HOPS, end);
@@ -759,7 +756,7 @@ open_seek_table (struct ad_index *idx, struct ad_source *src,
                  bool *found, struct ad_error *err)
 {
   struct zstd_priv *priv = idx->priv;
-  unsigned char foot[SEEK_FOOTER_SIZE], hdr[SKIPPABLE_HEADER_SIZE];
+  unsigned char foot[AD_SEEK_FOOTER_SIZE], hdr[AD_SKIPPABLE_HEADER_SIZE];
   unsigned char *table = NULL;
   uint32_t nentries, i;
   unsigned char desc;
@@ -771,41 +768,41 @@ open_seek_table (struct ad_index *idx, struct ad_source *src,
   int r = -1;
 
   *found = false;
-  if (src->size < SKIPPABLE_HEADER_SIZE + SEEK_FOOTER_SIZE)
+  if (src->size < AD_SKIPPABLE_HEADER_SIZE + AD_SEEK_FOOTER_SIZE)
     return 0;
   if (ad_source_pread (src, foot, sizeof foot, src->size - sizeof foot,
                        err) == -1)
     return -1;
-  if (ad_le32 (foot + 5) != SEEKABLE_MAGIC)
+  if (ad_le32 (foot + 5) != AD_SEEKABLE_MAGIC)
     return 0;
   *found = true;
 
   /* Seek_Table_Footer. */
   nentries = ad_le32 (foot);
   desc = foot[4];
-  if (desc & 0x7c)
+  if (desc & AD_SEEK_DESC_RESERVED)
     return ad_error_set (err, EIO, "seek table descriptor 0x%02x at offset %"
                          PRIu64 " has reserved bits set", desc,
                          src->size - 5);
-  has_sums = desc & 0x80;
-  esize = has_sums ? 12 : 8;
+  has_sums = desc & AD_SEEK_DESC_CHECKSUM;
+  esize = has_sums ? AD_SEEK_ENTRY_SUM_SIZE : AD_SEEK_ENTRY_SIZE;
   entries_size = (uint64_t) nentries * esize;
-  table_size = entries_size + SEEK_FOOTER_SIZE;
-  if (table_size > src->size - SKIPPABLE_HEADER_SIZE)
+  table_size = entries_size + AD_SEEK_FOOTER_SIZE;
+  if (table_size > src->size - AD_SKIPPABLE_HEADER_SIZE)
     return ad_error_set (err, EIO, "seek table of %" PRIu32 " entries (%"
                          PRIu64 " bytes) is larger than the %" PRIu64
                          "-byte file", nentries, table_size, src->size);
-  table_start = src->size - SKIPPABLE_HEADER_SIZE - table_size;
+  table_start = src->size - AD_SKIPPABLE_HEADER_SIZE - table_size;
 
   /* The skippable frame around it and Seek_Table_Entries, read in one
    * go (in large chunks for a huge table; bounded by the file).
    */
-  table = malloc (SKIPPABLE_HEADER_SIZE + entries_size);
+  table = malloc (AD_SKIPPABLE_HEADER_SIZE + entries_size);
   if (table == NULL)
     return ad_error_set (err, ENOMEM, "seek table of %" PRIu64 " bytes: "
                          "%m", entries_size);
-  for (done = 0; done < SKIPPABLE_HEADER_SIZE + entries_size; ) {
-    uint64_t n = SKIPPABLE_HEADER_SIZE + entries_size - done;
+  for (done = 0; done < AD_SKIPPABLE_HEADER_SIZE + entries_size; ) {
+    uint64_t n = AD_SKIPPABLE_HEADER_SIZE + entries_size - done;
     if (n > CHUNK_SIZE)
       n = CHUNK_SIZE;
     if (ad_source_pread (src, table + done, n, table_start + done,
@@ -814,12 +811,12 @@ open_seek_table (struct ad_index *idx, struct ad_source *src,
     done += n;
   }
   memcpy (hdr, table, sizeof hdr);
-  memmove (table, table + SKIPPABLE_HEADER_SIZE, entries_size);
-  if (ad_le32 (hdr) != SEEK_TABLE_MAGIC) {
+  memmove (table, table + AD_SKIPPABLE_HEADER_SIZE, entries_size);
+  if (ad_le32 (hdr) != AD_SEEK_TABLE_MAGIC) {
     ad_error_set (err, EIO, "seek table of %" PRIu32 " entries "
                   "should start at offset %" PRIu64 " with magic "
                   "0x%08x, found 0x%08" PRIx32, nentries, table_start,
-                  SEEK_TABLE_MAGIC, ad_le32 (hdr));
+                  AD_SEEK_TABLE_MAGIC, ad_le32 (hdr));
     goto out;
   }
   if (ad_le32 (hdr + 4) != table_size) {
@@ -1459,16 +1456,16 @@ open_walk (struct ad_index *idx, struct ad_source *src,
     if (is_skippable (magic)) {
       uint64_t fsize;
 
-      if (walk_need (&w, pos, SKIPPABLE_HEADER_SIZE, err) == -1)
+      if (walk_need (&w, pos, AD_SKIPPABLE_HEADER_SIZE, err) == -1)
         goto out;
       fsize = ad_le32 (walk_ptr (&w, pos) + 4);
-      if (fsize > src->size - pos - SKIPPABLE_HEADER_SIZE) {
+      if (fsize > src->size - pos - AD_SKIPPABLE_HEADER_SIZE) {
         ad_error_set (err, EIO, "truncated: skippable frame at offset %"
                       PRIu64 " (%" PRIu64 " bytes) extends past the end "
                       "of the file", pos, fsize);
         goto out;
       }
-      pos += SKIPPABLE_HEADER_SIZE + fsize;
+      pos += AD_SKIPPABLE_HEADER_SIZE + fsize;
       continue;
     }
     if (magic != FRAME_MAGIC) {

@@ -37,7 +37,7 @@ build ()
   done
   # (libnbd, for URLs, when config.h says the build has it.)
   cc -g -O1 -fno-omit-frame-pointer "$@" -I. -Ilib -o "$dir/autodecomp" \
-     $srcs tools/autodecomp/autodecomp.c $libs $nbd_libs
+     $srcs tools/autodecomp/*.c $libs $nbd_libs
 }
 
 pairs ()

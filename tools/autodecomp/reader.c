@@ -1,0 +1,227 @@
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: reading an image from start to end, frame by frame,
+ * through the library, as prepare and its --verify do.
+ *
+ * Frames up to AD_LARGE_FRAME go through the export (and its cache: a
+ * gzip pass hands its spans there); a larger frame (a plain one-frame
+ * xz or zstd image) is streamed through its decoder, so that nothing
+ * the size of the image is held in memory or on disk.  A raw image is
+ * read straight from its source.
+ */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <inttypes.h>
+
+#include "autodecomp.h"
+
+static int
+reader_fail (struct reader *r, const struct ad_error *err)
+{
+  fprintf (stderr, PROGRAM ": %s: %s\n", r->im->path, err->msg);
+  return -1;
+}
+
+/* A sequential reader: as in the filter, decode workers (one per CPU)
+ * decode the frames ahead of it, so a conversion decodes on every core
+ * while it compresses.  Without workers it still works, in one thread.
+ */
+void
+reader_init (struct reader *r, struct image *im)
+{
+  memset (r, 0, sizeof *r);
+  r->im = im;
+  ad_reader_init (&r->seq);
+  if (im->pool == NULL && im->exp->format != AD_FORMAT_RAW) {
+    struct ad_error err;
+
+    im->pool = ad_pool_new (0, 0, &err);
+    if (im->pool) {
+      im->exp->pool = im->pool;
+      im->exp->readahead = TOOL_CACHE / 4;
+    }
+  }
+}
+
+static void
+reader_drop_decoder (struct reader *r)
+{
+  if (r->dec)
+    r->im->exp->idx->ops->decoder_free (r->dec);
+  r->dec = NULL;
+}
+
+void
+reader_end (struct reader *r)
+{
+  reader_drop_decoder (r);
+  ad_reader_destroy (&r->seq);
+}
+
+/* At most once a second, and at the end. */
+void
+reader_progress (struct reader *r, const char *what)
+{
+  uint64_t size = r->im->exp->size;
+  double t;
+
+  if (!r->progress)
+    return;
+  t = now ();
+  if (t - r->last < 1 && r->off < size)
+    return;
+  r->last = t;
+  fprintf (stderr, "\r%s %s: %3.0f%% of ", what, r->im->path,
+           size ? 100.0 * r->off / size : 100.0);
+  print_size (stderr, size);
+  fprintf (stderr, "   ");
+  if (r->off == size)
+    fprintf (stderr, "\n");
+}
+
+/* A raw image: straight from the source. */
+static ssize_t
+reader_next_raw (struct reader *r, char *buf, size_t cap, uint64_t left)
+{
+  struct ad_error err;
+  size_t n = cap < left ? cap : left;
+
+  ad_error_clear (&err);
+  if (ad_source_pread (&r->im->src, buf, n, r->off, &err) == -1)
+    return reader_fail (r, &err);
+  r->off += n;
+  return n;
+}
+
+/* Find the frame at r->off.  A frame up to AD_LARGE_FRAME is read
+ * through the export at once: returns how many bytes.  For a larger
+ * one, starts its decoder and returns 0 (then stream it).
+ */
+static ssize_t
+reader_next_frame (struct reader *r, char *buf, size_t cap)
+{
+  struct image *im = r->im;
+  struct ad_export *exp = im->exp;
+  struct ad_error err;
+  size_t n;
+
+  ad_error_clear (&err);
+  if (ad_export_find (exp, &im->src, r->off, &r->frame, &r->frame_no,
+                      &err) == -1)
+    return reader_fail (r, &err);
+  if (r->frame.usize <= AD_LARGE_FRAME) {
+    uint64_t in_frame = r->frame.uoff + r->frame.usize - r->off;
+
+    n = cap < in_frame ? cap : in_frame;
+    if (ad_export_read (exp, &r->seq, &im->src, buf, n, r->off,
+                        &err) == -1)
+      return reader_fail (r, &err);
+    r->off += n;
+    return n;
+  }
+  if (exp->idx->ops->decoder_new (exp->idx, &r->frame, r->frame_no,
+                                  &r->dec, &err) == -1)
+    return reader_fail (r, &err);
+  r->frame_done = 0;
+  return 0;
+}
+
+/* The frame's decoder must end where its header says: one more byte is
+ * an error (and asking for it runs the frame's final checks).
+ */
+static int
+reader_frame_end (struct reader *r)
+{
+  struct image *im = r->im;
+  struct ad_export *exp = im->exp;
+  struct ad_error err;
+  char extra;
+  ssize_t more;
+
+  ad_error_clear (&err);
+  more = exp->idx->ops->decoder_read (r->dec, &im->src, &extra, 1, &err);
+  if (more == -1)
+    return reader_fail (r, &err);
+  if (more > 0) {
+    fprintf (stderr, PROGRAM ": %s: %s: frame %zu decodes to more than "
+             "the %" PRIu64 " bytes its header declares\n", im->path,
+             exp->idx->ops->name, r->frame_no, r->frame.usize);
+    return -1;
+  }
+  reader_drop_decoder (r);
+  return 0;
+}
+
+/* Streaming a large frame: exactly its declared size, then its end. */
+static ssize_t
+reader_stream (struct reader *r, char *buf, size_t cap)
+{
+  struct image *im = r->im;
+  struct ad_export *exp = im->exp;
+  struct ad_error err;
+  uint64_t want = r->frame.usize - r->frame_done;
+  ssize_t got;
+
+  ad_error_clear (&err);
+  if (want > cap)
+    want = cap;
+  got = exp->idx->ops->decoder_read (r->dec, &im->src, buf, want, &err);
+  if (got == -1)
+    return reader_fail (r, &err);
+  if (got == 0) {
+    fprintf (stderr, PROGRAM ": %s: %s: frame %zu decodes to %" PRIu64
+             " bytes, fewer than the %" PRIu64 " its header declares\n",
+             im->path, exp->idx->ops->name, r->frame_no, r->frame_done,
+             r->frame.usize);
+    return -1;
+  }
+  r->frame_done += got;
+  r->off += got;
+  if (r->frame_done == r->frame.usize && reader_frame_end (r) == -1)
+    return -1;
+  return got;
+}
+
+ssize_t
+reader_next (struct reader *r, char *buf, size_t cap)
+{
+  uint64_t left = r->im->exp->size - r->off;
+
+  if (left == 0)
+    return 0;
+  if (r->im->exp->format == AD_FORMAT_RAW)
+    return reader_next_raw (r, buf, cap, left);
+  if (r->dec == NULL) {
+    ssize_t n = reader_next_frame (r, buf, cap);
+
+    if (n != 0)
+      return n;
+  }
+  if (r->frame_done < r->frame.usize)
+    return reader_stream (r, buf, cap);
+  return 0;
+}
+
+ssize_t
+reader_fill (struct reader *r, char *buf, size_t count)
+{
+  size_t done = 0;
+
+  while (done < count) {
+    ssize_t n = reader_next (r, buf + done, count - done);
+
+    if (n == -1)
+      return -1;
+    if (n == 0)
+      break;
+    done += n;
+  }
+  return done;
+}
