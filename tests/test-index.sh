@@ -70,6 +70,19 @@ for f in a.img.bz2 a.img.bgz a-frames.img.zst; do
 done
 [ "$(ls "$tmp/idx" | wc -l)" -eq 3 ] || fail "expected 3 index files in the directory"
 
+# The tool writes the index the filter then loads.
+"$AUTODECOMP_TOOL" index -o "$tmp/tool.adindex" "$tmp/a.img.bz2" ||
+    fail "autodecomp index failed"
+"$AUTODECOMP_TOOL" info --index "$tmp/tool.adindex" "$tmp/a.img.bz2" |
+    grep -q "persisted index: loaded from" ||
+    fail "autodecomp info does not load the index autodecomp index wrote"
+serve tool "$tmp/a.img.bz2" "$tmp/tool.adindex" "$tmp/a.img"
+logged tool "loaded from"
+if "$AUTODECOMP_TOOL" index -o "$tmp/xz.adindex" "$CORPUS/disk.img.xz" \
+        2>/dev/null; then
+    fail "autodecomp index claims to keep an xz index"
+fi
+
 # One file for one image, then another image with the same file.
 serve one-a "$tmp/a.img.bz2" "$tmp/one.adindex" "$tmp/a.img"
 logged one-a "written to"

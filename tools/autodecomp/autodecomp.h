@@ -42,6 +42,7 @@
  * 1 (it failed) or 2 (bad usage).
  */
 extern int do_info (int argc, char *argv[]);
+extern int do_index (int argc, char *argv[]);
 extern int do_prepare (int argc, char *argv[]);
 
 /* source.c: an image opened as the filter opens it. */
@@ -60,16 +61,20 @@ struct image {
  * its index.  Returns 0, or -1 after printing the error.
  */
 extern int image_open (struct image *im, const char *path);
+/* The same, loading (or writing) the persisted index at index_path
+ * (see lib/persist.h).
+ */
+extern int image_open_indexed (struct image *im, const char *path,
+                               const char *index_path);
 extern void image_close (struct image *im);
 
 /* reader.c: reading an image from start to end. */
 struct reader {
   struct image *im;
   uint64_t off;
-  void *dec;                    /* Streaming a large frame, or NULL. */
+  struct ad_frame_reader *fr;   /* Streaming a large frame, or NULL. */
   struct ad_frame frame;
   size_t frame_no;
-  uint64_t frame_done;
   struct ad_reader seq;         /* So the workers decode ahead. */
   bool progress;                /* Show how far it got, on stderr. */
   double last;

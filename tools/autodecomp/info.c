@@ -26,7 +26,8 @@
 #define SEEKS_WELL (4 * MiB)
 #define SEEKS_FAIRLY (32 * MiB)
 
-#define INFO_USAGE "usage: " PROGRAM " info [--json] [--frames] IMAGE\n"
+#define INFO_USAGE \
+  "usage: " PROGRAM " info [--json] [--frames] [--index INDEX] IMAGE\n"
 
 struct costs {
   size_t frames, zero_frames, large_frames;
@@ -153,6 +154,7 @@ info_json (const struct info *in)
           "  \"read_per_random_read\": %.0f,\n"
           "  \"index_from\": \"%s\",\n"
           "  \"sizes_unchecked\": %s,\n"
+          "  \"persisted_index\": \"%s\",\n"
           "  \"seeks\": \"%s\"",
           ad_format_name (im->exp->format), im->src.size, im->exp->size,
           im->open_seconds, in->complete ? "true" : "false", c->frames,
@@ -161,6 +163,8 @@ info_json (const struct info *in)
           im->exp->idx && im->exp->idx->index_from ?
           im->exp->idx->index_from : "",
           im->exp->idx && im->exp->idx->sizes_unchecked ? "true" : "false",
+          im->exp->idx && im->exp->idx->index_loaded ? "loaded"
+          : im->exp->idx && im->exp->idx->index_refused ? "refused" : "",
           in->verdict);
   if (in->frames)
     json_frame_table (in);
@@ -228,6 +232,8 @@ text_index (const struct info *in)
           im->open_seconds);
   if (im->exp->idx->index_from)
     printf ("  index from %s\n", im->exp->idx->index_from);
+  if (im->exp->idx->index_note[0])
+    printf ("  persisted index: %s\n", im->exp->idx->index_note);
   if (!in->complete) {
     printf ("  one gzip member: the file has no seek points.  The filter "
             "makes\n  checkpoints (every autodecomp-gzip-span) as one "
@@ -275,17 +281,21 @@ do_info (int argc, char *argv[])
   static const struct option long_options[] = {
     { "json", no_argument, NULL, 'j' },
     { "frames", no_argument, NULL, 'f' },
+    { "index", required_argument, NULL, 'i' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   struct info in;
+  const char *index_path = NULL;
   bool json = false;
   int opt;
 
   memset (&in, 0, sizeof in);
-  while ((opt = getopt_long (argc, argv, "jfh", long_options, NULL)) != -1) {
+  while ((opt = getopt_long (argc, argv, "jfhi:", long_options, NULL))
+         != -1) {
     switch (opt) {
     case 'j': json = true; break;
+    case 'i': index_path = optarg; break;
     case 'f': in.frames = true; break;
     case 'h': printf (INFO_USAGE); return 0;
     default: return 2;
@@ -295,7 +305,7 @@ do_info (int argc, char *argv[])
     fprintf (stderr, INFO_USAGE);
     return 2;
   }
-  if (image_open (&in.im, argv[optind]) == -1)
+  if (image_open_indexed (&in.im, argv[optind], index_path) == -1)
     return 1;
 
   if (in.im.exp->format == AD_FORMAT_RAW)

@@ -29,8 +29,9 @@ struct mode {
 };
 
 static const struct mode modes[] = {
-  { "info", do_info, "[--json] [--frames] IMAGE" },
+  { "info", do_info, "[--json] [--frames] [--index INDEX] IMAGE" },
   { "prepare", do_prepare, "[OPTIONS] IMAGE OUTPUT" },
+  { "index", do_index, "[-o INDEX] IMAGE" },
 };
 
 #define NR_MODES (sizeof modes / sizeof modes[0])

@@ -19,7 +19,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <inttypes.h>
+#include <errno.h>
 
+#include "frame.h"
 #include "autodecomp.h"
 
 static int
@@ -53,9 +55,8 @@ reader_init (struct reader *r, struct image *im)
 static void
 reader_drop_decoder (struct reader *r)
 {
-  if (r->dec)
-    r->im->exp->idx->ops->decoder_free (r->dec);
-  r->dec = NULL;
+  ad_frame_reader_close (r->fr);
+  r->fr = NULL;
 }
 
 void
@@ -126,66 +127,38 @@ reader_next_frame (struct reader *r, char *buf, size_t cap)
     r->off += n;
     return n;
   }
-  if (exp->idx->ops->decoder_new (exp->idx, &r->frame, r->frame_no,
-                                  &r->dec, &err) == -1)
+  r->fr = ad_frame_reader_open (exp->idx, &r->frame, r->frame_no, &err);
+  if (r->fr == NULL)
     return reader_fail (r, &err);
-  r->frame_done = 0;
   return 0;
 }
 
-/* The frame's decoder must end where its header says: one more byte is
- * an error (and asking for it runs the frame's final checks).
+/* Streaming a large frame through the frame reader: exactly its
+ * declared size, and the read after its last byte runs its final
+ * checks.
  */
-static int
-reader_frame_end (struct reader *r)
-{
-  struct image *im = r->im;
-  struct ad_export *exp = im->exp;
-  struct ad_error err;
-  char extra;
-  ssize_t more;
-
-  ad_error_clear (&err);
-  more = exp->idx->ops->decoder_read (r->dec, &im->src, &extra, 1, &err);
-  if (more == -1)
-    return reader_fail (r, &err);
-  if (more > 0) {
-    fprintf (stderr, PROGRAM ": %s: %s: frame %zu decodes to more than "
-             "the %" PRIu64 " bytes its header declares\n", im->path,
-             exp->idx->ops->name, r->frame_no, r->frame.usize);
-    return -1;
-  }
-  reader_drop_decoder (r);
-  return 0;
-}
-
-/* Streaming a large frame: exactly its declared size, then its end. */
 static ssize_t
 reader_stream (struct reader *r, char *buf, size_t cap)
 {
   struct image *im = r->im;
-  struct ad_export *exp = im->exp;
   struct ad_error err;
-  uint64_t want = r->frame.usize - r->frame_done;
-  ssize_t got;
+  ssize_t got, end;
+  char extra;
 
   ad_error_clear (&err);
-  if (want > cap)
-    want = cap;
-  got = exp->idx->ops->decoder_read (r->dec, &im->src, buf, want, &err);
-  if (got == -1)
+  got = ad_frame_reader_read (r->fr, &im->src, buf, cap, &err);
+  if (got == 0)
+    ad_error_set (&err, EIO, "the frame ended before its declared size");
+  if (got <= 0)
     return reader_fail (r, &err);
-  if (got == 0) {
-    fprintf (stderr, PROGRAM ": %s: %s: frame %zu decodes to %" PRIu64
-             " bytes, fewer than the %" PRIu64 " its header declares\n",
-             im->path, exp->idx->ops->name, r->frame_no, r->frame_done,
-             r->frame.usize);
-    return -1;
-  }
-  r->frame_done += got;
   r->off += got;
-  if (r->frame_done == r->frame.usize && reader_frame_end (r) == -1)
-    return -1;
+  if (ad_frame_reader_pos (r->fr) == r->frame.usize) {
+    /* The frame's last byte: its end and checks, before going on. */
+    end = ad_frame_reader_read (r->fr, &im->src, &extra, 1, &err);
+    if (end != 0)
+      return reader_fail (r, &err);
+    reader_drop_decoder (r);
+  }
   return got;
 }
 
@@ -198,15 +171,13 @@ reader_next (struct reader *r, char *buf, size_t cap)
     return 0;
   if (r->im->exp->format == AD_FORMAT_RAW)
     return reader_next_raw (r, buf, cap, left);
-  if (r->dec == NULL) {
+  if (r->fr == NULL) {
     ssize_t n = reader_next_frame (r, buf, cap);
 
     if (n != 0)
       return n;
   }
-  if (r->frame_done < r->frame.usize)
-    return reader_stream (r, buf, cap);
-  return 0;
+  return reader_stream (r, buf, cap);
 }
 
 ssize_t

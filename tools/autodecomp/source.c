@@ -157,6 +157,13 @@ image_open_file (struct image *im, const char *path)
 int
 image_open (struct image *im, const char *path)
 {
+  return image_open_indexed (im, path, NULL);
+}
+
+int
+image_open_indexed (struct image *im, const char *path,
+                    const char *index_path)
+{
   struct ad_options opts;
   struct ad_error err;
   double t;
@@ -174,6 +181,7 @@ image_open (struct image *im, const char *path)
     return -1;
   }
   ad_options_init (&opts);
+  opts.index_path = index_path;
   im->cache = ad_cache_new (TOOL_CACHE);
   if (im->cache == NULL) {
     fprintf (stderr, PROGRAM ": out of memory\n");

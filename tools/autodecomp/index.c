@@ -1,0 +1,84 @@
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: autodecomp index [-o INDEX] IMAGE
+ *
+ * Builds the image's index as the filter does at connect and writes it
+ * where the filter's autodecomp-index=INDEX loads it (see
+ * lib/persist.h): INDEX is a file, or a directory of one file per
+ * image; by default IMAGE.adindex beside a local image.  An index
+ * already there and valid is loaded, not rebuilt; a damaged or stale
+ * one is replaced.
+ */
+
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <getopt.h>
+
+#include "autodecomp.h"
+
+#define INDEX_USAGE "usage: " PROGRAM " index [-o INDEX] IMAGE\n"
+
+int
+do_index (int argc, char *argv[])
+{
+  static const struct option long_options[] = {
+    { "output", required_argument, NULL, 'o' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *out = NULL, *path;
+  char *def = NULL;
+  struct image im;
+  struct ad_index *idx;
+  int opt, r = 1;
+
+  while ((opt = getopt_long (argc, argv, "o:h", long_options, NULL)) != -1) {
+    switch (opt) {
+    case 'o': out = optarg; break;
+    case 'h': printf (INDEX_USAGE); return 0;
+    default: return 2;
+    }
+  }
+  if (argc - optind != 1) {
+    fprintf (stderr, INDEX_USAGE);
+    return 2;
+  }
+  path = argv[optind];
+  if (out == NULL) {
+    if (strstr (path, "://")) {
+      fprintf (stderr, PROGRAM ": %s: give -o INDEX for an image that is "
+               "not a local file\n", path);
+      return 2;
+    }
+    if (asprintf (&def, "%s.adindex", path) == -1) {
+      fprintf (stderr, PROGRAM ": out of memory\n");
+      return 1;
+    }
+    out = def;
+  }
+  if (image_open_indexed (&im, path, out) == -1)
+    goto done;
+  idx = im.exp->idx;
+  if (idx == NULL)
+    fprintf (stderr, PROGRAM ": %s: not compressed: there is nothing to "
+             "index\n", path);
+  else if (idx->index_loaded || strstr (idx->index_note, "written to")) {
+    printf ("%s: %s index: %s (%.2f s)\n", path,
+            ad_format_name (im.exp->format),
+            idx->index_note, im.open_seconds);
+    r = 0;
+  }
+  else
+    fprintf (stderr, PROGRAM ": %s: %s\n", path,
+             idx->index_note[0] ? idx->index_note
+             : "this format's index is not kept: its own index is read in "
+             "a few reads");
+  image_close (&im);
+ done:
+  free (def);
+  return r;
+}
