@@ -231,8 +231,8 @@ image_open (struct image *im, const char *path)
 
 /* Reading an image from start to end, frame by frame.  Frames up to
  * AD_LARGE_FRAME go through the export (and its cache: a gzip pass
- * hands its spans there); a larger frame (a plain one-frame xz or zstd
- * image) is streamed through its decoder, so that nothing the size of
+ * hands its spans there); a larger frame (a plain one-frame xz, zstd or
+ * lzip image) is streamed through its decoder, so that nothing the size of
  * the image is held in memory or on disk.
  */
 struct reader {
