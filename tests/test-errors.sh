@@ -10,8 +10,8 @@
 # sequential sweep of the export in 1 MiB reads, then random reads).  Wrong
 # bytes returned are counted, and must be 0 for formats whose every decoded
 # unit is checksummed (has_check in functions.sh: xz, BGZF, bzip2, zstd with
-# 1 MiB frames); for the others (one gzip member, one zstd frame, no checksum)
-# they are only reported.
+# 1 MiB frames, lzip members); for the others (one gzip member, one zstd
+# frame, one xz block or lzip member, no checksum) they are only reported.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires nbdkit
 requires_python_nbd
@@ -20,7 +20,7 @@ make_tmpdir
 
 error_pairs ()
 {
-    test_pairs | grep -E '/(disk\.img\.(xz|zst|gz|bgz|bz2)|disk-1block\.img\.xz|disk-frames\.img\.zst|disk-seekable(-nosum)?\.img\.zst|disk-multimember\.img\.gz|disk-cat\.img\.bz2) '
+    test_pairs | grep -E '/(disk\.img\.(xz|zst|gz|bgz|bz2|lz)|disk-1block\.img\.xz|disk-1member\.img\.lz|disk-frames\.img\.zst|disk-seekable(-nosum)?\.img\.zst|disk-multimember\.img\.gz|disk-cat\.img\.bz2) '
 }
 
 # damage IN OUT KIND
@@ -73,7 +73,8 @@ while read -r comp orig <&3; do
         # In an image that is one big unit, every read past the damage
         # decodes again from the start up to it: fewer, larger reads there.
         case "$name" in
-            disk-1block.img.xz|disk.img.zst|disk.img.gz) sweep=4MiB count=30 ;;
+            disk-1block.img.xz|disk-1member.img.lz|disk.img.zst|disk.img.gz)
+                sweep=4MiB count=30 ;;
             *) sweep=1MiB count=100 ;;
         esac
         rc=0
