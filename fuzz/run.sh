@@ -1,7 +1,7 @@
 #!/bin/bash
 # fuzz/run.sh TARGET SECONDS [EXTRA...]
 #
-# Runs one fuzz target (xz, zstd, gzip, bzip2 or detect; "fuzz-xz" works
+# Runs one fuzz target (xz, zstd, gzip, bzip2, lzip or detect; "fuzz-xz" works
 # too) for SECONDS, building it first if needed, and prints how many
 # inputs it ran.  EXTRA arguments go to libFuzzer (e.g. -jobs=2, or a
 # crash file to replay it: run.sh xz 0 crash-1234).
@@ -28,13 +28,13 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage="usage: fuzz/run.sh xz|zstd|gzip|bzip2|detect SECONDS [LIBFUZZER ARGS]"
+usage="usage: fuzz/run.sh xz|zstd|gzip|bzip2|lzip|detect SECONDS [LIBFUZZER ARGS]"
 target=${1:?$usage}
 seconds=${2:?$usage}
 shift 2
 target=${target#fuzz-}
 case $target in
-  xz|zstd|gzip|bzip2) seeds=("$here/seeds/$target") ;;
+  xz|zstd|gzip|bzip2|lzip) seeds=("$here/seeds/$target") ;;
   detect) seeds=("$here"/seeds/*) ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
