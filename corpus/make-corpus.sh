@@ -16,8 +16,8 @@
 # so an interrupted run leaves nothing half-written behind; a second run
 # makes only what is missing.  Prints a table of what it made.
 #
-# Needs: e2fsprogs xz-utils zstd gzip tabix (bgzip) lbzip2 xxhash python3
-# coreutils (scripts/install-deps.sh installs them).
+# Needs: e2fsprogs xz-utils zstd gzip tabix (bgzip) lbzip2 lzip plzip xxhash
+# python3 coreutils (scripts/install-deps.sh installs them).
 set -euo pipefail
 out=${1:?usage: make-corpus.sh OUTDIR [SIZE_MIB]}
 mib=${2:-256}
@@ -74,6 +74,11 @@ fi
 make_file disk.img.gz         'gzip -6 -c "$1"'
 make_file disk.img.bgz        'bgzip -c "$1"'
 make_file disk.img.bz2        'lbzip2 -9 -n'"$T"' -c "$1"'
+make_file disk.img.lz         'plzip -6 -n'"$T"' -c "$1"'
+# The real lzip: on Debian /usr/bin/lzip is an alternative that may be plzip,
+# which writes a member per 16 MiB; lzip.lzip is lzip itself.
+LZIP=$(command -v lzip.lzip || command -v lzip)
+make_file disk-1member.img.lz '"'"$LZIP"'" -6 -c "$1"'
 
 row () { printf '%-22s %12s  %s\n' "$1" "$(stat -c %s "$1" 2>/dev/null || echo -)" "$2"; }
 printf '%-22s %12s  %s\n' file bytes "made by"
@@ -86,3 +91,5 @@ row disk-seekable.img.zst "zstd seekable format, 1 MiB frames, checksums in the 
 row disk.img.gz           "gzip -6 (one member)"
 row disk.img.bgz          "bgzip (BGZF: 64 KiB members)"
 row disk.img.bz2          "lbzip2 -9 (900 kB blocks)"
+row disk.img.lz           "plzip -6 (16 MiB members)"
+row disk-1member.img.lz   "lzip -6 (one member)"

@@ -5,10 +5,10 @@
 # fuzz/build.sh [BUILDDIR]
 #
 # Builds the libFuzzer targets of the format library into BUILDDIR
-# (default fuzz/build): fuzz-xz, fuzz-zstd, fuzz-gzip, fuzz-bzip2 (one
-# source, fuzz-format.c, compiled once per format), fuzz-detect (the
-# format detected from the magic bytes, as the filter does) and
-# fuzz-index (the persisted index loader, fuzz-index.c).
+# (default fuzz/build): fuzz-xz, fuzz-zstd, fuzz-gzip, fuzz-bzip2,
+# fuzz-lzip (one source, fuzz-format.c, compiled once per format),
+# fuzz-detect (the format detected from the magic bytes, as the filter
+# does) and fuzz-index (the persisted index loader, fuzz-index.c).
 #
 # The library (lib/*.c) is compiled here with the same instrumentation
 # rather than taken from the automake build, which is not built with
@@ -122,7 +122,7 @@ for src in "$top"/lib/*.c; do
 done
 
 # The targets.
-for fmt in xz zstd gzip bzip2 detect; do
+for fmt in xz zstd gzip bzip2 lzip detect; do
   case $fmt in
     detect) def=AD_FORMAT_UNKNOWN ;;
     *) def=AD_FORMAT_$(echo "$fmt" | tr a-z A-Z) ;;

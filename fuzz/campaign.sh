@@ -30,13 +30,13 @@
 #
 # The build is the fast one (FUZZ_SANITIZE=undefined, see build.sh)
 # unless FUZZ_SANITIZE says otherwise.  Targets: -t "xz zstd gzip bzip2
-# detect" (the default).
+# lzip detect" (the default).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 usage="usage: fuzz/campaign.sh [-s SLICE] [-t TARGETS] [-m MAXLEN] END (HH:MM UTC or seconds)"
 slice=600
-targets="xz zstd gzip bzip2 detect"
+targets="xz zstd gzip bzip2 lzip detect"
 max_len=()
 while getopts s:t:m: opt; do
   case $opt in

@@ -4,7 +4,7 @@
  * autodecomp: libFuzzer target for the format library.
  *
  * One source, compiled once per format: -DFUZZ_FORMAT=AD_FORMAT_XZ
- * (GZIP, BZIP2, ZSTD) gives a target that opens the input as that
+ * (GZIP, BZIP2, ZSTD, LZIP) gives a target that opens the input as that
  * format whatever its magic says, AD_FORMAT_UNKNOWN (fuzz-detect) one
  * that detects the format the way the filter does.  For each input:
  *
@@ -100,7 +100,7 @@
 #include "export.h"
 
 #ifndef FUZZ_FORMAT
-#error "compile with -DFUZZ_FORMAT=AD_FORMAT_XZ (GZIP, BZIP2, ZSTD, UNKNOWN)"
+#error "compile with -DFUZZ_FORMAT=AD_FORMAT_XZ (GZIP, BZIP2, ZSTD, LZIP, UNKNOWN)"
 #endif
 
 #define MAX_FRAME (8 * 1024 * 1024ULL)

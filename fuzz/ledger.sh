@@ -45,7 +45,7 @@ case ${1:-} in
         if (!(b in seen)) { seen[b] = 1; builds[++nb] = b }
       }
       END {
-        n = split("xz zstd gzip bzip2 detect", order, " ")
+        n = split("xz zstd gzip bzip2 lzip detect", order, " ")
         for (i = 1; i <= n; i++) {
           t = order[i]
           line = sprintf("%-7s %11d executions in %3d runs", t, total[t],

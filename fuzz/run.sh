@@ -4,7 +4,7 @@
 #
 # fuzz/run.sh TARGET SECONDS [EXTRA...]
 #
-# Runs one fuzz target (xz, zstd, gzip, bzip2, detect or index; "fuzz-xz" works
+# Runs one fuzz target (xz, zstd, gzip, bzip2, lzip, detect or index; "fuzz-xz" works
 # too) for SECONDS, building it first if needed, and prints how many
 # inputs it ran.  EXTRA arguments go to libFuzzer (e.g. -jobs=2, or a
 # crash file to replay it: run.sh xz 0 crash-1234).
@@ -31,13 +31,13 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage="usage: fuzz/run.sh xz|zstd|gzip|bzip2|detect|index SECONDS [LIBFUZZER ARGS]"
+usage="usage: fuzz/run.sh xz|zstd|gzip|bzip2|lzip|detect|index SECONDS [LIBFUZZER ARGS]"
 target=${1:?$usage}
 seconds=${2:?$usage}
 shift 2
 target=${target#fuzz-}
 case $target in
-  xz|zstd|gzip|bzip2|index) seeds=("$here/seeds/$target") ;;
+  xz|zstd|gzip|bzip2|lzip|index) seeds=("$here/seeds/$target") ;;
   detect) seeds=()            # Every format's seeds (images, not indexes).
           for d in "$here"/seeds/*; do
             [ "${d##*/}" = index ] || seeds+=("$d")

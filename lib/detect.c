@@ -8,7 +8,8 @@
  * 32-bit length); we hop over them, a bounded number of times, to the
  * first real frame.  bzip2 is accepted only when "BZh1".."BZh9" is
  * followed by a block magic or an end-of-stream magic, so a text file
- * that happens to start with "BZh" stays raw.
+ * that happens to start with "BZh" stays raw.  lzip is "LZIP" followed
+ * by version 1 (version 0, from lzip 1.3 and older, is not served).
  */
 
 #include <config.h>
@@ -23,6 +24,7 @@
 
 static const unsigned char gzip_magic[] = { 0x1f, 0x8b, 0x08 };
 static const unsigned char xz_magic[] = { 0xfd, '7', 'z', 'X', 'Z', 0x00 };
+static const unsigned char lzip_magic[] = { 'L', 'Z', 'I', 'P', 1 };
 static const unsigned char bzip2_block_magic[] =
   { 0x31, 0x41, 0x59, 0x26, 0x53, 0x59 };
 static const unsigned char bzip2_eos_magic[] =
@@ -52,6 +54,8 @@ ad_detect (struct ad_source *src, struct ad_error *err)
       (memcmp (buf + 4, bzip2_block_magic, 6) == 0 ||
        memcmp (buf + 4, bzip2_eos_magic, 6) == 0))
     return AD_FORMAT_BZIP2;
+  if (n >= sizeof lzip_magic && memcmp (buf, lzip_magic, 5) == 0)
+    return AD_FORMAT_LZIP;
 
   /* zstd, possibly behind skippable frames. */
   for (hops = 0; hops < MAX_SKIPPABLE_HOPS; hops++) {
@@ -84,6 +88,7 @@ ad_format_name (enum ad_format format)
   case AD_FORMAT_XZ: return "xz";
   case AD_FORMAT_BZIP2: return "bzip2";
   case AD_FORMAT_ZSTD: return "zstd";
+  case AD_FORMAT_LZIP: return "lzip";
   default: return "unknown";
   }
 }
@@ -93,7 +98,7 @@ ad_format_from_name (const char *name)
 {
   static const enum ad_format all[] = {
     AD_FORMAT_RAW, AD_FORMAT_GZIP, AD_FORMAT_XZ, AD_FORMAT_BZIP2,
-    AD_FORMAT_ZSTD,
+    AD_FORMAT_ZSTD, AD_FORMAT_LZIP,
   };
   size_t i;
 

@@ -8,7 +8,8 @@
  * [coff, coff + csize) and whatever the format keeps beside its frame
  * table (a gzip checkpoint snapshot, the check type of an xz stream).
  * For xz a frame is a block, for zstd a frame, for bzip2 a block, for
- * gzip a member or the span between two checkpoints of a member.
+ * gzip a member or the span between two checkpoints of a member, for
+ * lzip a member.
  *
  * The index is the sorted, contiguous table of frames.  Most formats
  * build all of it in open.  A format that can only learn its frames by
@@ -43,6 +44,7 @@ enum ad_format {
   AD_FORMAT_XZ = 3,
   AD_FORMAT_BZIP2 = 4,
   AD_FORMAT_ZSTD = 5,
+  AD_FORMAT_LZIP = 6,
 };
 
 struct ad_options {
@@ -95,7 +97,7 @@ typedef void ad_emit_fn (void *opaque, struct ad_index *idx, size_t frame_no,
 
 struct ad_format_ops {
   enum ad_format format;
-  const char *name;             /* "gzip", "xz", "bzip2", "zstd". */
+  const char *name;             /* "gzip", "xz", "bzip2", "zstd", "lzip". */
 
   /* Read the headers and indexes, set idx->size and append frames with
    * ad_index_append_frame: all of them, or (only if advance is set) a
@@ -191,6 +193,7 @@ extern const struct ad_format_ops ad_gzip_ops;
 extern const struct ad_format_ops ad_xz_ops;
 extern const struct ad_format_ops ad_bzip2_ops;
 extern const struct ad_format_ops ad_zstd_ops;
+extern const struct ad_format_ops ad_lzip_ops;
 
 /* Detect the format from its magic bytes.  Returns AD_FORMAT_RAW for
  * anything not recognized, AD_FORMAT_UNKNOWN (and err) if the source

@@ -34,6 +34,7 @@ ops_of_format (enum ad_format format)
   case AD_FORMAT_XZ: return &ad_xz_ops;
   case AD_FORMAT_BZIP2: return &ad_bzip2_ops;
   case AD_FORMAT_ZSTD: return &ad_zstd_ops;
+  case AD_FORMAT_LZIP: return &ad_lzip_ops;
   default: return NULL;
   }
 }

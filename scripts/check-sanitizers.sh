@@ -44,7 +44,7 @@ pairs ()
 {
   local c=$CORPUS e=$CORPUS/extra
   for f in "$c"/disk*.xz "$c"/disk*.zst "$c"/disk*.gz "$c"/disk*.bgz \
-           "$c"/disk*.bz2 "$e"/disk*; do
+           "$c"/disk*.bz2 "$c"/disk*.lz "$e"/disk*; do
     [ -f "$f" ] && echo "$f $c/disk.img"
   done
   for f in "$e"/odd.img.*  "$e"/odd-*; do
@@ -93,7 +93,7 @@ build-tsan/test-cache
 # One image of each shape of index (TSan is slow: the main corpus only).
 n=0
 for f in disk.img.xz disk-1block.img.xz disk-seekable.img.zst disk.img.zst \
-         disk.img.gz disk.img.bgz disk.img.bz2; do
+         disk.img.gz disk.img.bgz disk.img.bz2 disk.img.lz disk-1member.img.lz; do
   build-tsan/ad-verify -t 4 -c 8000000 -n 120 -w 2 -p "$CORPUS/$f" \
     "$CORPUS/disk.img" >/dev/null
   n=$((n + 1))

@@ -21,7 +21,8 @@
 # The places are uniform over the file 40% of the time, and otherwise in its
 # first or last 512 bytes (headers, indexes, seek tables, trailers) or within
 # 64 bytes of a structure found in it (zstd/skippable frame magics, gzip
-# member headers, xz stream headers/footers, bzip2 block and end-of-stream
+# member headers, xz stream headers/footers, lzip member headers, right
+# after the trailer of the member before, bzip2 block and end-of-stream
 # magics, which are not byte-aligned and are found bit by bit).
 #
 # For each NAME, ONE nbdkit serves a directory of variants (the file plugin's
@@ -44,7 +45,7 @@
 # Failures (exit 1): any wrong byte (every format used has a check over every
 # decoded unit that the filter verifies before serving it: xz block checks,
 # zstd frame checksums or seek-table checksums, gzip CRC32, bzip2 block and
-# stream CRCs); nbdkit dying (the variant(s) being read when it died are
+# stream CRCs, lzip member CRC32s); nbdkit dying (the variant(s) being read when it died are
 # re-run one at a time on a fresh server to find the one that kills it, and
 # it is restarted so the run goes on); a read or connect taking longer than
 # --hang-timeout (nbdkit is killed, recorded as a hang, restarted); a
@@ -99,6 +100,7 @@ def structure_offsets(data):
                   b"\xb1\xea\x92\x8f",        # seek table footer 0x8F92EAB1
                   b"\x1f\x8b\x08",            # gzip member
                   b"\xfd7zXZ\x00", b"YZ",     # xz stream header, footer
+                  b"LZIP\x01",                # lzip member header
                   b"BZh"):                    # bzip2 stream
         i = data.find(magic)
         while i >= 0 and len(offs) < 200000:

@@ -335,7 +335,8 @@ corpus_pairs ()
     # made by corpus/make-corpus.sh
     for f in disk.img.xz disk-1block.img.xz \
              disk.img.zst disk-frames.img.zst disk-seekable.img.zst \
-             disk.img.gz disk.img.bgz disk.img.bz2; do
+             disk.img.gz disk.img.bgz disk.img.bz2 \
+             disk.img.lz disk-1member.img.lz; do
         echo "$c/$f $c/disk.img"
     done
     # made by setup-corpus.sh
@@ -351,7 +352,7 @@ corpus_pairs ()
     # odd size: 64 MiB - 12345 bytes
     echo "$e/odd.img $e/odd.img"
     for f in odd.img.xz odd.img.zst odd-seekable.img.zst odd.img.gz \
-             odd.img.bgz odd.img.bz2; do
+             odd.img.bgz odd.img.bz2 odd.img.lz; do
         echo "$e/$f $e/odd.img"
     done
 }
@@ -383,12 +384,12 @@ test_pairs ()
 }
 
 # family_pairs: one pair per format family (raw, xz, zstd, zstd seekable,
-# gzip, BGZF, bzip2) plus the odd-size xz: for the tests where each pair
+# gzip, BGZF, bzip2, lzip) plus the odd-size xz: for the tests where each pair
 # costs a whole read of the image through a slower path (qemu-img, curl,
 # cow, nbdfuse).  A subset of test_pairs, so of corpus_pairs.
 family_pairs ()
 {
-    test_pairs | grep -E '/(disk\.img|disk\.img\.(xz|zst|gz|bgz|bz2)|disk-seekable\.img\.zst|odd\.img\.xz) '
+    test_pairs | grep -E '/(disk\.img|disk\.img\.(xz|zst|gz|bgz|bz2|lz)|disk-seekable\.img\.zst|odd\.img\.xz) '
 }
 
 # has_check FILE: does the format of FILE let a random-access reader verify
@@ -404,6 +405,9 @@ has_check ()
         *.xz) return 0 ;;                     # CRC64/SHA-256 per block
         *.bgz) return 0 ;;                    # CRC32 per 64 KiB member
         *.bz2) return 0 ;;                    # CRC32 per block
+        # One 64 MiB member: served progressively, as disk-1block.img.xz.
+        disk-1member.img.lz) return 1 ;;
+        *.lz) return 0 ;;                     # CRC32 per member
         disk-frames.img.zst|disk-frames-nosize.img.zst) return 0 ;;  # XXH64 per 1 MiB frame
         disk-seekable.img.zst|odd-seekable.img.zst) return 0 ;;     # seek-table checksums
         *) return 1 ;;  # one huge unit (gzip member, zstd frame) or no check

@@ -19,13 +19,15 @@ corpus_only=1
 
 make_corpus=$top_srcdir/corpus/make-corpus.sh
 mk_seekable=$top_srcdir/corpus/mk-seekable.py
-stamp=$CORPUS/.autodecomp-corpus-v1
+# v2: the lzip shapes (disk.img.lz, disk-1member.img.lz, extra/odd.img.lz).
+stamp=$CORPUS/.autodecomp-corpus-v2
 
 # Fast path: already built.
 if [ -f "$stamp" ]; then exit 0; fi
 
 [ -f "$make_corpus" ] || fail "$make_corpus not found"
-for c in xz zstd gzip bgzip bzip2 lbzip2 xxhsum mkfs.ext4 split flock; do
+for c in xz zstd gzip bgzip bzip2 lbzip2 lzip plzip xxhsum mkfs.ext4 split \
+         flock; do
     command -v "$c" >/dev/null 2>&1 ||
         fail "$c is not installed (scripts/install-deps.sh installs it)"
 done
@@ -50,6 +52,7 @@ verify_file ()
         *.zst) zstd -q -t "$1" ;;
         *.gz|*.bgz) gzip -t "$1" ;;
         *.bz2) bzip2 -t "$1" ;;
+        *.lz) lzip -t "$1" ;;
         *) return 0 ;;
     esac
 }
@@ -61,7 +64,8 @@ for attempt in 1 2; do
         fail "make-corpus.sh failed (exit $rc)"
     fi
     bad=0
-    for f in "$CORPUS"/*.xz "$CORPUS"/*.zst "$CORPUS"/*.gz "$CORPUS"/*.bgz "$CORPUS"/*.bz2; do
+    for f in "$CORPUS"/*.xz "$CORPUS"/*.zst "$CORPUS"/*.gz "$CORPUS"/*.bgz \
+             "$CORPUS"/*.bz2 "$CORPUS"/*.lz; do
         [ -f "$f" ] || continue
         if ! verify_file "$f" 2>/dev/null; then
             note "$f is damaged; removing it and rebuilding"
@@ -137,6 +141,8 @@ fi
 mk odd.img.gz   gzip -6 -c "$odd"
 mk odd.img.bgz  bgzip -c "$odd"
 mk odd.img.bz2  lbzip2 -9 -n2 -c "$odd"
+# 4 MiB members, the last one partial
+mk odd.img.lz   plzip -6 -n2 -B 4MiB -c "$odd"
 
 # Every pair's files must now exist.
 corpus_pairs | while read -r comp orig; do

@@ -35,6 +35,9 @@ $CORPUS/disk.img.gz no no
 $CORPUS/disk.img.zst yes no
 $CORPUS/disk-1block.img.xz yes no
 $CORPUS/extra/odd.img.xz yes yes
+$CORPUS/disk.img.lz no yes
+$CORPUS/disk-1member.img.lz yes no
+$CORPUS/extra/odd.img.lz yes yes
 LIST
 
 failures=0

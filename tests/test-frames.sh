@@ -6,7 +6,8 @@
 #   nbdkit -v -D autodecomp.frames=1 --filter=$FILTER file F
 # the filter logs one line "autodecomp: decode frame N uoff=.. usize=.. ..."
 # per frame it decodes.  For images made of many small frames (xz with 4 MiB
-# and 1 MiB blocks, 1 MiB zstd frames, zstd seekable, BGZF, bzip2 blocks), on
+# and 1 MiB blocks, 1 MiB zstd frames, zstd seekable, BGZF, bzip2 blocks,
+# plzip's 16 MiB lzip members), on
 # a fresh server one cold 4 KiB read far into the image (60-90%) must decode
 # exactly one frame: the lines logged after connecting and before the read
 # are not counted.  The read lies inside one frame (offsets chosen from the
@@ -31,6 +32,7 @@ $CORPUS/extra/disk-seekable-nosum.img.zst 1048576
 $CORPUS/disk.img.bgz 65280
 $CORPUS/disk.img.bz2 0
 $CORPUS/extra/disk-bzip2.img.bz2 0
+$CORPUS/disk.img.lz 16777216
 LIST
 }
 

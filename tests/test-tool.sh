@@ -5,12 +5,13 @@
 # test-tool.sh: autodecomp(1), the command line companion.
 #
 # info: what it says of corpus images that seek well (many frames, a seek
-# table, bzip2 blocks) and of those that do not (one zstd frame, one gzip
+# table, bzip2 blocks, 4 MiB lzip members), fairly (16 MiB lzip members)
+# and of those that do not (one zstd frame, one lzip member, one gzip
 # member), in --json, with the right size.
 #
 # prepare: from inputs of every shape the reader has (one large frame
-# streamed through its decoder, a lazily indexed gzip member, bzip2, an
-# uncompressed image of odd size) to each output format (zstd with a seek
+# streamed through its decoder, xz and lzip, a lazily indexed gzip member,
+# bzip2, lzip members, an uncompressed image of odd size) to each output format (zstd with a seek
 # table, xz blocks, BGZF), with --verify.  Every output must decompress to
 # the original with the standard tool (zstd, xz, gzip), carry the frames and
 # the seek table asked for, be judged "good" by info, and serve the original
@@ -60,8 +61,11 @@ $c/disk.img.xz good
 $c/disk-seekable.img.zst good
 $c/disk.img.bgz good
 $c/disk.img.bz2 good
+$c/disk.img.lz fair
+$e/odd.img.lz good
 $c/disk.img.zst poor
 $c/disk-1block.img.xz poor
+$c/disk-1member.img.lz poor
 $c/disk.img.gz poor
 LIST
 # A one-frame image: the text says why, and what to do.
@@ -161,6 +165,8 @@ $c/disk.img.zst $c/disk.img zstd - 1048576
 $c/disk.img.gz $c/disk.img zstd 256K 262144
 $c/disk.img.bz2 $c/disk.img xz 2M 2097152
 $c/disk-1block.img.xz $c/disk.img xz - 4194304
+$c/disk-1member.img.lz $c/disk.img zstd - 1048576
+$e/odd.img.lz $e/odd.img bgzf - 65280
 $e/odd.img $e/odd.img zstd 3000000 3000000
 $e/odd.img.zst $e/odd.img bgzf - 65280
 $c/disk.img.xz $c/disk.img bgzf - 65280

@@ -196,7 +196,7 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       format_param = ad_format_from_name (value);
       if (format_param == AD_FORMAT_UNKNOWN) {
         nbdkit_error ("autodecomp-format: unknown format '%s' (expected "
-                      "auto, gzip, xz, bzip2, zstd or raw)", value);
+                      "auto, gzip, xz, bzip2, zstd, lzip or raw)", value);
         return -1;
       }
     }
@@ -262,7 +262,7 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
 }
 
 #define autodecomp_config_help \
-  "autodecomp-format=auto|gzip|xz|bzip2|zstd|raw\n" \
+  "autodecomp-format=auto|gzip|xz|bzip2|zstd|lzip|raw\n" \
   "                          Format (default: detected by magic bytes).\n" \
   "autodecomp-cache-size=SIZE  Decoded frame cache (default 256M).\n" \
   "autodecomp-max-frame=SIZE   Largest frame decoded (default 512M).\n" \
@@ -436,6 +436,10 @@ warn_if_not_seekable (struct named_export *e)
   case AD_FORMAT_XZ:
     fix = "'autodecomp prepare IMAGE OUTPUT.zst' (zstd frames with a "
       "seek table), or 'xz -T0 --block-size=16MiB'";
+    break;
+  case AD_FORMAT_LZIP:
+    fix = "'autodecomp prepare IMAGE OUTPUT.zst' (zstd frames with a "
+      "seek table), or 'plzip' (16 MiB members at -6)";
     break;
   default:
     fix = "'autodecomp prepare IMAGE OUTPUT.zst' (zstd frames with a "
