@@ -1,4 +1,7 @@
-/* autodecomp: lzip images, one frame per member.
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: lzip images, one frame per member.
  *
  * An .lz file (lzip format version 1) is one or more members, each
  *
