@@ -22,17 +22,29 @@ ad_export_open (struct ad_source *src, enum ad_format format,
                 struct ad_error *err)
 {
   struct ad_open_source os;
+  struct ad_fetch_source fs;
+  struct ad_fetch *fetch = NULL;
   struct ad_export *exp;
   enum ad_format found;
 
-  /* Detect and open through the windows (see source.h); the caller's
-   * counters still see every read below.
+  /* Detect and open through the windows (see source.h), and for the
+   * walks over the whole image through the fetcher (see fetch.h); the
+   * caller's counters still see every read below.
    */
-  ad_open_source_init (&os, src);
+  if (opts->fetch_size > 0) {
+    fetch = ad_fetch_new (opts->fetch_size, cache);
+    if (fetch == NULL) {
+      ad_error_set (err, errno, "calloc: %m");
+      return NULL;
+    }
+  }
+  ad_open_source_init (&os, ad_fetch_wrap (&fs, fetch, src));
   src = &os.src;
   found = ad_detect (src, err);
-  if (found == AD_FORMAT_UNKNOWN)
+  if (found == AD_FORMAT_UNKNOWN) {
+    ad_fetch_free (fetch);
     return NULL;
+  }
   if (format == AD_FORMAT_UNKNOWN)
     format = found;
   else if (format != found && format != AD_FORMAT_RAW) {
@@ -45,16 +57,19 @@ ad_export_open (struct ad_source *src, enum ad_format format,
       ad_error_set (err, EINVAL, "autodecomp-format=%s, but the image is "
                     "%s (found by its magic bytes)", ad_format_name (format),
                     ad_format_name (found));
+    ad_fetch_free (fetch);
     return NULL;
   }
 
   exp = calloc (1, sizeof *exp);
   if (exp == NULL) {
     ad_error_set (err, errno, "calloc: %m");
+    ad_fetch_free (fetch);
     return NULL;
   }
   exp->format = format;
   exp->cache = cache;
+  exp->fetch = fetch;
   pthread_mutex_init (&exp->lock, NULL);
   pthread_cond_init (&exp->jobs_done, NULL);
   if (format == AD_FORMAT_RAW) {
@@ -83,6 +98,7 @@ ad_export_free (struct ad_export *exp)
   if (exp->cache)
     ad_cache_drop_owner (exp->cache, exp);
   ad_spill_free (exp->spill);
+  ad_fetch_free (exp->fetch);
   free (exp->decoded_once);
   ad_index_free (exp->idx);
   pthread_cond_destroy (&exp->jobs_done);
@@ -805,6 +821,9 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
                 struct ad_source *src, void *buf, size_t count,
                 uint64_t offset, struct ad_error *err)
 {
+  struct ad_fetch_source fs;
+
+  src = ad_fetch_wrap (&fs, exp->fetch, src);
   return read_range (exp, reader, src, buf, count, offset, true, err);
 }
 
@@ -812,6 +831,9 @@ int
 ad_export_pread (struct ad_export *exp, struct ad_source *src, void *buf,
                  size_t count, uint64_t offset, struct ad_error *err)
 {
+  struct ad_fetch_source fs;
+
+  src = ad_fetch_wrap (&fs, exp->fetch, src);
   return read_range (exp, NULL, src, buf, count, offset, true, err);
 }
 
@@ -819,6 +841,9 @@ int
 ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
                     size_t count, uint64_t offset, struct ad_error *err)
 {
+  struct ad_fetch_source fs;
+
+  src = ad_fetch_wrap (&fs, exp->fetch, src);
   return read_range (exp, NULL, src, NULL, count, offset, true, err);
 }
 
@@ -864,6 +889,9 @@ ad_export_extents (struct ad_export *exp, struct ad_source *src,
 {
   uint64_t end = offset + count;
   bool first = true;
+  struct ad_fetch_source fs;
+
+  src = ad_fetch_wrap (&fs, exp->fetch, src);
 
   if (offset >= exp->size || count > exp->size - offset)
     return ad_error_set (err, EINVAL, "extents of %zu bytes at offset %"
@@ -955,6 +983,9 @@ ad_export_find (struct ad_export *exp, struct ad_source *src,
                 uint64_t offset, struct ad_frame *frame, size_t *frame_no,
                 struct ad_error *err)
 {
+  struct ad_fetch_source fs;
+
+  src = ad_fetch_wrap (&fs, exp->fetch, src);
   return ad_index_find (exp->idx, src, offset, frame, frame_no,
                         emit_to_cache, exp, err);
 }

@@ -25,6 +25,7 @@
 #include "cache.h"
 #include "spill.h"
 #include "pool.h"
+#include "fetch.h"
 
 /* Frames larger than this are decoded progressively into the spill
  * file instead of whole into memory.
@@ -36,6 +37,8 @@ struct ad_export {
   uint64_t size;                /* Uncompressed size. */
   struct ad_index *idx;         /* NULL when raw. */
   struct ad_cache *cache;       /* Not owned. */
+  struct ad_fetch *fetch;       /* Large reads for sequential readers
+                                   (opts.fetch_size), or NULL. */
 
   pthread_mutex_t lock;
   struct ad_spill *spill;       /* Created at the first large read. */

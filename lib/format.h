@@ -59,6 +59,9 @@ struct ad_options {
                                    trailer declares covers the whole file
                                    (else the decoder proves it when it
                                    reaches the end). */
+  uint64_t fetch_size;          /* Compressed bytes read at once for a
+                                   sequential reader (see fetch.h); 0:
+                                   read exactly what decoders ask. */
 };
 
 /* Named in the errors of an image whose declared size the decoder

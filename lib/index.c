@@ -13,6 +13,7 @@
 #include <errno.h>
 
 #include "format.h"
+#include "fetch.h"
 #include "persist.h"
 #include "frame.h"
 
@@ -24,6 +25,7 @@ ad_options_init (struct ad_options *opts)
   opts->gzip_span = AD_DEFAULT_GZIP_SPAN;
   opts->threads = 0;
   opts->gzip_trust_isize = true;
+  opts->fetch_size = AD_DEFAULT_FETCH_SIZE;
 }
 
 static const struct ad_format_ops *

@@ -110,13 +110,14 @@ stop_nbdkit
 rm -f "$dir"/*
 # The zstd walk reads 1 MiB at a time: 8 MiB of data that does not
 # compress makes more than 8 reads, 4 s and more at 0.5 s each.  (zstd
-# reading a pipe does not declare the size, so it is walked at connect.)
+# reading a pipe does not declare the size, so it is walked at connect;
+# autodecomp-fetch-size=0 keeps the walk's reads small.)
 head -c $(( 8 * MiB )) /dev/urandom > "$tmp/slow.img"
 cat "$tmp/slow.img" | zstd -q -c > "$dir/slow.zst"
 cp "$tmp/img1" "$tmp/fast.img"
 xz -T1 -c "$tmp/fast.img" > "$dir/fast.xz"
 start_nbdkit parallel --filter="$FILTER" --filter=delay file dir="$dir" \
-    delay-read=500ms
+    delay-read=500ms autodecomp-fetch-size=0
 tlimit 120 /usr/bin/python3 - "$sock" "$tmp" <<'PYEOF' || fail "opening one export held up another"
 import os, sys, threading, time, nbd
 sock, tmp = sys.argv[1:3]

@@ -126,6 +126,14 @@ free_export (struct named_export *e)
 {
   struct ad_index *idx = e->exp ? e->exp->idx : NULL;
 
+  if (e->exp && e->exp->fetch) {
+    uint64_t hits, fetches;
+
+    ad_fetch_stats (e->exp->fetch, &hits, &fetches);
+    nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " compressed reads "
+                  "served from %" PRIu64 " large fetches", e->name, hits,
+                  fetches);
+  }
   if (idx)
     nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
                   "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
@@ -245,6 +253,8 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     options.index_path = index_path;
     return 0;
   }
+  else if (strcmp (key, "autodecomp-fetch-size") == 0)
+    return parse_size_param (key, value, 0, &options.fetch_size);
   else if (strcmp (key, "autodecomp-threads") == 0)
     return nbdkit_parse_unsigned (key, value, &options.threads);
   else if (strcmp (key, "autodecomp-readahead") == 0) {
@@ -277,6 +287,8 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "autodecomp-index=PATH       Keep the index in PATH (a file, or a\n" \
   "                          directory of one file per image) and load it\n" \
   "                          instead of indexing again.\n" \
+  "autodecomp-fetch-size=SIZE  Compressed bytes read at once for a\n" \
+  "                          sequential reader (default 16M, 0: exact).\n" \
   "autodecomp-threads=N        Decode threads (default: CPUs).\n" \
   "autodecomp-readahead=SIZE   Decoded ahead of sequential readers\n" \
   "                          (default: a quarter of the cache, at most 64M).\n" \

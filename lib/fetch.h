@@ -1,0 +1,72 @@
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: few, large reads of the compressed image.
+ *
+ * Over a web server every read of the source is a request that pays a
+ * round trip, and nbdkit's curl plugin serves them one at a time, so
+ * what a remote image costs is mostly the number of reads.  Decoders
+ * read one frame (or one job of a few frames) at a time; a copy of an
+ * image of small frames would make one request per frame.
+ *
+ * The fetcher sits between an export and its source.  It follows up to
+ * FETCH_STREAMS streams of reads: a read that starts near where an
+ * earlier one of the same stream ended continues that stream.  Once a
+ * stream has continued FETCH_STREAK times, a read that is not already
+ * in memory fetches fetch_size bytes from its offset in one read into
+ * one of FETCH_SLOTS buffers, and later reads of that range are copied
+ * from there.  So a sequential reader makes one read per fetch_size
+ * bytes, while a random reader (whose reads continue no stream) reads
+ * exactly what it asked for: one frame.  Reads of at least half of
+ * fetch_size are large already and go straight to the source.
+ *
+ * The buffers are allocated on first use, counted against the frame
+ * cache (ad_cache_reserve) so that what the process holds stays within
+ * the cache size, at most a quarter of it (fewer buffers, then smaller
+ * ones), and shared by every reader of the export.  A fetch
+ * that fails (the bytes past what was asked may be unreadable) is
+ * retried as the exact read, whose error is the one reported.
+ */
+#ifndef AUTODECOMP_FETCH_H
+#define AUTODECOMP_FETCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "source.h"
+#include "cache.h"
+
+#define AD_DEFAULT_FETCH_SIZE (16 * 1024 * 1024ULL)
+
+struct ad_fetch;
+
+/* A fetcher of fetch_size-byte reads (> 0), its buffers counted
+ * against cache (may be NULL).
+ */
+extern struct ad_fetch *ad_fetch_new (size_t fetch_size,
+                                      struct ad_cache *cache);
+extern void ad_fetch_free (struct ad_fetch *f);
+
+/* A source that reads inner through f, valid while both live.  Each
+ * caller (a connection) wraps its own source; the fetcher is shared.
+ */
+struct ad_fetch_source {
+  struct ad_source src;
+  struct ad_fetch *f;
+  struct ad_source *inner;
+};
+
+/* Wrap inner in fs and return the source to read: &fs->src, or inner
+ * itself when f is NULL.
+ */
+extern struct ad_source *ad_fetch_wrap (struct ad_fetch_source *fs,
+                                        struct ad_fetch *f,
+                                        struct ad_source *inner);
+
+/* Counters, for debugging and tests: reads served from a buffer, and
+ * reads of fetch_size made for them.
+ */
+extern void ad_fetch_stats (struct ad_fetch *f, uint64_t *hits,
+                            uint64_t *fetches);
+
+#endif /* AUTODECOMP_FETCH_H */
