@@ -640,6 +640,10 @@ note_read (struct ad_export *exp, struct ad_reader *reader,
   if (next > reader->ahead)
     reader->ahead = next;
   pthread_mutex_unlock (&reader->lock);
+  /* With the decodes started, fetch the next compressed bytes while
+   * they run.
+   */
+  ad_fetch_ahead (src);
 }
 
 /* Serve [offset, offset + count) (buf NULL: only bring it into the

@@ -15,7 +15,8 @@
 
 #define FETCH_SLOTS 4           /* Buffers of fetch_size bytes. */
 #define FETCH_STREAMS 4         /* Streams of reads followed. */
-#define FETCH_STREAK 2          /* Continuations before fetching. */
+#define FETCH_STREAK 2          /* Reads that extend a stream before */
+                                /* it fetches. */
 #define FETCH_BEHIND (1024 * 1024)  /* A stream continues this far */
 #define FETCH_AHEAD (256 * 1024)    /* before and after its end. */
 
@@ -24,13 +25,15 @@ struct slot {
   uint64_t off;                 /* The bytes [off, off + len) */
   size_t len;                   /* (0: none). */
   bool loading;                 /* Being read (they are not there yet). */
+  bool read;                    /* Read from since it was loaded. */
   unsigned users;               /* Copying out of buf. */
   uint64_t used;                /* Tick of the last use. */
 };
 
-struct stream {
+struct ad_fetch_stream {
+  uint64_t last;                /* Start of the last read that counted. */
   uint64_t next;                /* Highest end of its reads. */
-  unsigned streak;              /* Reads that continued it. */
+  unsigned streak;              /* Reads that extended it. */
   uint64_t used;                /* Tick of the last use (0: free). */
 };
 
@@ -42,8 +45,8 @@ struct ad_fetch {
   uint64_t tick;
   struct slot slots[FETCH_SLOTS];
   size_t nslots;                /* Of them in use. */
-  struct stream streams[FETCH_STREAMS];
-  uint64_t hits, fetches;
+  struct ad_fetch_stream streams[FETCH_STREAMS];
+  uint64_t hits, fetches, ahead;
 };
 
 struct ad_fetch *
@@ -91,59 +94,163 @@ ad_fetch_free (struct ad_fetch *f)
 }
 
 void
-ad_fetch_stats (struct ad_fetch *f, uint64_t *hits, uint64_t *fetches)
+ad_fetch_stats (struct ad_fetch *f, uint64_t *hits, uint64_t *fetches,
+                uint64_t *ahead)
 {
   pthread_mutex_lock (&f->lock);
   *hits = f->hits;
   *fetches = f->fetches;
+  *ahead = f->ahead;
   pthread_mutex_unlock (&f->lock);
 }
 
 /* Record a read of [offset, offset + count) in the stream it
  * continues (or a new one, in place of the least recently used) and
- * say whether that stream is sequential.  A read continues a stream
- * if it starts at most FETCH_BEHIND before its end (requests in flight
- * arrive in any order) or at most FETCH_AHEAD after it.
+ * return that stream.  A read continues a stream if it starts at most
+ * FETCH_BEHIND before its end (requests in flight arrive in any order)
+ * or at most FETCH_AHEAD after it.  It adds to the stream's streak
+ * only if it moves the stream forward (starts after the last read that
+ * did, and ends past the stream's end): reading the same bytes again,
+ * as an open reads headers and indexes, is not a sequential reader.
  */
-static bool
+static struct ad_fetch_stream *
 note_stream_locked (struct ad_fetch *f, uint64_t offset, size_t count)
 {
   uint64_t end = offset + count;
-  struct stream *s, *lru = &f->streams[0];
+  struct ad_fetch_stream *s, *lru = &f->streams[0];
   size_t i;
 
   for (i = 0; i < FETCH_STREAMS; i++) {
     s = &f->streams[i];
     if (s->used && offset + FETCH_BEHIND >= s->next &&
         offset <= s->next + FETCH_AHEAD) {
-      if (s->streak < FETCH_STREAK)
-        s->streak++;
+      if (offset > s->last && end > s->next) {
+        if (s->streak < FETCH_STREAK)
+          s->streak++;
+        s->last = offset;
+      }
       if (end > s->next)
         s->next = end;
       s->used = ++f->tick;
-      return s->streak >= FETCH_STREAK;
+      return s;
     }
     if (s->used < lru->used)
       lru = s;
   }
+  lru->last = offset;
   lru->next = end;
   lru->streak = 0;
   lru->used = ++f->tick;
-  return false;
+  return lru;
 }
 
-static bool
-covers (const struct slot *sl, uint64_t offset, size_t count)
+/* The slot holding the byte at offset (loaded or loading), or NULL. */
+static struct slot *
+slot_at_locked (struct ad_fetch *f, uint64_t offset)
 {
-  return sl->len > 0 && offset >= sl->off &&
-    offset - sl->off <= sl->len && count <= sl->len - (offset - sl->off);
+  size_t i;
+
+  for (i = 0; i < FETCH_SLOTS; i++) {
+    struct slot *sl = &f->slots[i];
+
+    if (sl->len > 0 && offset >= sl->off && offset - sl->off < sl->len)
+      return sl;
+  }
+  return NULL;
 }
 
-/* A slot to fetch into: free, or the least recently used that nobody
- * reads; NULL if all are busy or no buffer can be had.
+/* Where the buffers that follow each other from offset end (offset
+ * itself if no buffer holds it); *loading is set if one of them is
+ * still being read.
+ */
+static uint64_t
+chain_end_locked (struct ad_fetch *f, uint64_t offset, uint64_t upto,
+                  bool *loading)
+{
+  struct slot *sl;
+
+  *loading = false;
+  while (offset < upto && (sl = slot_at_locked (f, offset)) != NULL) {
+    if (sl->loading)
+      *loading = true;
+    offset = sl->off + sl->len;
+  }
+  return offset;
+}
+
+/* Copy [offset, offset + count) out of the buffers that hold it (all
+ * loaded, see chain_end_locked).  The lock is dropped while copying;
+ * the buffers cannot be taken meanwhile (users).
+ */
+static void
+copy_out_locked (struct ad_fetch *f, char *buf, size_t count,
+                 uint64_t offset)
+{
+  struct slot *chain[FETCH_SLOTS];
+  size_t n = 0, i;
+  uint64_t pos = offset, end = offset + count;
+
+  while (pos < end && n < FETCH_SLOTS) {
+    struct slot *sl = slot_at_locked (f, pos);
+
+    sl->users++;
+    sl->read = true;
+    sl->used = ++f->tick;
+    chain[n++] = sl;
+    pos = sl->off + sl->len;
+  }
+  pthread_mutex_unlock (&f->lock);
+  pos = offset;
+  for (i = 0; i < n; i++) {
+    const struct slot *sl = chain[i];
+    size_t len = sl->off + sl->len - pos;
+
+    if (len > end - pos)
+      len = end - pos;
+    memcpy (buf + (pos - offset), sl->buf + (pos - sl->off), len);
+    pos += len;
+  }
+  pthread_mutex_lock (&f->lock);
+  for (i = 0; i < n; i++)
+    chain[i]->users--;
+}
+
+/* Is the slot free to be loaded again?  It must not hold the byte at
+ * keep (the start of the read it is taken for).  For a fetch ahead
+ * (ahead), it
+ * must also not be one that nobody has read yet, nor one that a
+ * stream is reading: a fetch ahead never takes what a reader is about
+ * to use.
+ */
+static bool
+takeable_locked (struct ad_fetch *f, const struct slot *sl, bool ahead,
+                 uint64_t keep)
+{
+  size_t i;
+
+  if (sl->loading || sl->users > 0 ||
+      (sl->len > 0 && keep >= sl->off && keep - sl->off < sl->len))
+    return false;
+  if (!ahead || sl->len == 0)
+    return true;
+  if (!sl->read)
+    return false;
+  for (i = 0; i < FETCH_STREAMS; i++) {
+    const struct ad_fetch_stream *s = &f->streams[i];
+
+    if (s->used && s->streak >= FETCH_STREAK && s->next >= sl->off &&
+        s->next - sl->off < sl->len)
+      return false;
+  }
+  return true;
+}
+
+/* A slot to fetch into: free, or the least recently used that may be
+ * taken (see takeable_locked); NULL if there is none or no buffer can
+ * be had.
  */
 static struct slot *
-take_slot_locked (struct ad_fetch *f)
+take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
 {
   struct slot *best = NULL;
   size_t i;
@@ -151,7 +258,7 @@ take_slot_locked (struct ad_fetch *f)
   for (i = 0; i < f->nslots; i++) {
     struct slot *sl = &f->slots[i];
 
-    if (sl->loading || sl->users > 0)
+    if (!takeable_locked (f, sl, ahead, keep))
       continue;
     if (best == NULL || sl->used < best->used)
       best = sl;
@@ -166,6 +273,52 @@ take_slot_locked (struct ad_fetch *f)
   return best;
 }
 
+/* Fetch into sl the bytes from start, up to fetch_size of them, up to
+ * the end of the image and up to the next buffer (so that buffers
+ * never hold the same bytes twice), but at least up to need.  Returns
+ * 0, or -1 if the bytes up to need do not fit or the read failed (sl
+ * is then empty).  Called and returns with the lock held.
+ */
+static int
+fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
+              uint64_t start, uint64_t need)
+{
+  uint64_t limit = inner->size;
+  struct ad_error err;
+  size_t i;
+  int r;
+
+  if (limit - start > f->size)
+    limit = start + f->size;
+  for (i = 0; i < FETCH_SLOTS; i++) {
+    const struct slot *o = &f->slots[i];
+
+    if (o != sl && o->len > 0 && o->off > start && o->off < limit)
+      limit = o->off;
+  }
+  if (limit < need || limit <= start) {
+    sl->len = 0;
+    return -1;
+  }
+  sl->loading = true;
+  sl->read = false;
+  sl->off = start;
+  sl->len = limit - start;
+  sl->used = ++f->tick;
+  pthread_mutex_unlock (&f->lock);
+  ad_error_clear (&err);
+  r = ad_source_pread (inner, sl->buf, sl->len, start, &err);
+  pthread_mutex_lock (&f->lock);
+  sl->loading = false;
+  pthread_cond_broadcast (&f->loaded);
+  if (r == -1) {
+    sl->len = 0;
+    return -1;
+  }
+  f->fetches++;
+  return 0;
+}
+
 static int
 fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
              struct ad_error *err)
@@ -173,74 +326,63 @@ fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
   struct ad_fetch_source *fs = opaque;
   struct ad_fetch *f = fs->f;
   struct ad_source *inner = fs->inner;
-  struct slot *sl = NULL;
-  struct ad_error ferr;
-  size_t i, len;
-  int r;
+  uint64_t end = offset + count, covered, start;
+  struct ad_fetch_stream *s;
+  struct slot *sl;
+  bool loading;
+  size_t i;
+
+  if (count >= f->size / 2)
+    return ad_source_pread (inner, buf, count, offset, err);
 
   pthread_mutex_lock (&f->lock);
- again:
-  for (i = 0; i < FETCH_SLOTS; i++) {
-    if (covers (&f->slots[i], offset, count)) {
-      sl = &f->slots[i];
+  s = note_stream_locked (f, offset, count);
+  fs->stream = s->streak >= FETCH_STREAK ? s : NULL;
+  for (;;) {
+    covered = chain_end_locked (f, offset, end, &loading);
+    if (!loading)
       break;
-    }
-  }
-  if (sl && sl->loading) {
     pthread_cond_wait (&f->loaded, &f->lock);
-    sl = NULL;
-    goto again;
   }
-  if (sl) {
-    note_stream_locked (f, offset, count);
+  if (covered >= end) {
     f->hits++;
-  }
-  else if (count >= f->size / 2 || !note_stream_locked (f, offset, count) ||
-           (sl = take_slot_locked (f)) == NULL) {
+    copy_out_locked (f, buf, count, offset);
     pthread_mutex_unlock (&f->lock);
-    return ad_source_pread (inner, buf, count, offset, err);
+    return 0;
   }
-  else {
-    /* Fetch fetch_size bytes from offset (count of them are wanted),
-     * or from the end of a buffer that ends just before it, so that a
-     * stream's buffers follow each other without a gap or an overlap.
-     */
-    uint64_t start = offset;
+  if (fs->stream == NULL || (sl = take_slot_locked (f, false, offset)) == NULL)
+    goto exact;
 
+  /* Fetch from the end of the buffers that hold the start of the read,
+   * or from the end of a buffer just before it, so that a stream's
+   * buffers follow each other without a gap or an overlap.
+   */
+  start = covered;
+  if (covered == offset) {
     for (i = 0; i < f->nslots; i++) {
       const struct slot *o = &f->slots[i];
-      uint64_t end = o->off + o->len;
+      uint64_t oend = o->off + o->len;
 
-      if (o != sl && o->len > 0 && end <= offset &&
-          offset - end <= FETCH_AHEAD && offset + count - end <= f->size)
-        start = end;
+      if (o->len > 0 && !o->loading && oend <= offset &&
+          offset - oend <= FETCH_AHEAD && end - oend <= f->size &&
+          slot_at_locked (f, oend) == NULL)
+        start = oend;
     }
-    len = inner->size - start < f->size ? inner->size - start : f->size;
-    sl->loading = true;
-    sl->off = start;
-    sl->len = len;
-    sl->used = ++f->tick;
-    pthread_mutex_unlock (&f->lock);
-    ad_error_clear (&ferr);
-    r = ad_source_pread (inner, sl->buf, len, start, &ferr);
-    pthread_mutex_lock (&f->lock);
-    sl->loading = false;
-    pthread_cond_broadcast (&f->loaded);
-    if (r == -1) {
-      sl->len = 0;
-      pthread_mutex_unlock (&f->lock);
-      return ad_source_pread (inner, buf, count, offset, err);
-    }
-    f->fetches++;
   }
-  sl->users++;
-  sl->used = ++f->tick;
-  pthread_mutex_unlock (&f->lock);
-  memcpy (buf, sl->buf + (offset - sl->off), count);
-  pthread_mutex_lock (&f->lock);
-  sl->users--;
+  if (fetch_locked (f, inner, sl, start, end) == -1)
+    goto exact;
+  if (chain_end_locked (f, offset, end, &loading) < end || loading)
+    goto exact;
+  copy_out_locked (f, buf, count, offset);
   pthread_mutex_unlock (&f->lock);
   return 0;
+
+ exact:
+  /* Also where a fetch failed: the bytes past what was asked may be
+   * unreadable, and this read's own error is the one to report.
+   */
+  pthread_mutex_unlock (&f->lock);
+  return ad_source_pread (inner, buf, count, offset, err);
 }
 
 struct ad_source *
@@ -256,4 +398,36 @@ ad_fetch_wrap (struct ad_fetch_source *fs, struct ad_fetch *f,
   fs->src.opaque = fs;
   fs->src.size = inner->size;
   return &fs->src;
+}
+
+void
+ad_fetch_ahead (struct ad_source *src)
+{
+  struct ad_fetch_source *fs;
+  struct ad_fetch *f;
+  struct slot *sl;
+  uint64_t pos, end;
+  bool loading;
+
+  if (src->pread != fetch_pread)
+    return;
+  fs = src->opaque;
+  f = fs->f;
+  if (fs->stream == NULL)
+    return;
+  pthread_mutex_lock (&f->lock);
+  /* The stream's reads are within the buffers, with less than half a
+   * fetch of them left ahead: fetch the next.
+   */
+  pos = fs->stream->next;
+  if (fs->stream->streak >= FETCH_STREAK && pos > 0 &&
+      pos < fs->inner->size && slot_at_locked (f, pos - 1) != NULL) {
+    end = chain_end_locked (f, pos - 1, pos + f->size, &loading);
+    if (end - pos < f->size / 2 && end < fs->inner->size &&
+        (sl = take_slot_locked (f, true, pos - 1)) != NULL &&
+        fetch_locked (f, fs->inner, sl, end, end + 1) == 0)
+      f->ahead++;
+  }
+  fs->stream = NULL;
+  pthread_mutex_unlock (&f->lock);
 }

@@ -11,14 +11,25 @@
  *
  * The fetcher sits between an export and its source.  It follows up to
  * FETCH_STREAMS streams of reads: a read that starts near where an
- * earlier one of the same stream ended continues that stream.  Once a
- * stream has continued FETCH_STREAK times, a read that is not already
- * in memory fetches fetch_size bytes from its offset in one read into
- * one of FETCH_SLOTS buffers, and later reads of that range are copied
- * from there.  So a sequential reader makes one read per fetch_size
- * bytes, while a random reader (whose reads continue no stream) reads
- * exactly what it asked for: one frame.  Reads of at least half of
- * fetch_size are large already and go straight to the source.
+ * earlier one of the same stream ended continues that stream, and
+ * moves it forward if it starts after the last one that did and ends
+ * past it (reading headers again does not).  Once a stream has moved
+ * forward FETCH_STREAK times, a read that is not already in memory
+ * fetches up to fetch_size bytes in one read into one of FETCH_SLOTS
+ * buffers, and later reads of that range are copied from there; a
+ * read may span two buffers.  A fetch starts where the buffers holding
+ * the start of the read end (or at the read), and stops where the next
+ * buffer starts, so no byte is held or read twice while it is held.
+ * So a sequential reader makes one read per fetch_size bytes, while a
+ * random reader (whose reads continue no stream) reads exactly what it
+ * asked for: one frame.  Reads of at least half of fetch_size are
+ * large already and go straight to the source.
+ *
+ * A sequential reader also fetches ahead (ad_fetch_ahead, called by the
+ * export's read-ahead once it has started its decodes): when less than
+ * half a fetch of its stream's bytes is left in the buffers, the next
+ * fetch is made then, into a buffer that nobody is about to read, so
+ * that over a slow link the next bytes arrive while the decoders work.
  *
  * The buffers are allocated on first use, counted against the frame
  * cache (ad_cache_reserve) so that what the process holds stays within
@@ -54,6 +65,7 @@ struct ad_fetch_source {
   struct ad_source src;
   struct ad_fetch *f;
   struct ad_source *inner;
+  struct ad_fetch_stream *stream; /* Of the last read, if sequential. */
 };
 
 /* Wrap inner in fs and return the source to read: &fs->src, or inner
@@ -63,10 +75,16 @@ extern struct ad_source *ad_fetch_wrap (struct ad_fetch_source *fs,
                                         struct ad_fetch *f,
                                         struct ad_source *inner);
 
-/* Counters, for debugging and tests: reads served from a buffer, and
- * reads of fetch_size made for them.
+/* If src is a fetcher's source (ad_fetch_wrap) whose last read was
+ * part of a sequential stream, and that stream has less than half a
+ * fetch of its bytes left in the buffers, fetch the next bytes now.
+ */
+extern void ad_fetch_ahead (struct ad_source *src);
+
+/* Counters, for debugging and tests: reads served from the buffers,
+ * fetches made, and how many of those were made ahead.
  */
 extern void ad_fetch_stats (struct ad_fetch *f, uint64_t *hits,
-                            uint64_t *fetches);
+                            uint64_t *fetches, uint64_t *ahead);
 
 #endif /* AUTODECOMP_FETCH_H */

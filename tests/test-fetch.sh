@@ -5,12 +5,16 @@
 # Few, large reads below (autodecomp-fetch-size, lib/fetch.h).  Counted
 # by nbdkit's log filter right below ours:
 # - a full nbdcopy of every image of many frames makes at most
-#   compressed size / 4 MiB + 10 reads below, and copies every byte;
+#   compressed size / 4 MiB + 10 reads below, reads no more than the
+#   compressed size (and 1/8 of it) beyond what its connect read, and
+#   copies every byte;
 #   for BGZF (64 KiB members) autodecomp-fetch-size=0 makes many times
 #   more, so the count is the fetcher's doing;
 # - a random reader reads exactly its frames: after connect, no read
 #   below is larger than the largest frame it needs (1 MiB frames of a
-#   seekable zstd), however many random reads it makes.
+#   seekable zstd), however many random reads it makes;
+# - after a restart with the persisted index, the first reads at the
+#   start of the image read their frames, not a fetch.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 is_autodecomp || skip "needs the autodecomp filter"
 requires nbdkit
@@ -24,20 +28,34 @@ make_tmpdir
 img=$CORPUS/disk.img
 M=$(( 1024 * 1024 ))
 
-# reads_below LOG: the number of reads the log filter saw, and the
-# largest, as "N LARGEST".
+# reads_below LOG: the number of reads the log filter saw, the largest
+# and their bytes, as "N LARGEST BYTES".
 reads_below ()
 {
     /usr/bin/python3 - "$1" <<'PYEOF'
 import re, sys
-n = largest = 0
+n = largest = total = 0
 for line in open(sys.argv[1]):
     m = re.search(r" Read id=\d+ offset=0x[0-9a-f]+ count=(0x[0-9a-f]+)", line)
     if m:
         n += 1
         largest = max(largest, int(m.group(1), 16))
-print(n, largest)
+        total += int(m.group(1), 16)
+print(n, largest, total)
 PYEOF
+}
+
+# connect NAME FILE [PARAMS...]: connect only; sets cbytes, the bytes
+# read below by the open.
+connect ()
+{
+    local name=$1 file=$2; shift 2
+    rm -f "$tmp/log"
+    start_nbdkit "$name" --filter="$FILTER" --filter=log file "$file" \
+        logfile="$tmp/log" "$@"
+    tlimit 300 nbdinfo --size "$uri" >/dev/null || fail "$name: nbdinfo failed"
+    stop_nbdkit
+    read -r _ _ cbytes < <(reads_below "$tmp/log")
 }
 
 # copy NAME FILE [PARAMS...]: a full nbdcopy (4 connections) through the
@@ -52,7 +70,7 @@ copy ()
         fail "$name: nbdcopy failed"
     stop_nbdkit
     cmp -s "$tmp/out" "$img" || fail "$name: the copy differs from disk.img"
-    read -r reads largest < <(reads_below "$tmp/log")
+    read -r reads largest bytes < <(reads_below "$tmp/log")
 }
 
 for f in disk.img.bgz disk-frames.img.zst disk-seekable.img.zst \
@@ -60,10 +78,15 @@ for f in disk.img.bgz disk-frames.img.zst disk-seekable.img.zst \
     file=$CORPUS/$f
     size=$(stat -c %s "$file")
     limit=$(( size / (4 * M) + 10 ))
+    connect "${f//./-}-open" "$file"
     copy "${f//./-}" "$file"
-    progress "$f: a full copy made $reads reads below (at most $limit)"
+    progress "$f: a full copy made $reads reads below (at most $limit)," \
+        "$bytes bytes, $cbytes of them at connect ($size compressed)"
     [ "$reads" -le "$limit" ] ||
         fail "$f: $reads reads below for a full copy, want <= $limit"
+    [ $(( bytes - cbytes )) -le $(( size + size / 8 + M )) ] ||
+        fail "$f: a full copy read $(( bytes - cbytes )) bytes below after" \
+            "connect, want <= $(( size + size / 8 + M ))"
 done
 
 copy bgz-exact "$CORPUS/disk.img.bgz" autodecomp-fetch-size=0
@@ -104,9 +127,30 @@ PYEOF
     fail "random reads through the fetcher failed"
 stop_nbdkit
 tail -n +"$(( $(cat "$tmp/rlog.mark") + 1 ))" "$tmp/rlog" > "$tmp/rlog.after"
-read -r reads largest < <(reads_below "$tmp/rlog.after")
+read -r reads largest _ < <(reads_below "$tmp/rlog.after")
 progress "random reader: $reads reads below after connect, the largest $largest bytes"
 [ "$largest" -le $(( 2 * M )) ] ||
     fail "a random reader read $largest bytes at once (want one frame, <= 2 MiB)"
 [ "$reads" -ge 16 ] ||
     fail "only $reads reads below for 64 random reads (a fetch served them?)"
+
+# A restart with the persisted index: the first read, at the start of
+# the image where the open read its head, and the random reads after
+# it read their frames only.
+mkdir "$tmp/idx"
+for f in disk.img.bz2 disk.img.bgz; do
+    tlimit 300 "$AUTODECOMP_TOOL" index -o "$tmp/idx" "$CORPUS/$f" >/dev/null ||
+        fail "$f: autodecomp index failed"
+    rm -f "$tmp/log"
+    start_nbdkit "restart-${f//./-}" --filter="$FILTER" --filter=log file \
+        "$CORPUS/$f" logfile="$tmp/log" autodecomp-index="$tmp/idx"
+    tlimit 300 nbdsh -u "$uri" \
+        -c 'for off in (0, 32 << 20, 16 << 20): h.pread(4096, off)' ||
+        fail "$f: reads after the restart failed"
+    stop_nbdkit
+    read -r reads largest bytes < <(reads_below "$tmp/log")
+    progress "$f after a restart: $reads reads below, the largest $largest"
+    [ "$largest" -le $(( 1 * M )) ] ||
+        fail "$f after a restart: a read of $largest bytes below (want" \
+            "its frames, <= 1 MiB each)"
+done

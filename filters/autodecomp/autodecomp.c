@@ -127,12 +127,13 @@ free_export (struct named_export *e)
   struct ad_index *idx = e->exp ? e->exp->idx : NULL;
 
   if (e->exp && e->exp->fetch) {
-    uint64_t hits, fetches;
+    uint64_t hits, fetches, ahead;
 
-    ad_fetch_stats (e->exp->fetch, &hits, &fetches);
+    ad_fetch_stats (e->exp->fetch, &hits, &fetches, &ahead);
     nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " compressed reads "
-                  "served from %" PRIu64 " large fetches", e->name, hits,
-                  fetches);
+                  "served from %" PRIu64 " large fetches (%" PRIu64
+                  " of them ahead of the readers)", e->name, hits,
+                  fetches, ahead);
   }
   if (idx)
     nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
