@@ -16,6 +16,13 @@
 #include "export.h"
 #include "frame.h"
 
+/* Read-ahead is worth it when this reader keeps reading near where
+ * its last reads ended (several requests in flight arrive in any
+ * order).
+ */
+#define SEQ_SLACK (8 * 1024 * 1024ULL)
+#define SEQ_STREAK 3
+
 struct ad_export *
 ad_export_open (struct ad_source *src, enum ad_format format,
                 const struct ad_options *opts, struct ad_cache *cache,
@@ -189,6 +196,19 @@ ad_reader_init (struct ad_reader *reader)
 void
 ad_reader_destroy (struct ad_reader *reader)
 {
+  struct ad_export *exp = reader->exp;
+  struct ad_reader **p;
+
+  if (exp) {
+    ad_fetch_forget (exp->fetch, reader);
+    pthread_mutex_lock (&exp->lock);
+    for (p = &exp->readers; *p; p = &(*p)->next)
+      if (*p == reader) {
+        *p = reader->next;
+        break;
+      }
+    pthread_mutex_unlock (&exp->lock);
+  }
   pthread_mutex_destroy (&reader->lock);
 }
 
@@ -528,12 +548,13 @@ wanted_ahead (const struct ad_export *exp, const struct ad_frame *f,
 }
 
 /* Decode frames ahead of a sequential reader, from frame_no on, until
- * the read-ahead window past uoff is covered or no slot is free.
+ * the read-ahead window past uoff is covered, limit is reached (see
+ * other_reader_start) or no slot is free.
  * Returns the first frame not yet started.
  */
 static size_t
 read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
-            uint64_t uoff)
+            uint64_t uoff, uint64_t limit)
 {
   size_t nframes = ad_index_nframes (exp->idx);
 
@@ -544,7 +565,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
     bool created;
 
     ad_index_get_frame (exp->idx, frame_no, &f);
-    if (!wanted_ahead (exp, &f, uoff))
+    if (!wanted_ahead (exp, &f, uoff) || f.uoff >= limit)
       break;
     if (!ad_pool_acquire (exp->pool, false))
       break;
@@ -559,7 +580,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
       struct ad_cache_entry *e;
 
       ad_index_get_frame (exp->idx, frame_no, &f);
-      if (!wanted_ahead (exp, &f, uoff) ||
+      if (!wanted_ahead (exp, &f, uoff) || f.uoff >= limit ||
           (job->n > 0 && !fits_job (job, &f)))
         break;
       e = ad_cache_acquire (exp->cache, exp, frame_no, f.usize, &created,
@@ -586,12 +607,32 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
   return frame_no;
 }
 
-/* Read-ahead is worth it when this reader keeps reading near where
- * its last reads ended (several requests in flight arrive in any
- * order).
+
+/* Where the nearest other sequential reader of exp began reading after
+ * uoff (UINT64_MAX if none).  Read-ahead stops there: past it, that
+ * reader has read the frames already (nbdcopy gives each connection
+ * its own part of the image), so decoding them again for this one is
+ * work and compressed reads that nobody uses.
  */
-#define SEQ_SLACK (8 * 1024 * 1024ULL)
-#define SEQ_STREAK 3
+static uint64_t
+other_reader_start (struct ad_export *exp, const struct ad_reader *reader,
+                    uint64_t uoff)
+{
+  uint64_t limit = UINT64_MAX;
+  const struct ad_reader *r;
+
+  pthread_mutex_lock (&exp->lock);
+  for (r = exp->readers; r; r = r->next) {
+    uint64_t start = __atomic_load_n (&r->start, __ATOMIC_RELAXED);
+
+    if (r != reader &&
+        __atomic_load_n (&r->streak, __ATOMIC_RELAXED) >= SEQ_STREAK &&
+        start > uoff && start < limit)
+      limit = start;
+  }
+  pthread_mutex_unlock (&exp->lock);
+  return limit;
+}
 
 static void
 note_read (struct ad_export *exp, struct ad_reader *reader,
@@ -607,12 +648,25 @@ note_read (struct ad_export *exp, struct ad_reader *reader,
   /* Another request of this reader is looking ahead already. */
   if (pthread_mutex_trylock (&reader->lock) != 0)
     return;
-  if (offset + SEQ_SLACK >= reader->end && offset <= reader->end + SEQ_SLACK) {
+  if (reader->exp == NULL) {
+    reader->exp = exp;
+    pthread_mutex_lock (&exp->lock);
+    reader->next = exp->readers;
+    exp->readers = reader;
+    pthread_mutex_unlock (&exp->lock);
+  }
+  /* A sequential reader's requests in flight spread wider (nbdcopy:
+   * 64 of 256 KiB) than what makes a reader sequential.
+   */
+  if (offset + SEQ_SLACK >= reader->end &&
+      offset <= reader->end + (reader->streak >= SEQ_STREAK ? 4 : 1) *
+      SEQ_SLACK) {
     if (reader->streak < SEQ_STREAK)
       __atomic_store_n (&reader->streak, reader->streak + 1, __ATOMIC_RELAXED);
   }
   else {
     __atomic_store_n (&reader->streak, 0, __ATOMIC_RELAXED);
+    __atomic_store_n (&reader->start, offset, __ATOMIC_RELAXED);
     reader->ahead = 0;
   }
   if (end > reader->end || reader->streak == 0)
@@ -636,7 +690,8 @@ note_read (struct ad_export *exp, struct ad_reader *reader,
   }
   if (reader->ahead > from)
     from = reader->ahead;
-  next = read_ahead (exp, src, from, end);
+  next = read_ahead (exp, src, from, end,
+                     other_reader_start (exp, reader, offset));
   if (next > reader->ahead)
     reader->ahead = next;
   pthread_mutex_unlock (&reader->lock);
@@ -827,7 +882,10 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
 {
   struct ad_fetch_source fs;
 
-  src = ad_fetch_wrap (&fs, exp->fetch, src);
+  src = ad_fetch_wrap_reader (&fs, exp->fetch, src, reader,
+                              reader && __atomic_load_n (&reader->streak,
+                                                         __ATOMIC_RELAXED)
+                              >= SEQ_STREAK);
   return read_range (exp, reader, src, buf, count, offset, true, err);
 }
 

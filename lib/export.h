@@ -41,6 +41,7 @@ struct ad_export {
                                    (opts.fetch_size), or NULL. */
 
   pthread_mutex_t lock;
+  struct ad_reader *readers;    /* Those that have read it (under lock). */
   struct ad_spill *spill;       /* Created at the first large read. */
   unsigned jobs;                /* Decode jobs in flight (under lock). */
   pthread_cond_t jobs_done;     /* Signalled when jobs drops to 0. */
@@ -72,13 +73,17 @@ struct ad_export {
 };
 
 /* What one reader (a connection) did last, to detect sequential
- * access.  Initialise with ad_reader_init; used by one export.
+ * access.  Initialise with ad_reader_init; used by one export, and
+ * destroyed (ad_reader_destroy) before that export is freed.
  */
 struct ad_reader {
   pthread_mutex_t lock;
+  uint64_t start;               /* Where its sequential reads began. */
   uint64_t end;                 /* Highest end of a recent read. */
   unsigned streak;              /* Reads near end in a row. */
   size_t ahead;                 /* Read-ahead issued below this frame. */
+  struct ad_export *exp;        /* The export it reads, once it has. */
+  struct ad_reader *next;       /* In exp->readers. */
 };
 
 extern void ad_reader_init (struct ad_reader *reader);

@@ -13,12 +13,13 @@
 
 #include "fetch.h"
 
-#define FETCH_SLOTS 4           /* Buffers of fetch_size bytes. */
+#define FETCH_SLOTS 8           /* Buffers of fetch_size bytes. */
 #define FETCH_STREAMS 4         /* Streams of reads followed. */
 #define FETCH_STREAK 2          /* Reads that extend a stream before */
                                 /* it fetches. */
 #define FETCH_BEHIND (1024 * 1024)  /* A stream continues this far */
 #define FETCH_AHEAD (256 * 1024)    /* before and after its end. */
+#define FETCH_RUN (16 * 1024 * 1024) /* The same for a reader's stream. */
 
 struct slot {
   char *buf;                    /* fetch_size bytes, or NULL. */
@@ -31,9 +32,12 @@ struct slot {
 };
 
 struct ad_fetch_stream {
+  const void *reader;           /* Whose reads (NULL: anyone's). */
+  uint64_t first;               /* Where it began. */
   uint64_t last;                /* Start of the last read that counted. */
   uint64_t next;                /* Highest end of its reads. */
   unsigned streak;              /* Reads that extended it. */
+  bool seq;                     /* Judged sequential since it began. */
   uint64_t used;                /* Tick of the last use (0: free). */
 };
 
@@ -104,42 +108,62 @@ ad_fetch_stats (struct ad_fetch *f, uint64_t *hits, uint64_t *fetches,
   pthread_mutex_unlock (&f->lock);
 }
 
-/* Record a read of [offset, offset + count) in the stream it
- * continues (or a new one, in place of the least recently used) and
- * return that stream.  A read continues a stream if it starts at most
- * FETCH_BEHIND before its end (requests in flight arrive in any order)
- * or at most FETCH_AHEAD after it.  It adds to the stream's streak
- * only if it moves the stream forward (starts after the last read that
- * did, and ends past the stream's end): reading the same bytes again,
- * as an open reads headers and indexes, is not a sequential reader.
+/* Record a read of [offset, offset + count) by reader in the stream it
+ * continues (or a new one) and return that stream.  A reader's reads
+ * are one stream, which begins again where a read lands more than
+ * FETCH_RUN from its end.  Reads of no known reader (the walks of an
+ * open, block status) continue a stream of theirs if they start at
+ * most FETCH_BEHIND before its end (requests in flight arrive in any
+ * order) or at most FETCH_AHEAD after it.  A read adds to the stream's
+ * streak only if it moves the stream forward (starts after the last
+ * read that did, and ends past the stream's end): reading the same
+ * bytes again, as an open reads headers and indexes, is not a
+ * sequential reader.
  */
 static struct ad_fetch_stream *
-note_stream_locked (struct ad_fetch *f, uint64_t offset, size_t count)
+note_stream_locked (struct ad_fetch *f, const void *reader, uint64_t offset,
+                    size_t count)
 {
   uint64_t end = offset + count;
   struct ad_fetch_stream *s, *lru = &f->streams[0];
   size_t i;
 
   for (i = 0; i < FETCH_STREAMS; i++) {
+    bool near;
+
     s = &f->streams[i];
-    if (s->used && offset + FETCH_BEHIND >= s->next &&
-        offset <= s->next + FETCH_AHEAD) {
-      if (offset > s->last && end > s->next) {
+    near = offset + FETCH_BEHIND >= s->next &&
+      offset <= s->next + FETCH_AHEAD;
+    if (s->used && s->reader == reader && reader && !near &&
+        (offset + FETCH_RUN < s->next || offset > s->next + FETCH_RUN)) {
+      lru = s;
+      break;
+    }
+    if (s->used && s->reader == reader && (reader || near)) {
+      if (near && offset > s->last && end > s->next) {
         if (s->streak < FETCH_STREAK)
           s->streak++;
         s->last = offset;
       }
+      else if (!near)
+        s->streak = 0;
       if (end > s->next)
         s->next = end;
       s->used = ++f->tick;
       return s;
     }
-    if (s->used < lru->used)
+    /* A new stream takes the place of the least recently used one,
+     * sequential ones last: a few reads elsewhere (headers, a random
+     * reader) do not make the fetcher forget a copy in progress.
+     */
+    if (s->seq < lru->seq || (s->seq == lru->seq && s->used < lru->used))
       lru = s;
   }
-  lru->last = offset;
+  lru->reader = reader;
+  lru->first = lru->last = offset;
   lru->next = end;
   lru->streak = 0;
+  lru->seq = false;
   lru->used = ++f->tick;
   return lru;
 }
@@ -216,14 +240,12 @@ copy_out_locked (struct ad_fetch *f, char *buf, size_t count,
 }
 
 /* Is the slot free to be loaded again?  It must not hold the byte at
- * keep (the start of the read it is taken for).  For a fetch ahead
- * (ahead), it
- * must also not be one that nobody has read yet, nor one that a
- * stream is reading: a fetch ahead never takes what a reader is about
- * to use.
+ * keep (the start of the read it is taken for).  If spare, it must
+ * also not be one that nobody has read yet, nor one that a stream is
+ * reading: what a reader is about to use.
  */
 static bool
-takeable_locked (struct ad_fetch *f, const struct slot *sl, bool ahead,
+takeable_locked (struct ad_fetch *f, const struct slot *sl, bool spare,
                  uint64_t keep)
 {
   size_t i;
@@ -231,37 +253,41 @@ takeable_locked (struct ad_fetch *f, const struct slot *sl, bool ahead,
   if (sl->loading || sl->users > 0 ||
       (sl->len > 0 && keep >= sl->off && keep - sl->off < sl->len))
     return false;
-  if (!ahead || sl->len == 0)
+  if (!spare || sl->len == 0)
     return true;
   if (!sl->read)
     return false;
   for (i = 0; i < FETCH_STREAMS; i++) {
     const struct ad_fetch_stream *s = &f->streams[i];
 
-    if (s->used && s->streak >= FETCH_STREAK && s->next >= sl->off &&
+    if (s->used && s->seq && s->next >= sl->off &&
         s->next - sl->off < sl->len)
       return false;
   }
   return true;
 }
 
-/* A slot to fetch into: free, or the least recently used that may be
- * taken (see takeable_locked); NULL if there is none or no buffer can
- * be had.
+/* A slot to fetch into: free, or the least recently used of those
+ * that no reader is about to use (see takeable_locked), or for a fetch
+ * that a reader waits for (not ahead), of any that may be taken; NULL
+ * if there is none or no buffer can be had.
  */
 static struct slot *
 take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
 {
   struct slot *best = NULL;
   size_t i;
+  int pass;
 
-  for (i = 0; i < f->nslots; i++) {
-    struct slot *sl = &f->slots[i];
+  for (pass = 0; pass < (ahead ? 1 : 2) && best == NULL; pass++) {
+    for (i = 0; i < f->nslots; i++) {
+      struct slot *sl = &f->slots[i];
 
-    if (!takeable_locked (f, sl, ahead, keep))
-      continue;
-    if (best == NULL || sl->used < best->used)
-      best = sl;
+      if (!takeable_locked (f, sl, pass == 0, keep))
+        continue;
+      if (best == NULL || sl->used < best->used)
+        best = sl;
+    }
   }
   if (best && best->buf == NULL) {
     best->buf = malloc (f->size);
@@ -275,13 +301,19 @@ take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
 
 /* Fetch into sl the bytes from start, up to fetch_size of them, up to
  * the end of the image and up to the next buffer (so that buffers
- * never hold the same bytes twice), but at least up to need.  Returns
- * 0, or -1 if the bytes up to need do not fit or the read failed (sl
- * is then empty).  Called and returns with the lock held.
+ * never hold the same bytes twice), but at least up to need.  A fetch
+ * for the stream own also stops where another stream began, and none
+ * starts in what another stream has read: that stream has read the
+ * bytes already (nbdcopy gives each connection its own part of the
+ * image, and the export's read-ahead stops there too), and what is
+ * left to read there is a few frames.  Returns 0, or -1 if the
+ * bytes up to need do not fit or the read failed (sl is then empty).
+ * Called and returns with the lock held.
  */
 static int
 fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
-              uint64_t start, uint64_t need)
+              uint64_t start, uint64_t need,
+              const struct ad_fetch_stream *own)
 {
   uint64_t limit = inner->size;
   struct ad_error err;
@@ -295,6 +327,16 @@ fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
 
     if (o != sl && o->len > 0 && o->off > start && o->off < limit)
       limit = o->off;
+  }
+  for (i = 0; i < FETCH_STREAMS; i++) {
+    const struct ad_fetch_stream *s = &f->streams[i];
+
+    if (s == own || !s->used || !s->seq)
+      continue;
+    if (s->first >= start && s->first < limit)
+      limit = s->first;
+    if (s->first <= start && start < s->next)
+      limit = start;
   }
   if (limit < need || limit <= start) {
     sl->len = 0;
@@ -336,8 +378,13 @@ fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
     return ad_source_pread (inner, buf, count, offset, err);
 
   pthread_mutex_lock (&f->lock);
-  s = note_stream_locked (f, offset, count);
-  fs->stream = s->streak >= FETCH_STREAK ? s : NULL;
+  s = note_stream_locked (f, fs->reader, offset, count);
+  if (fs->sequential || s->streak >= FETCH_STREAK) {
+    s->seq = true;
+    fs->stream = s;
+  }
+  else
+    fs->stream = NULL;
   for (;;) {
     covered = chain_end_locked (f, offset, end, &loading);
     if (!loading)
@@ -369,7 +416,7 @@ fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
         start = oend;
     }
   }
-  if (fetch_locked (f, inner, sl, start, end) == -1)
+  if (fetch_locked (f, inner, sl, start, end, fs->stream) == -1)
     goto exact;
   if (chain_end_locked (f, offset, end, &loading) < end || loading)
     goto exact;
@@ -389,15 +436,39 @@ struct ad_source *
 ad_fetch_wrap (struct ad_fetch_source *fs, struct ad_fetch *f,
                struct ad_source *inner)
 {
+  return ad_fetch_wrap_reader (fs, f, inner, NULL, false);
+}
+
+struct ad_source *
+ad_fetch_wrap_reader (struct ad_fetch_source *fs, struct ad_fetch *f,
+                      struct ad_source *inner, const void *reader,
+                      bool sequential)
+{
   if (f == NULL)
     return inner;
   memset (fs, 0, sizeof *fs);
   fs->f = f;
   fs->inner = inner;
+  fs->reader = reader;
+  fs->sequential = sequential;
   fs->src.pread = fetch_pread;
   fs->src.opaque = fs;
   fs->src.size = inner->size;
   return &fs->src;
+}
+
+void
+ad_fetch_forget (struct ad_fetch *f, const void *reader)
+{
+  size_t i;
+
+  if (f == NULL || reader == NULL)
+    return;
+  pthread_mutex_lock (&f->lock);
+  for (i = 0; i < FETCH_STREAMS; i++)
+    if (f->streams[i].reader == reader)
+      memset (&f->streams[i], 0, sizeof f->streams[i]);
+  pthread_mutex_unlock (&f->lock);
 }
 
 void
@@ -420,12 +491,12 @@ ad_fetch_ahead (struct ad_source *src)
    * fetch of them left ahead: fetch the next.
    */
   pos = fs->stream->next;
-  if (fs->stream->streak >= FETCH_STREAK && pos > 0 &&
+  if (fs->stream->seq && pos > 0 &&
       pos < fs->inner->size && slot_at_locked (f, pos - 1) != NULL) {
     end = chain_end_locked (f, pos - 1, pos + f->size, &loading);
     if (end - pos < f->size / 2 && end < fs->inner->size &&
         (sl = take_slot_locked (f, true, pos - 1)) != NULL &&
-        fetch_locked (f, fs->inner, sl, end, end + 1) == 0)
+        fetch_locked (f, fs->inner, sl, end, end + 1, fs->stream) == 0)
       f->ahead++;
   }
   fs->stream = NULL;

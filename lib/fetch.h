@@ -10,20 +10,27 @@
  * image of small frames would make one request per frame.
  *
  * The fetcher sits between an export and its source.  It follows up to
- * FETCH_STREAMS streams of reads: a read that starts near where an
- * earlier one of the same stream ended continues that stream, and
- * moves it forward if it starts after the last one that did and ends
- * past it (reading headers again does not).  Once a stream has moved
- * forward FETCH_STREAK times, a read that is not already in memory
- * fetches up to fetch_size bytes in one read into one of FETCH_SLOTS
- * buffers, and later reads of that range are copied from there; a
- * read may span two buffers.  A fetch starts where the buffers holding
- * the start of the read end (or at the read), and stops where the next
- * buffer starts, so no byte is held or read twice while it is held.
- * So a sequential reader makes one read per fetch_size bytes, while a
- * random reader (whose reads continue no stream) reads exactly what it
- * asked for: one frame.  Reads of at least half of fetch_size are
- * large already and go straight to the source.
+ * FETCH_STREAMS streams of reads.  The reads of one reader (a
+ * connection, ad_fetch_wrap_reader) are one stream, which the export
+ * may tell the fetcher is sequential (it follows each reader's
+ * requests).  Other reads (the walks of an open, block status) form
+ * streams by where they land: a read that starts near where an earlier
+ * one ended continues that stream.  A read moves its stream forward if
+ * it starts after the last one that did and ends past it, near its end
+ * (reading headers again does not); a stream that has moved forward
+ * FETCH_STREAK times in a row is sequential too.  For a sequential
+ * stream, a read that is not already in memory fetches up to
+ * fetch_size bytes in one read into one of FETCH_SLOTS buffers, and
+ * later reads of that range are copied from there; a read may span two
+ * buffers.  A fetch starts where the buffers holding the start of the
+ * read end (or at the read), and stops where the next buffer starts,
+ * so no byte is held or read twice while it is held, and where another
+ * sequential stream began (nbdcopy gives each connection its own part
+ * of the image: what lies past its start, that connection reads).  So
+ * a sequential reader makes one read per fetch_size bytes, while a
+ * random reader reads exactly what it asked for: one frame.  Reads of
+ * at least half of fetch_size are large already and go straight to the
+ * source.
  *
  * A sequential reader also fetches ahead (ad_fetch_ahead, called by the
  * export's read-ahead once it has started its decodes): when less than
@@ -41,6 +48,7 @@
 #ifndef AUTODECOMP_FETCH_H
 #define AUTODECOMP_FETCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,15 +73,31 @@ struct ad_fetch_source {
   struct ad_source src;
   struct ad_fetch *f;
   struct ad_source *inner;
+  const void *reader;           /* Whose reads (NULL: anyone's). */
+  bool sequential;              /* Known to be (else judged by its stream). */
   struct ad_fetch_stream *stream; /* Of the last read, if sequential. */
 };
 
 /* Wrap inner in fs and return the source to read: &fs->src, or inner
- * itself when f is NULL.
+ * itself when f is NULL.  The reads are judged sequential by their
+ * stream's streak.
  */
 extern struct ad_source *ad_fetch_wrap (struct ad_fetch_source *fs,
                                         struct ad_fetch *f,
                                         struct ad_source *inner);
+
+/* The same for the reads of one reader (a connection), which the
+ * caller may know to be sequential.  Its reads are one stream, which
+ * begins again only where a read lands far from its end.
+ */
+extern struct ad_source *ad_fetch_wrap_reader (struct ad_fetch_source *fs,
+                                               struct ad_fetch *f,
+                                               struct ad_source *inner,
+                                               const void *reader,
+                                               bool sequential);
+
+/* Forget the stream of a reader that is gone. */
+extern void ad_fetch_forget (struct ad_fetch *f, const void *reader);
 
 /* If src is a fetcher's source (ad_fetch_wrap) whose last read was
  * part of a sequential stream, and that stream has less than half a

@@ -381,9 +381,9 @@ autodecomp_close (void *handle)
 {
   struct handle *h = handle;
 
+  ad_reader_destroy (&h->reader);
   if (h->export)
     release_export (h->export);
-  ad_reader_destroy (&h->reader);
   free (h->exportname);
   free (h);
 }
