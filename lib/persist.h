@@ -38,7 +38,7 @@
 #include "format.h"
 
 #define AD_INDEX_MAGIC "ADINDEX\n"
-#define AD_INDEX_VERSION 1
+#define AD_INDEX_VERSION 2
 #define AD_FINGERPRINT_SPAN (64 * 1024)
 
 /* Largest index file loaded (about 22 million frames). */
