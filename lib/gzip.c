@@ -99,7 +99,9 @@
  * CRC32, which the pass verified against the trailer, so once a member
  * is indexed every read of it is verified, including that a snapshot
  * put back resumes exactly.  A whole-member frame is decoded from its
- * header and its own trailer is checked.
+ * header and its own trailer is checked.  A snapshot never leaves the
+ * process: the persisted index keeps a restorable point for each span
+ * instead (see "Restorable points" below).
  *
  * Frames.  A whole member (BGZF, or any member without checkpoints)
  * has aux = AUX_WHOLE and [coff, coff + csize) from its header to the
@@ -2046,7 +2048,7 @@ gz_close (struct ad_index *idx)
  * (as zlib's examples/zran.c): a deflate block boundary (the byte
  * holding it and the 0-7 bits of that byte that belong to the block
  * before), the up to 32 KiB of output before the boundary (the window,
- * kept compressed with zstd), and skip, the output from the boundary
+ * kept compressed with zstd, with zstd's checksum), and skip, the output from the boundary
  * to the span's start.  dec_point starts a span there: the window as
  * the dictionary, the byte's remaining bits in the bit buffer, skip
  * bytes decoded and dropped.  Block headers, Huffman codes and data
@@ -2168,7 +2170,7 @@ static int
 scan_point (struct pt_scan *S, struct gz_ckpt *ck, uint64_t target,
             struct ad_error *err)
 {
-  size_t bound = ZSTD_compressBound (WINDOW_SIZE), n;
+  size_t bound = ZSTD_compressBound (WINDOW_SIZE) + 4, n;
 
   memset (ck, 0, sizeof *ck);
   ck->is_point = true;
@@ -2178,13 +2180,19 @@ scan_point (struct pt_scan *S, struct gz_ckpt *ck, uint64_t target,
   ck->win_raw = S->win_len;
   if (S->win_len == 0)
     return 0;
-  if (S->cctx == NULL && (S->cctx = ZSTD_createCCtx ()) == NULL)
-    return ad_error_set (err, ENOMEM, "ZSTD_createCCtx failed");
+  if (S->cctx == NULL) {
+    S->cctx = ZSTD_createCCtx ();
+    if (S->cctx == NULL)
+      return ad_error_set (err, ENOMEM, "ZSTD_createCCtx failed");
+    /* The window's own checksum: a damaged one fails to decompress. */
+    ZSTD_CCtx_setParameter (S->cctx, ZSTD_c_compressionLevel,
+                            WIN_ZSTD_LEVEL);
+    ZSTD_CCtx_setParameter (S->cctx, ZSTD_c_checksumFlag, 1);
+  }
   ck->win = malloc (bound);
   if (ck->win == NULL)
     return ad_error_set (err, ENOMEM, "malloc: %m");
-  n = ZSTD_compressCCtx (S->cctx, ck->win, bound, S->win, S->win_len,
-                         WIN_ZSTD_LEVEL);
+  n = ZSTD_compress2 (S->cctx, ck->win, bound, S->win, S->win_len);
   if (ZSTD_isError (n))
     return ad_error_set (err, EIO, "compressing a window: %s",
                          ZSTD_getErrorName (n));
@@ -2311,7 +2319,8 @@ save_ckpt (struct ad_buf *out, const struct gz_ckpt *ck,
   ad_buf_put_le64 (out, pt->skip);
   ad_buf_put_le32 (out, pt->win_raw);
   ad_buf_put_le32 (out, pt->win_len);
-  ad_buf_put (out, pt->win, pt->win_len);
+  if (pt->win_len > 0)
+    ad_buf_put (out, pt->win, pt->win_len);
 }
 
 /* The persisted index keeps the frame table, the kind of index, and
@@ -2377,7 +2386,7 @@ load_ckpt (struct ad_cursor *in, struct gz_ckpt *ck)
       !ad_cursor_get_le32 (in, &ck->win_raw) ||
       !ad_cursor_get_le32 (in, &ck->win_len) ||
       ck->bits > 7 || ck->win_raw > WINDOW_SIZE ||
-      ck->win_len > ZSTD_compressBound (WINDOW_SIZE) ||
+      ck->win_len > ZSTD_compressBound (WINDOW_SIZE) + 4 ||
       (ck->win_len == 0) != (ck->win_raw == 0) ||
       in->left < ck->win_len)
     return false;
