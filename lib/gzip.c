@@ -187,7 +187,7 @@
 #define TOTAL_OUT_HIGH (1U << 31)       /* See isal_call. */
 #define TOTAL_OUT_LOW (1U << 30)
 #define WINDOW_SIZE 32768               /* Deflate's history. */
-#define POINT_OUT (256 * 1024)          /* See point_scan_member. */
+#define POINT_OUT (256 * 1024)          /* See scan_to. */
 #define POINT_SCRATCH (64 * 1024)       /* At least WINDOW_SIZE. */
 #define WIN_ZSTD_LEVEL 3
 
@@ -2298,24 +2298,30 @@ scan_all (struct ad_index *idx, struct gz_priv *priv, struct ad_source *src,
 enum { CK_UNUSED = 0, CK_HEADER = 1, CK_POINT = 2 };
 
 static void
+put_u8 (struct ad_buf *out, uint8_t v)
+{
+  ad_buf_put (out, &v, 1);
+}
+
+static void
 save_ckpt (struct ad_buf *out, const struct gz_ckpt *ck,
            const struct gz_ckpt *pt)
 {
   if (ck->at_header) {
-    ad_buf_put (out, (unsigned char []) { CK_HEADER }, 1);
+    put_u8 (out, CK_HEADER);
     ad_buf_put_le32 (out, ck->span_crc);
     return;
   }
   if (ck->is_point)
     pt = ck;
   if (pt == NULL || !pt->is_point) {
-    ad_buf_put (out, (unsigned char []) { CK_UNUSED }, 1);
+    put_u8 (out, CK_UNUSED);
     return;
   }
-  ad_buf_put (out, (unsigned char []) { CK_POINT }, 1);
+  put_u8 (out, CK_POINT);
   ad_buf_put_le32 (out, ck->span_crc);
   ad_buf_put_le64 (out, pt->coff);
-  ad_buf_put (out, &pt->bits, 1);
+  put_u8 (out, pt->bits);
   ad_buf_put_le64 (out, pt->skip);
   ad_buf_put_le32 (out, pt->win_raw);
   ad_buf_put_le32 (out, pt->win_len);
@@ -2465,8 +2471,6 @@ load_frames_ckpts (struct ad_index *idx, struct gz_priv *priv)
     used[f->aux] = true;
     ck = &priv->ckpts[f->aux];
     if (ck->at_header) {
-      if (f->csize < MEMBER_MIN)
-        goto out;
       ck->coff = f->coff;
       m = f;
       prev = f->coff + 10;
@@ -2498,13 +2502,19 @@ gz_load (struct ad_index *idx, struct ad_cursor *in)
   pthread_mutex_init (&priv->lock, NULL);
   priv->kind = kind;
   idx->priv = priv;
-  priv->ckpts = calloc (n ? n : 1, sizeof *priv->ckpts);
-  if (priv->ckpts == NULL)
-    return -1;
-  priv->ckpts_alloc = n ? n : 1;
+  /* The table grows as checkpoints are read, so a count that the bytes
+   * do not back costs nothing.
+   */
   for (i = 0; i < n; i++) {
-    ok = load_ckpt (in, &priv->ckpts[i]);
-    priv->nckpts = i + 1;
+    struct gz_ckpt ck;
+    struct ad_error e;
+    size_t at;
+
+    ok = load_ckpt (in, &ck);
+    if (ckpt_add (priv, &ck, &at, &e) == -1) {
+      free (ck.win);
+      return -1;
+    }
     if (!ok)
       return -1;
   }

@@ -284,7 +284,10 @@ elif how == "skip":
     s = struct.unpack("<Q", d[p+9:p+17])[0]
     d[p+9:p+17] = struct.pack("<Q", s + 1)
 elif how == "bits":
-    d[p + 8] = (d[p + 8] + 3) % 8
+    # A point inside deflate-coded data (a boundary after a stored
+    # block is followed by zero bits only, which any count skips).
+    p = [q for q in points if d[q + 8] != 0][0]
+    d[p + 8] ^= 4
 elif how == "bits9":
     d[p + 8] = 9
 elif how == "offset":
