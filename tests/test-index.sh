@@ -254,6 +254,13 @@ note "g.img.gz: after a restart the last MiB costs $bytes bytes below (of $gz_si
 serve g-2 "$tmp/g.img.gz" "$tmp/g.adindex" "$tmp/g.img"
 logged g-2 "persisted index: loaded from"
 [ "$below" -le 4 ] || fail "g: a restart read $below times below at connect"
+note "g.img.gz: a restart with the index connects in $below reads below"
+
+# The tool runs the lazy pass to the end and writes the same index.
+"$AUTODECOMP_TOOL" index -o "$tmp/g-tool.adindex" "$tmp/g.img.gz" ||
+    fail "g: autodecomp index failed"
+cmp "$tmp/g-tool.adindex" "$tmp/g.adindex" ||
+    fail "g: autodecomp index wrote another index than the filter"
 
 # Damaged points, the file's checksum made good again: refused at load,
 # or an error for the span, never a wrong byte.
