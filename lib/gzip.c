@@ -2059,9 +2059,14 @@ gz_close (struct ad_index *idx)
  * ISA-L cannot stop at a block boundary, so gz_save finds the points
  * with a second pass over each member that has spans, by zlib's inflate
  * with Z_BLOCK (which returns at every block boundary), only when an
- * index is written; the indexing pass itself is unchanged.  That costs
- * one zlib decode of those members (about 3.5 times the CPU of the
- * ISA-L pass), once per image.
+ * index is written: after the shape 3 pass at open, and when the
+ * shape 2 pass reaches the end of the member.  The indexing pass
+ * itself is unchanged, and a pass that writes no index costs nothing
+ * more.  Writing one costs one more read of those members and a zlib
+ * decode of them: on a 256 MiB one-member image (gzip -6, 79 MiB),
+ * 0.80 s of CPU against 0.45 s for the ISA-L pass, once per image.
+ * (Running zlib beside the pass instead would save the read but hold
+ * the lazy pass, and so the first reads, to zlib's speed.)
  */
 
 /* A member's scan: zlib reads the file in CHUNK reads into in. */
