@@ -12,10 +12,10 @@
  * first byte picks the image (its low bits), the rest is taken as an
  * index file for it; with bit 7 of that byte set, the file's checksum
  * is made right first, so that mutations reach the field checks and
- * the formats' load functions instead of stopping at the checksum.  Whatever the
- * file says, loading it must not crash, and if it is accepted, every
- * byte of the image read through it must be the image's own or an
- * error: never a wrong byte.
+ * the formats' load functions instead of stopping at the checksum.
+ * Whatever the file says, loading it must not crash, and if it is
+ * accepted, every byte of the image read through it must be the
+ * image's own or an error: never a wrong byte.
  *
  * With AD_FUZZ_WRITE_SEEDS=DIR in the environment the target writes
  * the valid index file of each image to DIR (the seeds in

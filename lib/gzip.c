@@ -2048,8 +2048,8 @@ gz_close (struct ad_index *idx)
  * (as zlib's examples/zran.c): a deflate block boundary (the byte
  * holding it and the 0-7 bits of that byte that belong to the block
  * before), the up to 32 KiB of output before the boundary (the window,
- * kept compressed with zstd, with zstd's checksum), and skip, the output from the boundary
- * to the span's start.  dec_point starts a span there: the window as
+ * kept compressed with zstd, with zstd's checksum), and skip, the
+ * output from the boundary to the span's start.  dec_point starts a span there: the window as
  * the dictionary, the byte's remaining bits in the bit buffer, skip
  * bytes decoded and dropped.  Block headers, Huffman codes and data
  * are then all parsed from the file, and the span's CRC32 is checked

@@ -5,9 +5,10 @@
  *
  * What a connect-time pass learns about an image (the frame table, and
  * the format's own state beside it: bzip2 block bit offsets, zstd
- * frame checksums, gzip restorable points) can be kept in a file, so that a later open of the
- * same image loads it instead of reading the whole image again.  The
- * file format is documented in docs/index-format.md.
+ * frame checksums, gzip restorable points) can be kept in a file, so
+ * that a later open of the same image loads it instead of reading the
+ * whole image again.  The file format is documented in
+ * docs/index-format.md.
  *
  * The file is tied to the image by the image's compressed size and a
  * fingerprint (XXH64 of its first and last AD_FINGERPRINT_SPAN bytes),
