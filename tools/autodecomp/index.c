@@ -8,7 +8,8 @@
  * lib/persist.h): INDEX is a file, or a directory of one file per
  * image; by default IMAGE.adindex beside a local image.  An index
  * already there and valid is loaded, not rebuilt; a damaged or stale
- * one is replaced.
+ * one is replaced.  An index that reads would build as they go (one
+ * large gzip member) is built to the end first.
  */
 
 #include <config.h>
@@ -21,6 +22,28 @@
 #include "autodecomp.h"
 
 #define INDEX_USAGE "usage: " PROGRAM " index [-o INDEX] IMAGE\n"
+
+/* An index built as reads need it (one large gzip member) is complete,
+ * and written, only when its pass reaches the end: run it there.
+ */
+static int
+finish_lazy (struct image *im, struct ad_index *idx)
+{
+  struct ad_frame f;
+  struct ad_error err;
+  size_t frame_no;
+  double t = now ();
+
+  if (ad_index_complete (idx) || idx->size == 0)
+    return 0;
+  if (ad_index_find (idx, &im->src, idx->size - 1, &f, &frame_no, NULL,
+                     NULL, &err) == -1) {
+    fprintf (stderr, PROGRAM ": %s: %s\n", im->path, err.msg);
+    return -1;
+  }
+  im->open_seconds += now () - t;
+  return 0;
+}
 
 int
 do_index (int argc, char *argv[])
@@ -63,6 +86,10 @@ do_index (int argc, char *argv[])
   if (image_open_indexed (&im, path, out) == -1)
     goto done;
   idx = im.exp->idx;
+  if (idx && !idx->index_loaded && finish_lazy (&im, idx) == -1) {
+    image_close (&im);
+    goto done;
+  }
   if (idx == NULL)
     fprintf (stderr, PROGRAM ": %s: not compressed: there is nothing to "
              "index\n", path);
