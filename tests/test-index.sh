@@ -81,6 +81,27 @@ done
     fail "autodecomp info does not load the index autodecomp index wrote"
 serve tool "$tmp/a.img.bz2" "$tmp/tool.adindex" "$tmp/a.img"
 logged tool "loaded from"
+# Progress: none when stderr is not a terminal (the default here);
+# with --progress a line on stderr that ends at 100% for a bzip2 image,
+# whose sizing pass reads all of it; stdout the same either way.
+for p in "" --no-progress --progress; do
+    rm -f "$tmp/progress.adindex"
+    "$AUTODECOMP_TOOL" index $p -o "$tmp/progress.adindex" "$tmp/a.img.bz2" \
+        > "$tmp/progress$p.out" 2> "$tmp/progress$p.err" ||
+        fail "autodecomp index $p failed"
+    sed -i 's/ ([0-9.]* s)$//' "$tmp/progress$p.out"
+done
+[ -s "$tmp/progress.err" ] && fail "index printed progress, not on a terminal"
+[ -s "$tmp/progress--no-progress.err" ] && fail "index --no-progress printed"
+cmp "$tmp/progress.out" "$tmp/progress--progress.out" ||
+    fail "index --progress changed stdout"
+grep -q "written to" "$tmp/progress--progress.out" ||
+    fail "index --progress did not write the index"
+tail -n 1 "$tmp/progress--progress.err" |
+    grep -Eq "^$tmp/a.img.bz2: .* of .* read, .*/s, 100%\$" ||
+    fail "index --progress: no last line at 100%: $(cat "$tmp/progress--progress.err")"
+note "index --progress: $(tail -n 1 "$tmp/progress--progress.err")"
+
 if "$AUTODECOMP_TOOL" index -o "$tmp/xz.adindex" "$CORPUS/disk.img.xz" \
         2>/dev/null; then
     fail "autodecomp index claims to keep an xz index"
