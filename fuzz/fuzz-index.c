@@ -4,14 +4,18 @@
  * autodecomp: libFuzzer target for the persisted index loader
  * (lib/persist.c and the formats' load functions).
  *
- * Three small images are made in memory at start, one per format that
+ * Four small images are made in memory at start, one per format that
  * keeps a persisted index: zstd frames (one of them without a content
  * checksum, so its compressed bytes are hashed), two bzip2 streams of
- * several blocks, and BGZF members.  The input's first byte picks the
- * image, the rest is taken as an index file for it.  Whatever the
- * file says, loading it must not crash, and if it is accepted, every
- * byte of the image read through it must be the image's own or an
- * error: never a wrong byte.
+ * several blocks, BGZF members, and one plain gzip member cut into
+ * spans (its checkpoints kept as restorable points).  The input's
+ * first byte picks the image (its low bits), the rest is taken as an
+ * index file for it; with bit 7 of that byte set, the file's checksum
+ * is made right first, so that mutations reach the field checks and
+ * the formats' load functions instead of stopping at the checksum.
+ * Whatever the file says, loading it must not crash, and if it is
+ * accepted, every byte of the image read through it must be the
+ * image's own or an error: never a wrong byte.
  *
  * With AD_FUZZ_WRITE_SEEDS=DIR in the environment the target writes
  * the valid index file of each image to DIR (the seeds in
@@ -26,13 +30,14 @@
 #include <stdint.h>
 
 #include <zstd.h>
+#include <xxhash.h>
 #include <bzlib.h>
 #include <libdeflate.h>
 
 #include "format.h"
 #include "persist.h"
 
-#define NIMAGES 3
+#define NIMAGES 4
 
 struct image {
   enum ad_format format;
@@ -160,11 +165,35 @@ make_bgzf (struct image *im)
   libdeflate_free_compressor (c);
 }
 
+/* One gzip member of 300000 bytes: with 64 KiB spans (see
+ * init_options), five spans, four of them at restorable points.
+ */
+static void
+make_gzip (struct image *im)
+{
+  struct libdeflate_compressor *c = libdeflate_alloc_compressor (6);
+  size_t bound;
+
+  im->format = AD_FORMAT_GZIP;
+  im->dlen = 300000;
+  im->data = make_data (im->dlen, 4);
+  bound = libdeflate_gzip_compress_bound (c, im->dlen);
+  im->comp = malloc (bound);
+  if (c == NULL || im->comp == NULL)
+    abort ();
+  im->clen = libdeflate_gzip_compress (c, im->data, im->dlen, im->comp,
+                                       bound);
+  if (im->clen == 0)
+    abort ();
+  libdeflate_free_compressor (c);
+}
+
 static void
 init_options (struct ad_options *opts)
 {
   ad_options_init (opts);
   opts->max_frame = 4 * 1024 * 1024;
+  opts->gzip_span = 65536;
   opts->threads = 1;
 }
 
@@ -177,6 +206,7 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   make_zstd (&images[0]);
   make_bzip2 (&images[1]);
   make_bgzf (&images[2]);
+  make_gzip (&images[3]);
   for (i = 0; i < NIMAGES; i++) {
     struct image *im = &images[i];
     struct ad_source src;
@@ -201,7 +231,7 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
       f = fopen (name, "wb");
       if (f == NULL)
         abort ();
-      fputc (i, f);
+      fputc (i | 0x80, f);     /* Mutations keep a good checksum. */
       fwrite (im->index.data, 1, im->index.len, f);
       fclose (f);
     }
@@ -249,18 +279,30 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   struct ad_error err;
   struct ad_index *idx;
 
+  unsigned char *file;
+
   if (size < 1)
     return 0;
-  im = &images[data[0] % NIMAGES];
+  im = &images[(data[0] & 0x7f) % NIMAGES];
+  file = malloc (size);
+  if (file == NULL)
+    abort ();
+  memcpy (file, data + 1, size - 1);
+  if ((data[0] & 0x80) && size - 1 >= 16) {
+    uint64_t h = XXH64 (file, size - 1 - 8, 0);
+    ad_put_le32 (file + size - 1 - 8, h);
+    ad_put_le32 (file + size - 1 - 4, h >> 32);
+  }
   init_options (&opts);
   ad_source_init_mem (&src, im->comp, im->clen);
   idx = ad_index_new (im->format, &opts, &err);
   if (idx == NULL)
     abort ();
-  if (ad_index_load_bytes (idx, &src, "input", data + 1, size - 1,
+  if (ad_index_load_bytes (idx, &src, "input", file, size - 1,
                            &err) == 1) {
     read_all (im, idx, &src);
   }
   ad_index_free (idx);
+  free (file);
   return 0;
 }

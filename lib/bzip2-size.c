@@ -261,13 +261,14 @@ ad_bz2_sizer_free (struct ad_bz2_sizer *s)
 
 static bool block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
                           uint64_t nbits, int level, unsigned char *dst,
-                          size_t dst_len, uint64_t *usize, bool *zero);
+                          size_t dst_len, bool *fit, uint64_t *usize,
+                          bool *zero);
 
 bool
 ad_bz2_block_size (struct ad_bz2_sizer *s, const unsigned char *p,
                    uint64_t nbits, int level, uint64_t *usize, bool *zero)
 {
-  return block_decode (s, p, nbits, level, NULL, 0, usize, zero);
+  return block_decode (s, p, nbits, level, NULL, 0, NULL, usize, zero);
 }
 
 bool
@@ -275,14 +276,26 @@ ad_bz2_block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
                      uint64_t nbits, int level, unsigned char *out,
                      size_t out_len, uint64_t *usize, bool *zero)
 {
-  return block_decode (s, p, nbits, level, out, out_len, usize, zero);
+  return block_decode (s, p, nbits, level, out, out_len, NULL, usize, zero);
 }
 
-/* dst NULL: count only. */
+bool
+ad_bz2_block_decode_some (struct ad_bz2_sizer *s, const unsigned char *p,
+                          uint64_t nbits, int level, unsigned char *out,
+                          size_t out_len, bool *fit, uint64_t *usize,
+                          bool *zero)
+{
+  *fit = true;
+  return block_decode (s, p, nbits, level, out, out_len, fit, usize, zero);
+}
+
+/* dst NULL: count only.  fit NULL: fail if the bytes do not fit in
+ * dst; else stop writing when they do not, clear *fit and count on.
+ */
 static bool
 block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
               uint64_t nbits, int level, unsigned char *dst, size_t dst_len,
-              uint64_t *usize, bool *zero)
+              bool *fit, uint64_t *usize, bool *zero)
 {
   struct bits b = { .p = p, .nbytes = (nbits + 7) / 8, .limit = nbits };
   uint32_t stored_crc, orig_ptr, nblock_max, nblock = 0;
@@ -504,9 +517,13 @@ block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
         }
       }
       k0 = k1;
-      if (dst) {
-        if (run > dst_len - total)
+      if (dst && run > dst_len - total) {
+        if (fit == NULL)
           goto out;
+        *fit = false;
+        dst = NULL;
+      }
+      if (dst) {
         if (run == 1)
           dst[total] = ch;
         else

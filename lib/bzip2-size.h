@@ -46,6 +46,19 @@ extern bool ad_bz2_block_decode (struct ad_bz2_sizer *s,
                                  size_t out_len, uint64_t *usize,
                                  bool *zero);
 
+/* The same, writing the decoded bytes to out as long as they fit: if
+ * they do not, *fit is cleared and the rest is only counted (out then
+ * holds the first out_len bytes, of no use).  The answer and *usize
+ * are those of ad_bz2_block_size; the bytes in out are the block's
+ * when the answer is true and *fit is set.
+ */
+extern bool ad_bz2_block_decode_some (struct ad_bz2_sizer *s,
+                                      const unsigned char *p,
+                                      uint64_t nbits, int level,
+                                      unsigned char *out, size_t out_len,
+                                      bool *fit, uint64_t *usize,
+                                      bool *zero);
+
 /* The bzip2 CRC (not reflected) crc after n more bytes ch.  The
  * decoder uses it for every run; exported for the unit test.
  */

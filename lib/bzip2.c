@@ -42,8 +42,9 @@
  *    level, the block, an eos magic and a combinedCRC equal to the
  *    block's CRC, padding.  Worker threads size these with
  *    their own block decoder (bzip2-size.c), which counts the bytes a
- *    block decodes to and checks its CRC without writing them, about
- *    1.5 times as fast as libbz2; a block it does not accept (it never
+ *    block decodes to and checks its CRC (writing them only to keep
+ *    them, see "Keeping the pass's output"), about 1.5 times as fast
+ *    as libbz2; a block it does not accept (it never
  *    guesses) is decoded with BZ2_bzDecompress into a small scratch
  *    buffer instead, counting the bytes, and libbz2 verifies the block
  *    CRC (and the combined CRC, the same number).  At most two candidates per worker wait in the queue, so
@@ -85,10 +86,12 @@
  * 4 + 255 = 259, so a block decodes to at most level * 100000 / 5 * 259
  * = level * 5180000 bytes (46620000 for level 9; real compressors stay
  * under level * 100000 * 51 = 45900000, which is what 900 kB of zeros
- * give).  The sizing pass never allocates output: it counts into a
- * 256 KiB scratch buffer, and the decoder writes into the caller's
- * buffer.  (A frame larger than max_frame is indexed anyway; it is
- * ad_index_decode_frame that refuses to decode it into memory.)  A
+ * give).  The sizing pass never allocates output by the block's size:
+ * libbz2 counts into a 256 KiB scratch buffer, and a worker keeps
+ * bytes in a buffer of at most KEEP_BLOCK_MAX; the decoder writes into
+ * the caller's buffer.  (A frame larger than max_frame is indexed
+ * anyway; it is ad_index_decode_frame that refuses to decode it into
+ * memory.)  A
  * block's compressed size is bounded too: at most nblockMAX + 1 Huffman
  * symbols of at most 20 bits, plus headers, 32767 selectors of at most
  * 6 bits and 6 code length tables of 258 lengths of at most 39 bits
@@ -118,6 +121,7 @@
 #include <string.h>
 #include <inttypes.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -161,6 +165,13 @@
  */
 #define MAX_WINDOW_SPAN (MAX_BLOCK_CSIZE (9) + 64)
 
+/* The pass keeps a block's bytes (see "Keeping the pass's output"
+ * below) only if they fit in its worker's buffer, which starts at
+ * KEEP_BUF_START and grows up to KEEP_BLOCK_MAX.
+ */
+#define KEEP_BUF_START (1024 * 1024)
+#define KEEP_BLOCK_MAX (8 * 1024 * 1024)
+
 /* Our own code next to libbz2's (which are -1 .. -9). */
 #define BZ_OUR_TRUNCATED (-100)
 
@@ -173,6 +184,8 @@ enum { SPEC_NONE = 0, SPEC_PENDING, SPEC_OK, SPEC_FAIL };
  */
 struct bz_hit {
   uint64_t bit;                 /* Bit offset of the magic's first bit. */
+  uint64_t keep_off;            /* Result: where the keep file holds its
+                                   bytes, if kept. */
   uint32_t crc;                 /* The 32 bits after the magic. */
   uint32_t usize;               /* Result: decoded size. */
   uint8_t type;                 /* HIT_BLOCK or HIT_EOS. */
@@ -182,6 +195,7 @@ struct bz_hit {
   uint8_t status;               /* SPEC_*. */
   uint8_t need_more;            /* Failed after reading past the cut. */
   uint8_t zero;                 /* Decoded to zeros only. */
+  uint8_t kept;                 /* Its bytes are in the keep file. */
   int8_t bzret;                 /* libbz2's (or our) error code. */
 };
 
@@ -206,7 +220,10 @@ struct bz_block {
   uint32_t usize;
   uint32_t stream;
   uint8_t level;
-  uint8_t zero;
+  uint8_t zero;                 /* Decoded to zeros at open (never set
+                                   by a persisted index). */
+  uint8_t kept;                 /* Its bytes are in the keep file, */
+  uint64_t keep_off;            /* from this offset. */
 };
 
 /* Block decoders kept for serving reads (process-wide). */
@@ -225,6 +242,7 @@ struct bz_arena {
 struct bz_priv {
   struct bz_block *blocks;
   size_t n;
+  int keep_fd;                  /* The keep file, or -1. */
   /* libbz2's memory for the decoders (see "libbz2's memory" below);
    * every decoder is freed before the index is closed.
    */
@@ -540,7 +558,28 @@ decode_rewrapped (const unsigned char *in, size_t inlen, uint64_t nbits,
 }
 
 /*----------------------------------------------------------------------
- * The worker pool of the sizing pass.
+ * Keeping the pass's output.
+ *
+ * Sizing a block means decoding it, and decoding (the Huffman codes,
+ * the inverse BWT) is nearly all of what serving the block costs; a
+ * copy of its bytes is cheap.  So a client that reads the image right
+ * after connect (a full copy) would pay for every block twice.  When
+ * opts.keep_size is not 0, the workers write the bytes of the blocks
+ * they size into the keep file, a temporary file in $TMPDIR (default
+ * /var/tmp) unlinked at once, and the decoder of a kept block reads it
+ * back instead of decoding.  The file grows to at most opts.keep_size
+ * bytes: blocks are packed one after the other, in the order the
+ * workers finish them, and once one does not fit no more are kept, so
+ * what is kept is (nearly) the first blocks of the image, where a copy
+ * starts.  Blocks of zeros are not written (their decoder produces
+ * zeros), nor blocks larger than KEEP_BLOCK_MAX (their worker does not
+ * buffer them); a block whose span was merged after a false magic, or
+ * that the sizing decoder left to libbz2, is not kept either.  All of
+ * these are decoded on demand as before.  The file lives as long as
+ * the index.
+ *
+ * The bytes written are those whose CRC the sizing decoder checked
+ * (bzip2-size.c), so a kept block is as verified as a decoded one.
  */
 
 struct job {
@@ -550,6 +589,134 @@ struct job {
   uint64_t nbits;
   int level;
 };
+
+struct bz_keep {
+  int fd;
+  uint64_t max;                 /* opts.keep_size. */
+  uint64_t used;                /* Bytes reserved (atomic). */
+  bool full;                    /* A block did not fit (atomic). */
+};
+
+/* A worker's buffer for the bytes of the block it sizes. */
+struct keep_buf {
+  unsigned char *data;
+  size_t cap;
+};
+
+/* Create the keep file; on failure keep nothing (the pass only runs
+ * slower for it).
+ */
+static void
+keep_open (struct bz_keep *k, uint64_t max)
+{
+  const char *tmpdir = getenv ("TMPDIR");
+  char *template = NULL;
+
+  k->fd = -1;
+  k->max = max;
+  k->used = 0;
+  k->full = false;
+  if (max == 0)
+    return;
+  if (tmpdir == NULL || *tmpdir == '\0')
+    tmpdir = "/var/tmp";
+  if (asprintf (&template, "%s/autodecomp-keepXXXXXX", tmpdir) == -1)
+    return;
+  k->fd = mkostemp (template, O_CLOEXEC);
+  if (k->fd >= 0)
+    unlink (template);
+  free (template);
+}
+
+static bool
+keep_is_full (struct bz_keep *k)
+{
+  return k == NULL || k->fd < 0 || __atomic_load_n (&k->full,
+                                                    __ATOMIC_RELAXED);
+}
+
+/* Write n bytes of a block to the keep file: true with *off where they
+ * are, false if they do not fit (then no later block is kept) or could
+ * not be written.
+ */
+static bool
+keep_write (struct bz_keep *k, const unsigned char *data, size_t n,
+            uint64_t *off)
+{
+  uint64_t used = __atomic_load_n (&k->used, __ATOMIC_RELAXED);
+  size_t done = 0;
+
+  do {
+    if (n > k->max - used) {
+      __atomic_store_n (&k->full, true, __ATOMIC_RELAXED);
+      return false;
+    }
+  } while (!__atomic_compare_exchange_n (&k->used, &used, used + n, false,
+                                         __ATOMIC_RELAXED,
+                                         __ATOMIC_RELAXED));
+  while (done < n) {
+    ssize_t r = pwrite (k->fd, data + done, n - done, used + done);
+
+    if (r <= 0) {
+      if (r == -1 && errno == EINTR)
+        continue;
+      /* Out of space, most likely: stop keeping. */
+      __atomic_store_n (&k->full, true, __ATOMIC_RELAXED);
+      return false;
+    }
+    done += r;
+  }
+  *off = used;
+  return true;
+}
+
+/* Size the candidate block of job with our own decoder (see
+ * bzip2-size.c), writing its bytes to the keep file if there is room.
+ * False if our decoder does not accept it.
+ */
+static bool
+size_block (struct job *job, struct ad_bz2_sizer *sizer,
+            struct bz_keep *keep, struct keep_buf *kb, uint64_t *usize,
+            bool *zero)
+{
+  bool fit;
+
+  job->hit->kept = 0;
+  if (keep_is_full (keep))
+    return ad_bz2_block_size (sizer, job->buf + 4, job->nbits, job->level,
+                              usize, zero);
+  if (kb->data == NULL) {
+    kb->data = malloc (KEEP_BUF_START);
+    if (kb->data == NULL)
+      return ad_bz2_block_size (sizer, job->buf + 4, job->nbits,
+                                job->level, usize, zero);
+    kb->cap = KEEP_BUF_START;
+  }
+  if (!ad_bz2_block_decode_some (sizer, job->buf + 4, job->nbits,
+                                 job->level, kb->data, kb->cap, &fit, usize,
+                                 zero))
+    return false;
+  if (*zero)
+    return true;
+  if (fit) {
+    if (keep_write (keep, kb->data, *usize, &job->hit->keep_off))
+      job->hit->kept = 1;
+  }
+  else if (*usize <= KEEP_BLOCK_MAX) {
+    /* Room for blocks this large from now on. */
+    unsigned char *p = realloc (kb->data, *usize);
+
+    if (p) {
+      kb->data = p;
+      kb->cap = *usize;
+    }
+  }
+  return true;
+}
+
+/*----------------------------------------------------------------------
+ * The worker pool of the sizing pass.
+ */
 
 struct pool {
   pthread_mutex_t lock;
@@ -561,6 +728,7 @@ struct pool {
   int failed;                   /* A candidate failed for good. */
   pthread_t *threads;
   unsigned nthreads;
+  struct bz_keep *keep;         /* Where workers keep blocks, or NULL. */
   /* When no thread could be started, jobs run on the calling thread. */
   unsigned char *inline_scratch;
   struct bz_arena inline_arena;
@@ -575,7 +743,8 @@ struct pool {
  */
 static int
 run_job (struct job *job, unsigned char *scratch, struct bz_arena *arena,
-         struct ad_bz2_sizer *sizer, int abort)
+         struct ad_bz2_sizer *sizer, struct bz_keep *keep,
+         struct keep_buf *kb, int abort)
 {
   struct decode_result r;
   int failed = 0;
@@ -589,9 +758,7 @@ run_job (struct job *job, unsigned char *scratch, struct bz_arena *arena,
     job->hit->status = SPEC_FAIL;
     failed = 1;
   }
-  else if (sizer &&
-           ad_bz2_block_size (sizer, job->buf + 4, job->nbits, job->level,
-                              &usize, &zero)) {
+  else if (sizer && size_block (job, sizer, keep, kb, &usize, &zero)) {
     /* Sized without libbz2 (see bzip2-size.c), CRC checked. */
     job->hit->status = SPEC_OK;
     job->hit->need_more = 0;
@@ -621,6 +788,7 @@ worker (void *arg)
   unsigned char *scratch = malloc (SCRATCH_SIZE);
   struct bz_arena arena = { .lock = NULL };
   struct ad_bz2_sizer sizer;
+  struct keep_buf kb = { NULL, 0 };
 
   ad_bz2_sizer_init (&sizer);
 
@@ -641,7 +809,7 @@ worker (void *arg)
     abort = pool->abort || pool->failed;
     pthread_cond_signal (&pool->nonfull);
     pthread_mutex_unlock (&pool->lock);
-    if (run_job (job, scratch, &arena, &sizer, abort)) {
+    if (run_job (job, scratch, &arena, &sizer, pool->keep, &kb, abort)) {
       pthread_mutex_lock (&pool->lock);
       pool->failed = 1;
       pthread_mutex_unlock (&pool->lock);
@@ -649,6 +817,7 @@ worker (void *arg)
   }
   arena_release (&arena);
   ad_bz2_sizer_free (&sizer);
+  free (kb.data);
   free (scratch);
   return NULL;
 }
@@ -707,7 +876,7 @@ pool_push (struct pool *pool, struct job *job)
 {
   if (pool->nthreads == 0) {
     if (run_job (job, pool->inline_scratch, &pool->inline_arena, NULL,
-                 pool->failed))
+                 NULL, NULL, pool->failed))
       pool->failed = 1;
     return;
   }
@@ -738,7 +907,7 @@ pool_finish (struct pool *pool, int abort)
     pthread_join (pool->threads[i], NULL);
   /* Only possible with no threads, when nothing is ever queued. */
   while (pool->qlen > 0) {
-    run_job (pool->queue[pool->qhead], NULL, NULL, NULL, 1);
+    run_job (pool->queue[pool->qhead], NULL, NULL, NULL, NULL, NULL, 1);
     pool->qhead = (pool->qhead + 1) % pool->qcap;
     pool->qlen--;
   }
@@ -831,6 +1000,8 @@ struct bz_open {
 
   unsigned char *scratch;       /* For synchronous decodes. */
   struct bz_arena arena;        /* Likewise. */
+
+  struct bz_keep keep;          /* The keep file. */
 };
 
 /* Record the magics that end in the byte at file offset pos, given reg,
@@ -1180,6 +1351,7 @@ parse_streams (struct bz_open *st, struct bz_block **blocks_out,
       struct decode_result r, first;
       size_t j;
       int merges = 0;
+      bool kept;
 
       if (h->type == HIT_EOS) {
         if (!h->crc_ok) {
@@ -1217,8 +1389,10 @@ parse_streams (struct bz_open *st, struct bz_block **blocks_out,
                       h->bit / 8, h->bit, MAX_BLOCK_CSIZE (level));
         goto fail;
       }
+      kept = false;
       if ((h->status == SPEC_OK || h->status == SPEC_FAIL) &&
           h->job_level == level) {
+        kept = h->status == SPEC_OK && h->kept;
         memset (&r, 0, sizeof r);
         r.ok = h->status == SPEC_OK;
         r.need_more = h->need_more;
@@ -1241,6 +1415,7 @@ parse_streams (struct bz_open *st, struct bz_block **blocks_out,
         }
         j++;
         merges++;
+        kept = false;
         if (decode_span_sync (st, h->bit, hit_at (t, j)->bit, level,
                               h->crc, &r, err) == -1)
           goto fail;
@@ -1263,6 +1438,8 @@ parse_streams (struct bz_open *st, struct bz_block **blocks_out,
       blocks[nblocks].stream = nstreams;
       blocks[nblocks].level = level;
       blocks[nblocks].zero = r.zero;
+      blocks[nblocks].kept = kept;
+      blocks[nblocks].keep_off = kept ? h->keep_off : 0;
       nblocks++;
       total += r.usize;
       combined = ((combined << 1) | (combined >> 31)) ^ h->crc;
@@ -1339,6 +1516,7 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   idx->index_from = "a pass over the whole file at open (blocks found "
     "by their magic)";
   memset (&st, 0, sizeof st);
+  st.keep.fd = -1;
   st.idx = idx;
   st.src = src;
   /* The densest valid image is a run of empty streams, 14 bytes and one
@@ -1353,10 +1531,12 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   if (src->size > 0 && bad_first_header (src, err))
     goto out;
 
+  keep_open (&st.keep, idx->opts.keep_size);
   if (pool_start (&st.pool, thread_count (idx), err) == -1) {
     pool_finish (&st.pool, 1);
     goto out;
   }
+  st.pool.keep = &st.keep;
   if (sizing_scan (&st, err) == -1) {
     pool_finish (&st.pool, 1);
     goto out;
@@ -1375,6 +1555,16 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   }
   priv->blocks = blocks;
   priv->n = nblocks;
+  priv->keep_fd = -1;
+  for (i = 0; i < nblocks; i++)
+    if (blocks[i].kept) {
+      idx->frames_kept++;
+      idx->bytes_kept += blocks[i].usize;
+    }
+  if (idx->frames_kept > 0) {
+    priv->keep_fd = st.keep.fd;
+    st.keep.fd = -1;
+  }
   pthread_mutex_init (&priv->arena_lock, NULL);
   priv->arena.lock = &priv->arena_lock;
   blocks = NULL;
@@ -1404,6 +1594,8 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   free (st.scratch);
   arena_release (&st.arena);
   hit_table_free (&st.hits);
+  if (st.keep.fd >= 0)
+    close (st.keep.fd);
   return r;
 }
 
@@ -1413,6 +1605,8 @@ bzip2_close (struct ad_index *idx)
   struct bz_priv *priv = idx->priv;
 
   if (priv) {
+    if (priv->keep_fd >= 0)
+      close (priv->keep_fd);
     free (priv->blocks);
     arena_release (&priv->arena);
     pthread_mutex_destroy (&priv->arena_lock);
@@ -1469,6 +1663,7 @@ bzip2_load (struct ad_index *idx, struct ad_cursor *in)
   priv = calloc (1, sizeof *priv);
   if (priv == NULL)
     return -1;
+  priv->keep_fd = -1;
   pthread_mutex_init (&priv->arena_lock, NULL);
   priv->arena.lock = &priv->arena_lock;
   idx->priv = priv;
@@ -1497,6 +1692,8 @@ bzip2_load (struct ad_index *idx, struct ad_cursor *in)
 struct bz_decoder {
   struct bz_block block;
   struct bz_arena *arena;       /* The index's. */
+  int keep_fd;                  /* The index's keep file. */
+  uint64_t served;              /* Bytes served from it or as zeros. */
   uint64_t coff, csize;
   unsigned char *buf;           /* The rewrapped stream. */
   bz_stream strm;
@@ -1525,6 +1722,7 @@ bzip2_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
     return ad_error_set (err, ENOMEM, "calloc: %m");
   d->block = *b;
   d->arena = &priv->arena;
+  d->keep_fd = priv->keep_fd;
   d->coff = frame->coff;
   d->csize = frame->csize;
   *decoder = d;
@@ -1609,11 +1807,50 @@ decode_whole (struct bz_decoder *d, void *out, size_t count)
   return ok;
 }
 
+/* Serve a block that decoded to zeros at open, or that the keep file
+ * holds, without decoding it.
+ */
+static ssize_t
+serve_known (struct bz_decoder *d, void *out, size_t count,
+             struct ad_error *err)
+{
+  const struct bz_block *b = &d->block;
+  uint64_t left = b->usize - d->served;
+  size_t done = 0;
+
+  if (count > left)
+    count = left;
+  if (b->zero)
+    memset (out, 0, count);
+  else
+    while (done < count) {
+      ssize_t r = pread (d->keep_fd, (char *) out + done, count - done,
+                         b->keep_off + d->served + done);
+
+      if (r == -1 && errno == EINTR)
+        continue;
+      if (r <= 0) {
+        if (r == 0)
+          errno = EIO;
+        return ad_error_set (err, errno, "reading the block's bytes "
+                             "kept at open (offset %" PRIu64 " of the "
+                             "keep file): %m",
+                             b->keep_off + d->served + done);
+      }
+      done += r;
+    }
+  d->served += count;
+  return count;
+}
+
 static ssize_t
 bzip2_decoder_read (void *decoder, struct ad_source *src, void *out,
                     size_t count, struct ad_error *err)
 {
   struct bz_decoder *d = decoder;
+
+  if (d->block.zero || (d->block.kept && d->keep_fd >= 0))
+    return serve_known (d, out, count, err);
 
   if (!d->started) {
     d->started = 1;

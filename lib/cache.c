@@ -36,7 +36,8 @@ struct ad_cache {
   /* Buffers of entries that went away, kept for new entries of the
    * same size: first-touch page faults cost more than decoding on some
    * virtual machines, so memory is recycled rather than given back.
-   * Newest first; counted with bytes against max_bytes.
+   * Newest first; counted with bytes against max_bytes, except the
+   * newest one, up to SPARE_SLACK bytes (see trim_spares_locked).
    */
   struct spare *spare_head, *spare_tail;
   uint64_t spare_bytes;
@@ -149,13 +150,33 @@ spare_unlink_locked (struct ad_cache *cache, struct spare *sp)
   cache->spare_bytes -= sp->size;
 }
 
-/* Free the oldest spares until the cache and its spares fit. */
+/* One spare buffer of at most this size may be kept beyond the
+ * cache's size.
+ *
+ * The memory of the decodes in flight counts against the cache while
+ * they run (ad_cache_reserve): a decode that starts makes the cache
+ * evict a frame, and when it ends the room comes back.  Without the
+ * slack, the evicted frame's buffer was unmapped at once (nothing else
+ * fit), and the next miss, finding room, mapped a fresh one: one
+ * 16 MiB munmap and mmap, and 4096 page faults, per cold read of a
+ * 16 MiB xz block.  Keeping the newest spare beyond the bound lets the
+ * next miss take it back, for at most SPARE_SLACK bytes more than the
+ * cache's size.
+ */
+#define SPARE_SLACK (16 * 1024 * 1024ULL)
+
+/* Free the oldest spares until the cache and its spares fit, but for
+ * the newest spare if it is at most SPARE_SLACK bytes.
+ */
 static void
 trim_spares_locked (struct ad_cache *cache)
 {
   while (cache->spare_tail &&
          cache->bytes + cache->spare_bytes > cache->max_bytes) {
     struct spare *sp = cache->spare_tail;
+
+    if (sp == cache->spare_head && sp->size <= SPARE_SLACK)
+      break;
 
     spare_unlink_locked (cache, sp);
     buffer_free (sp->buf, sp->size);

@@ -18,6 +18,10 @@
  * error below is not remembered).
  *
  * A frame that decodes to all zeros keeps no buffer, only a flag.
+ *
+ * Buffers of entries that went away are kept for new entries (mapping
+ * fresh memory costs page faults), within the bound, and one of at
+ * most 16 MiB beyond it (see cache.c).
  */
 #ifndef AUTODECOMP_CACHE_H
 #define AUTODECOMP_CACHE_H

@@ -62,6 +62,9 @@ struct ad_options {
   uint64_t fetch_size;          /* Compressed bytes read at once for a
                                    sequential reader (see fetch.h); 0:
                                    read exactly what decoders ask. */
+  uint64_t keep_size;           /* Decoded bytes a sizing pass (bzip2)
+                                   may keep in a temporary file for the
+                                   reads after it; 0: none. */
 };
 
 /* Named in the errors of an image whose declared size the decoder
@@ -73,6 +76,9 @@ struct ad_options {
 
 #define AD_DEFAULT_MAX_FRAME (512 * 1024 * 1024ULL)
 #define AD_DEFAULT_GZIP_SPAN (1024 * 1024ULL)
+
+/* The filter's autodecomp-keep-size (ad_options_init keeps nothing). */
+#define AD_DEFAULT_KEEP_SIZE (4 * 1024 * 1024 * 1024ULL)
 
 /* Frame flags. */
 #define AD_FRAME_ZERO 1         /* Known to decode to zeros. */
@@ -188,6 +194,9 @@ struct ad_index {
 
   /* Counters for debugging and tests (updated atomically). */
   uint64_t frames_decoded;
+  uint64_t frames_kept;         /* Frames whose bytes open kept (see
+                                   opts.keep_size), and */
+  uint64_t bytes_kept;          /* their size. */
 
   void *priv;                   /* The format's own state. */
 };

@@ -491,7 +491,8 @@ ad_index_save_bytes (struct ad_index *idx, struct ad_source *src,
     return -1;
   }
   if (idx->indexed != idx->size) {
-    note_more (idx, "not written: the index is built as reads need it");
+    note_more (idx, "not written yet: the index is built as reads need "
+               "it, and written once they complete it");
     return -1;
   }
   if (get_fingerprint (idx, src, &e) == -1) {

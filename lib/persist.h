@@ -5,9 +5,10 @@
  *
  * What a connect-time pass learns about an image (the frame table, and
  * the format's own state beside it: bzip2 block bit offsets, zstd
- * frame checksums) can be kept in a file, so that a later open of the
- * same image loads it instead of reading the whole image again.  The
- * file format is documented in docs/index-format.md.
+ * frame checksums, gzip restorable points) can be kept in a file, so
+ * that a later open of the same image loads it instead of reading the
+ * whole image again.  The file format is documented in
+ * docs/index-format.md.
  *
  * The file is tied to the image by the image's compressed size and a
  * fingerprint (XXH64 of its first and last AD_FINGERPRINT_SPAN bytes),
@@ -38,7 +39,7 @@
 #include "format.h"
 
 #define AD_INDEX_MAGIC "ADINDEX\n"
-#define AD_INDEX_VERSION 1
+#define AD_INDEX_VERSION 2
 #define AD_FINGERPRINT_SPAN (64 * 1024)
 
 /* Largest index file loaded (about 22 million frames). */
@@ -81,8 +82,9 @@ extern int ad_index_load (struct ad_index *idx, struct ad_source *src,
                           struct ad_error *err);
 
 /* Write the complete index idx to opts.index_path, if the format can
- * persist it.  Failures only set idx->index_note: the index in memory
- * is as good as ever.
+ * persist it (called after open, and by a format's advance when it
+ * completes the index).  Failures only set idx->index_note: the index
+ * in memory is as good as ever.
  */
 extern void ad_index_save (struct ad_index *idx, struct ad_source *src);
 

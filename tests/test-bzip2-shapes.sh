@@ -11,6 +11,14 @@
 # text, one-byte and empty files, lbzip2's and pbzip2's streams, and
 # several streams concatenated.  A block whose size the decoder got
 # wrong would fail here: the pass's size would not match the original.
+#
+# Every image is checked with the pass keeping the blocks it decodes
+# (ad-verify -k, the filter's autodecomp-keep-size), so that reads are
+# served from what it kept; some also without keeping, with a budget
+# that keeps only the first blocks, and with a tiny cache.  Streams
+# with no blocks and blocks of zeros (never kept) sit between kept
+# blocks, and a truncated and a damaged image must fail, never serve
+# wrong bytes.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires bzip2
 requires python3
@@ -61,9 +69,17 @@ n=0
 check ()
 {
     local comp=$1 orig=$2
-    "$AD_VERIFY" -n 40 -w 2 "$comp" "$orig" >/dev/null 2>"$tmp/err" ||
+    shift 2
+    "$AD_VERIFY" -n 40 -w 2 -k 1000000000 "$@" "$comp" "$orig" \
+        >"$tmp/out" 2>"$tmp/err" ||
         { cat "$tmp/err" >&2; fail "$(basename "$comp"): ad-verify failed"; }
     n=$(( n + 1 ))
+}
+
+# The number of frames the pass kept, from ad-verify's last output.
+kept ()
+{
+    sed -n 's/.*, \([0-9]*\) frames kept by the pass$/\1/p' "$tmp/out"
 }
 
 for img in "$tmp"/*.img; do
@@ -92,4 +108,47 @@ cat "$tmp/text.img.9.bz2" "$tmp/runs.img.1.bz2" "$tmp/zeros.img.5.bz2" \
     > "$tmp/concat.bz2"
 cat "$tmp/text.img" "$tmp/runs.img" "$tmp/zeros.img" > "$tmp/concat.img"
 check "$tmp/concat.bz2" "$tmp/concat.img"
+
+# Keeping: all of it, none of it, the first blocks only, a tiny cache.
+# Streams without blocks and blocks of zeros between kept blocks.
+bzip2 -c < /dev/null > "$tmp/empty-stream.bz2"
+cat "$tmp/empty-stream.bz2" "$tmp/mixed.img.1.bz2" "$tmp/empty-stream.bz2" \
+    "$tmp/zeros.img.1.bz2" "$tmp/text.img.1.bz2" "$tmp/empty-stream.bz2" \
+    "$tmp/random.img.1.bz2" "$tmp/empty-stream.bz2" > "$tmp/streams.bz2"
+cat "$tmp/mixed.img" "$tmp/zeros.img" "$tmp/text.img" "$tmp/random.img" \
+    > "$tmp/streams.img"
+check "$tmp/streams.bz2" "$tmp/streams.img"
+all=$(kept)
+[ "$all" -gt 20 ] || fail "streams.bz2: only ${all:-no} blocks kept"
+check "$tmp/streams.bz2" "$tmp/streams.img" -k 0
+[ "$(kept)" = 0 ] || fail "streams.bz2: blocks kept with -k 0"
+check "$tmp/streams.bz2" "$tmp/streams.img" -k 1500000
+some=$(kept)
+[ "$some" -gt 0 ] && [ "$some" -lt "$all" ] ||
+    fail "streams.bz2: $some of $all blocks kept in 1500000 bytes"
+check "$tmp/streams.bz2" "$tmp/streams.img" -c 1
+check "$tmp/streams.bz2" "$tmp/streams.img" -c 1 -w 0
+check "$tmp/mixed.img.9.bz2" "$tmp/mixed.img" -c 1 -k 3000000 -t 4
+
+# A truncated or damaged image fails (at open: the pass checks every
+# block), whatever is kept.
+size=$(stat -c %s "$tmp/streams.bz2")
+head -c $(( size / 2 )) "$tmp/streams.bz2" > "$tmp/truncated.bz2"
+/usr/bin/python3 - "$tmp/streams.bz2" "$tmp/damaged.bz2" <<'PYEOF'
+import sys
+data = bytearray(open(sys.argv[1], "rb").read())
+data[len(data) // 3] ^= 0x10
+open(sys.argv[2], "wb").write(data)
+PYEOF
+for bad in truncated damaged; do
+    if "$AD_VERIFY" -n 40 -w 2 -k 1000000000 "$tmp/$bad.bz2" \
+           "$tmp/streams.img" >"$tmp/out" 2>"$tmp/err"; then
+        fail "$bad.bz2: ad-verify succeeded"
+    fi
+    if grep -q "WRONG BYTES" "$tmp/err"; then
+        cat "$tmp/err" >&2
+        fail "$bad.bz2: wrong bytes served"
+    fi
+    n=$(( n + 1 ))
+done
 note "$n bzip2 images checked"

@@ -10,7 +10,9 @@
 # again, served right, and the file rewritten.  A zstd frame without a
 # checksum of its own changed in the middle of the image (which the
 # fingerprint does not see) fails its read instead of serving wrong
-# bytes.
+# bytes.  A one-member gzip image keeps its checkpoints as restorable
+# points: a restart reads a span without a pass, and a damaged point is
+# refused or fails its span, never serves a wrong byte.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 is_autodecomp || skip "needs the autodecomp filter"
 requires nbdkit
@@ -21,6 +23,7 @@ requires lbzip2
 requires bgzip
 requires zstd
 requires xxhsum
+requires gzip
 nbdkit --filter=log null --dump-plugin >/dev/null 2>&1 ||
     fail "nbdkit log filter is missing"
 setup_corpus
@@ -78,6 +81,27 @@ done
     fail "autodecomp info does not load the index autodecomp index wrote"
 serve tool "$tmp/a.img.bz2" "$tmp/tool.adindex" "$tmp/a.img"
 logged tool "loaded from"
+# Progress: none when stderr is not a terminal (the default here);
+# with --progress a line on stderr that ends at 100% for a bzip2 image,
+# whose sizing pass reads all of it; stdout the same either way.
+for p in "" --no-progress --progress; do
+    rm -f "$tmp/progress.adindex"
+    "$AUTODECOMP_TOOL" index $p -o "$tmp/progress.adindex" "$tmp/a.img.bz2" \
+        > "$tmp/progress$p.out" 2> "$tmp/progress$p.err" ||
+        fail "autodecomp index $p failed"
+    sed -i 's/ ([0-9.]* s)$//' "$tmp/progress$p.out"
+done
+[ -s "$tmp/progress.err" ] && fail "index printed progress, not on a terminal"
+[ -s "$tmp/progress--no-progress.err" ] && fail "index --no-progress printed"
+cmp "$tmp/progress.out" "$tmp/progress--progress.out" ||
+    fail "index --progress changed stdout"
+grep -q "written to" "$tmp/progress--progress.out" ||
+    fail "index --progress did not write the index"
+tail -n 1 "$tmp/progress--progress.err" |
+    grep -Eq "^$tmp/a.img.bz2: .* of .* read, .*/s, 100%\$" ||
+    fail "index --progress: no last line at 100%: $(cat "$tmp/progress--progress.err")"
+note "index --progress: $(tail -n 1 "$tmp/progress--progress.err")"
+
 if "$AUTODECOMP_TOOL" index -o "$tmp/xz.adindex" "$CORPUS/disk.img.xz" \
         2>/dev/null; then
     fail "autodecomp index claims to keep an xz index"
@@ -177,4 +201,146 @@ PYEOF
 logged changed "loaded from"
 logged changed "do not match the persisted index"
 stop_nbdkit
+
+# One plain gzip member (64 MiB, its size from the trailer: the index is
+# built as reads need it, its spans start at checkpoints).  The first
+# server's copy runs the pass to the end, which writes the index with
+# each span's restorable point; a restart loads it and reads the last
+# MiB without a pass: a few hundred KiB below, not the whole file.
+{ head -c $(( 56 * M )) "$CORPUS/disk.img"; head -c $(( 8 * M )) /dev/urandom; } \
+    > "$tmp/g.img"
+gzip -6 -c "$tmp/g.img" > "$tmp/g.img.gz"
+gz_size=$(stat -c %s "$tmp/g.img.gz")
+serve g-1 "$tmp/g.img.gz" "$tmp/g.adindex" "$tmp/g.img"
+[ -s "$tmp/g.adindex" ] || fail "g: the lazy pass did not write the index"
+cp "$tmp/g.adindex" "$tmp/g-good.adindex"
+"$AUTODECOMP_TOOL" info --index "$tmp/g.adindex" "$tmp/g.img.gz" \
+    > "$tmp/g.info" || fail "g: autodecomp info --index"
+grep -q "index from a persisted index file" "$tmp/g.info" ||
+    fail "g: autodecomp info does not load the gzip index: $(cat "$tmp/g.info")"
+
+# below_bytes NAME: bytes the reads below asked for.
+below_bytes ()
+{
+    /usr/bin/python3 - "$tmp/$1.below" <<'PYEOF'
+import re, sys
+print(sum(int(m.group(1), 16) for m in
+          re.finditer(r"Read id=\d+ offset=0x[0-9a-f]+ count=0x([0-9a-f]+)",
+                      open(sys.argv[1]).read())))
+PYEOF
+}
+
+# read_spans NAME INDEX: read every MiB of g.img.gz through INDEX in
+# an order that starts at the end; every read must be right or fail.
+# Prints "errors N".
+read_spans ()
+{
+    local name=$1 index=$2
+    rm -f "$tmp/$name.below"
+    start_nbdkit "$name" -v --filter="$FILTER" --filter=log \
+        file "$tmp/g.img.gz" logfile="$tmp/$name.below" \
+        autodecomp-index="$index"
+    tlimit 300 /usr/bin/python3 - "$uri" "$tmp/g.img" "${3:-all}" <<'PYEOF'
+import sys, nbd
+uri, orig, which = sys.argv[1:]
+h = nbd.NBD()
+h.connect_uri(uri)
+data = open(orig, "rb").read()
+M = 1 << 20
+n = len(data) // M
+order = [n - 1] if which == "last" else list(range(n - 1, -1, -1))
+errors = 0
+for i in order:
+    try:
+        got = h.pread(M, i * M)
+    except nbd.Error:
+        errors += 1
+        continue
+    if got != data[i * M:(i + 1) * M]:
+        sys.exit("MiB %d: wrong bytes" % i)
+h.shutdown()
+print("errors", errors)
+PYEOF
+    stop_nbdkit
+}
+
+read_spans g-last "$tmp/g.adindex" last > "$tmp/g-last.out" ||
+    fail "g: reading the last MiB after a restart"
+grep -q "errors 0" "$tmp/g-last.out" || fail "g: the last MiB failed"
+logged g-last "persisted index: loaded from"
+bytes=$(below_bytes g-last)
+[ "$bytes" -lt $(( gz_size / 8 )) ] ||
+    fail "g: a restart read $bytes of $gz_size bytes below for the last MiB"
+note "g.img.gz: after a restart the last MiB costs $bytes bytes below (of $gz_size)"
+serve g-2 "$tmp/g.img.gz" "$tmp/g.adindex" "$tmp/g.img"
+logged g-2 "persisted index: loaded from"
+[ "$below" -le 4 ] || fail "g: a restart read $below times below at connect"
+note "g.img.gz: a restart with the index connects in $below reads below"
+
+# The tool runs the lazy pass to the end and writes the same index.
+"$AUTODECOMP_TOOL" index -o "$tmp/g-tool.adindex" "$tmp/g.img.gz" ||
+    fail "g: autodecomp index failed"
+cmp "$tmp/g-tool.adindex" "$tmp/g.adindex" ||
+    fail "g: autodecomp index wrote another index than the filter"
+
+# Damaged points, the file's checksum made good again: refused at load,
+# or an error for the span, never a wrong byte.
+damage_gz ()
+{
+    /usr/bin/python3 - "$tmp/g.adindex" "$1" <<'PYEOF'
+import struct, subprocess, sys
+path, how = sys.argv[1:]
+d = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", d[40:48])[0]
+o = 64 + 48 * n + 4
+nck = struct.unpack("<Q", d[o:o+8])[0]; o += 8
+points = []
+for i in range(nck):
+    t = d[o]; o += 1
+    if t == 0:
+        continue
+    o += 4
+    if t == 2:
+        points.append(o)
+        wlen = struct.unpack("<I", d[o+21:o+25])[0]
+        o += 25 + wlen
+# A span in the random 8 MiB at the end: any change of its output shows.
+p = points[-3]
+if how == "window":
+    d[p + 25 + 40] ^= 0x20
+elif how == "skip":
+    s = struct.unpack("<Q", d[p+9:p+17])[0]
+    d[p+9:p+17] = struct.pack("<Q", s + 1)
+elif how == "bits":
+    # A point inside deflate-coded data (a boundary after a stored
+    # block is followed by zero bits only, which any count skips).
+    p = [q for q in points if d[q + 8] != 0][0]
+    d[p + 8] ^= 4
+elif how == "bits9":
+    d[p + 8] = 9
+elif how == "offset":
+    o8 = struct.unpack("<Q", d[p:p+8])[0]
+    d[p:p+8] = struct.pack("<Q", o8 - 1)
+body = bytes(d[:-8])
+h = subprocess.run(["xxhsum", "-H64"], input=body, capture_output=True,
+                   check=True).stdout.split()[0]
+d[-8:] = struct.pack("<Q", int(h, 16))
+open(path, "wb").write(d)
+PYEOF
+}
+for how in window skip bits bits9 offset; do
+    cp "$tmp/g-good.adindex" "$tmp/g.adindex"
+    damage_gz "$how"
+    cmp -s "$tmp/g.adindex" "$tmp/g-good.adindex" && fail "g: $how: no change"
+    read_spans "g-$how" "$tmp/g.adindex" > "$tmp/g-$how.out" ||
+        fail "g: $how: $(cat "$tmp/g-$how.out")"
+    if grep -q "warning: persisted index: .*refused" "$tmp/g-$how.log"; then
+        note "g: damaged $how: refused at load"
+    else
+        grep -q "errors [1-9]" "$tmp/g-$how.out" ||
+            fail "g: damaged $how: loaded and every read succeeded"
+        note "g: damaged $how: $(cat "$tmp/g-$how.out") (no wrong byte)"
+    fi
+done
+
 note "persisted index: reused, refused when damaged or stale, never wrong bytes"

@@ -119,6 +119,7 @@ autodecomp_load (void)
 {
   nbdkit_debug ("autodecomp: version %s", PACKAGE_VERSION);
   ad_options_init (&options);
+  options.keep_size = AD_DEFAULT_KEEP_SIZE;
 }
 
 static void
@@ -256,6 +257,8 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   else if (strcmp (key, "autodecomp-fetch-size") == 0)
     return parse_size_param (key, value, 0, &options.fetch_size);
+  else if (strcmp (key, "autodecomp-keep-size") == 0)
+    return parse_size_param (key, value, 0, &options.keep_size);
   else if (strcmp (key, "autodecomp-threads") == 0)
     return nbdkit_parse_unsigned (key, value, &options.threads);
   else if (strcmp (key, "autodecomp-readahead") == 0) {
@@ -290,6 +293,9 @@ autodecomp_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "                          instead of indexing again.\n" \
   "autodecomp-fetch-size=SIZE  Compressed bytes read at once for a\n" \
   "                          sequential reader (default 16M, 0: exact).\n" \
+  "autodecomp-keep-size=SIZE   Decoded bzip2 bytes the pass at connect\n" \
+  "                          keeps in a temporary file for the reads\n" \
+  "                          after it (default 4G, 0: none).\n" \
   "autodecomp-threads=N        Decode threads (default: CPUs).\n" \
   "autodecomp-readahead=SIZE   Decoded ahead of sequential readers\n" \
   "                          (default: a quarter of the cache, at most 64M).\n" \
@@ -514,6 +520,12 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
       nbdkit_debug ("autodecomp: persisted index: %s",
                     e->exp->idx->index_note);
   }
+  if (e->exp->idx && e->exp->idx->frames_kept > 0)
+    nbdkit_debug ("autodecomp: export '%s': the pass kept %" PRIu64
+                  " frames (%" PRIu64 " bytes) in a temporary file "
+                  "(autodecomp-keep-size=%" PRIu64 ")", e->name,
+                  e->exp->idx->frames_kept, e->exp->idx->bytes_kept,
+                  options.keep_size);
   warn_if_not_seekable (e);
   return 0;
 }

@@ -4,7 +4,8 @@
  * ad-verify: check the library against an original, without nbdkit.
  *
  *   ad-verify [-n READS] [-s SEED] [-t THREADS] [-c CACHE] [-w WORKERS]
- *             [-f MAX-FRAME] [-g GZIP-SPAN] [-p] COMPRESSED ORIGINAL
+ *             [-f MAX-FRAME] [-g GZIP-SPAN] [-k KEEP] [-p]
+ *             COMPRESSED ORIGINAL
  *
  * Opens COMPRESSED through the library (detect, index, cache, spill),
  * checks that its size equals ORIGINAL's, walks it with block status
@@ -16,7 +17,8 @@
  * at the same time on the one shared export (for the thread
  * sanitizer).  With -w, frames are decoded by a pool of WORKERS decode
  * threads, with read-ahead for the sequential read (as in the filter);
- * -p also serves frames progressively.  Prints what it checked.  Used by the unit tests and
+ * -p also serves frames progressively.  -k sets the bytes a sizing
+ * pass may keep (opts.keep_size, default 0).  Prints what it checked.  Used by the unit tests and
  * under the sanitizers.
  */
 
@@ -189,7 +191,7 @@ main (int argc, char *argv[])
   unsigned long i;
 
   ad_options_init (&opts);
-  while ((c = getopt (argc, argv, "n:s:f:g:t:c:w:p")) != -1) {
+  while ((c = getopt (argc, argv, "n:s:f:g:t:c:w:k:p")) != -1) {
     switch (c) {
     case 't': threads = strtoul (optarg, NULL, 0); break;
     case 'c': cache_size = strtoull (optarg, NULL, 0); break;
@@ -198,6 +200,7 @@ main (int argc, char *argv[])
     case 'f': opts.max_frame = strtoull (optarg, NULL, 0); break;
     case 'g': opts.gzip_span = strtoull (optarg, NULL, 0); break;
     case 'w': workers = strtoul (optarg, NULL, 0); break;
+    case 'k': opts.keep_size = strtoull (optarg, NULL, 0); break;
     case 'p': progressive = true; break;
     default: goto usage;
     }
@@ -207,7 +210,8 @@ main (int argc, char *argv[])
   if (argc - optind != 2) {
   usage:
     fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] [-t THREADS] "
-             "[-c CACHE] [-f MAX-FRAME] [-g GZIP-SPAN] [-w WORKERS] [-p] "
+             "[-c CACHE] [-f MAX-FRAME] [-g GZIP-SPAN] [-w WORKERS] [-k KEEP] "
+             "[-p] "
              "COMPRESSED ORIGINAL\n");
     return 2;
   }
@@ -287,9 +291,11 @@ main (int argc, char *argv[])
   printf ("%s: %s, %" PRIu64 " bytes, %zu frames, %lu random reads + "
           "sequential read OK, %" PRIu64 " bytes of zeros by extents, %"
           PRIu64 " frame decodes (%" PRIu64 " by read-ahead), %" PRIu64
-          " source reads\n", argv[optind], ad_format_name (exp->format),
+          " source reads, %" PRIu64 " frames kept by the pass\n",
+          argv[optind], ad_format_name (exp->format),
           osize, ad_index_nframes (exp->idx), reads, zero_bytes,
-          exp->idx->frames_decoded, exp->readahead_frames, src.reads);
+          exp->idx->frames_decoded, exp->readahead_frames, src.reads,
+          exp->idx->frames_kept);
   free (buf);
   ad_pool_free (pool);
   ad_export_free (exp);

@@ -130,6 +130,26 @@ test_block (const char *name, const unsigned char *data, unsigned len,
          usize == len && memcmp (out, data, len) == 0,
          "%s, level %d: decoded bytes differ", name, level);
 
+  /* Writing while the bytes fit: all of them, or counting on past a
+   * buffer one byte short.
+   */
+  {
+    bool fit = false;
+
+    usize = 0;
+    memset (out, 0xaa, len + 1);
+    CHECK (ad_bz2_block_decode_some (&sizer, block, nbits, level, out, len,
+                                     &fit, &usize, &zero) &&
+           fit && usize == len && zero == all_zero &&
+           memcmp (out, data, len) == 0 && out[len] == 0xaa,
+           "%s, level %d: kept bytes differ", name, level);
+    usize = 0;
+    CHECK (ad_bz2_block_decode_some (&sizer, block, nbits, level, out,
+                                     len - 1, &fit, &usize, &zero) &&
+           !fit && usize == len && zero == all_zero,
+           "%s, level %d: a short buffer changed the answer", name, level);
+  }
+
   /* One bit more or less is not the block. */
   CHECK (!ad_bz2_block_size (&sizer, block, nbits - 1, level, &usize, &zero),
          "%s, level %d: accepted one bit short", name, level);

@@ -8,6 +8,7 @@
  *               plugin run by libnbd) or an NBD URI
  *   reader.c    reading an image from start to end, frame by frame
  *   utils.c     sizes, the clock
+ *   progress.c  how far a pass over the compressed image got
  *   info.c      autodecomp info
  *   prepare.c   autodecomp prepare: options, output, --verify
  *   batch.c     frames compressed in parallel, written in order
@@ -24,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <sys/types.h>
 
 #include "export.h"
@@ -57,15 +59,36 @@ struct image {
   double open_seconds;
 };
 
+/* progress.c: a source that counts the compressed bytes read through
+ * it, and shows how far the reads got on stderr (see progress.c).
+ */
+struct progress {
+  struct ad_source src;         /* Read this; */
+  struct ad_source *inner;      /* it reads this. */
+  const char *what;             /* The image, as the line names it. */
+  bool tty;                     /* stderr is a terminal. */
+  double interval;              /* Seconds between two updates. */
+  double start, last;           /* When it began, and last showed. */
+  uint64_t done;                /* Bytes read so far, */
+  uint64_t shown;               /* as the last line showed them. */
+  pthread_mutex_t lock;         /* Taken to show. */
+};
+
+extern void progress_init (struct progress *p, struct ad_source *inner,
+                           const char *what);
+/* Show the last update and end its line. */
+extern void progress_end (struct progress *p);
+
 /* Open path (a file, a URL or an NBD URI), detect its format and build
  * its index.  Returns 0, or -1 after printing the error.
  */
 extern int image_open (struct image *im, const char *path);
 /* The same, loading (or writing) the persisted index at index_path
- * (see lib/persist.h).
+ * (see lib/persist.h), and with progress, showing how far the reads
+ * of the open got (see progress.c).
  */
 extern int image_open_indexed (struct image *im, const char *path,
-                               const char *index_path);
+                               const char *index_path, bool progress);
 extern void image_close (struct image *im);
 
 /* reader.c: reading an image from start to end. */

@@ -8,7 +8,12 @@
  * lib/persist.h): INDEX is a file, or a directory of one file per
  * image; by default IMAGE.adindex beside a local image.  An index
  * already there and valid is loaded, not rebuilt; a damaged or stale
- * one is replaced.
+ * one is replaced.  An index that reads would build as they go (one
+ * large gzip member) is built to the end first.
+ *
+ * On a terminal, or with --progress, it shows how far the reads of
+ * the image got (see progress.c): passes over the whole image take
+ * minutes for a large one or a slow URL.
  */
 
 #include <config.h>
@@ -16,17 +21,44 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdbool.h>
 #include <getopt.h>
+#include <unistd.h>
 
 #include "autodecomp.h"
 
-#define INDEX_USAGE "usage: " PROGRAM " index [-o INDEX] IMAGE\n"
+#define INDEX_USAGE \
+  "usage: " PROGRAM " index [-p|--progress|--no-progress] [-o INDEX] IMAGE\n"
+
+/* An index built as reads need it (one large gzip member) is complete,
+ * and written, only when its pass reaches the end: run it there.
+ */
+static int
+finish_lazy (struct image *im, struct ad_index *idx)
+{
+  struct ad_frame f;
+  struct ad_error err;
+  size_t frame_no;
+  double t = now ();
+
+  if (ad_index_complete (idx) || idx->size == 0)
+    return 0;
+  if (ad_index_find (idx, &im->src, idx->size - 1, &f, &frame_no, NULL,
+                     NULL, &err) == -1) {
+    fprintf (stderr, PROGRAM ": %s: %s\n", im->path, err.msg);
+    return -1;
+  }
+  im->open_seconds += now () - t;
+  return 0;
+}
 
 int
 do_index (int argc, char *argv[])
 {
   static const struct option long_options[] = {
     { "output", required_argument, NULL, 'o' },
+    { "progress", no_argument, NULL, 'p' },
+    { "no-progress", no_argument, NULL, 'P' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -34,11 +66,14 @@ do_index (int argc, char *argv[])
   char *def = NULL;
   struct image im;
   struct ad_index *idx;
+  bool progress = isatty (STDERR_FILENO);
   int opt, r = 1;
 
-  while ((opt = getopt_long (argc, argv, "o:h", long_options, NULL)) != -1) {
+  while ((opt = getopt_long (argc, argv, "o:ph", long_options, NULL)) != -1) {
     switch (opt) {
     case 'o': out = optarg; break;
+    case 'p': progress = true; break;
+    case 'P': progress = false; break;
     case 'h': printf (INDEX_USAGE); return 0;
     default: return 2;
     }
@@ -60,9 +95,13 @@ do_index (int argc, char *argv[])
     }
     out = def;
   }
-  if (image_open_indexed (&im, path, out) == -1)
+  if (image_open_indexed (&im, path, out, progress) == -1)
     goto done;
   idx = im.exp->idx;
+  if (idx && !idx->index_loaded && finish_lazy (&im, idx) == -1) {
+    image_close (&im);
+    goto done;
+  }
   if (idx == NULL)
     fprintf (stderr, PROGRAM ": %s: not compressed: there is nothing to "
              "index\n", path);

@@ -305,7 +305,7 @@ do_info (int argc, char *argv[])
     fprintf (stderr, INFO_USAGE);
     return 2;
   }
-  if (image_open_indexed (&in.im, argv[optind], index_path) == -1)
+  if (image_open_indexed (&in.im, argv[optind], index_path, false) == -1)
     return 1;
 
   if (in.im.exp->format == AD_FORMAT_RAW)

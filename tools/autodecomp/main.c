@@ -31,7 +31,7 @@ struct mode {
 static const struct mode modes[] = {
   { "info", do_info, "[--json] [--frames] [--index INDEX] IMAGE" },
   { "prepare", do_prepare, "[OPTIONS] IMAGE OUTPUT" },
-  { "index", do_index, "[-o INDEX] IMAGE" },
+  { "index", do_index, "[-p|--no-progress] [-o INDEX] IMAGE" },
 };
 
 #define NR_MODES (sizeof modes / sizeof modes[0])

@@ -157,15 +157,16 @@ image_open_file (struct image *im, const char *path)
 int
 image_open (struct image *im, const char *path)
 {
-  return image_open_indexed (im, path, NULL);
+  return image_open_indexed (im, path, NULL, false);
 }
 
 int
 image_open_indexed (struct image *im, const char *path,
-                    const char *index_path)
+                    const char *index_path, bool progress)
 {
   struct ad_options opts;
   struct ad_error err;
+  struct progress pr;
   double t;
   int r;
 
@@ -188,10 +189,17 @@ image_open_indexed (struct image *im, const char *path,
     image_close (im);
     return -1;
   }
+  /* The export keeps no source: the counting one serves the open
+   * only, and later reads go to im->src directly.
+   */
+  if (progress)
+    progress_init (&pr, &im->src, path);
   t = now ();
-  im->exp = ad_export_open (&im->src, AD_FORMAT_UNKNOWN, &opts, im->cache,
-                            &err);
+  im->exp = ad_export_open (progress ? &pr.src : &im->src, AD_FORMAT_UNKNOWN,
+                            &opts, im->cache, &err);
   im->open_seconds = now () - t;
+  if (progress)
+    progress_end (&pr);
   if (im->exp == NULL) {
     fprintf (stderr, PROGRAM ": %s: %s\n", path, err.msg);
     image_close (im);
