@@ -1583,6 +1583,8 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
     f.aux = b->start_bit;
     f.aux32 = b->stream;
     f.flags = b->zero ? AD_FRAME_ZERO : 0;
+    if (b->kept && priv->keep_fd >= 0)
+      f.flags |= AD_FRAME_HELD;
     if (ad_index_append_frame (idx, &f, err) == -1)
       goto out;
   }

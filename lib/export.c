@@ -396,6 +396,7 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
             struct ad_error *err)
 {
   const struct ad_frame *last = &job->frame[job->n - 1];
+  bool held = true;
   size_t i;
 
   job->exp = exp;
@@ -403,9 +404,17 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
   job->source_size = src->size;
   job->input_off = job->frame[0].coff;
   job->input_len = last->coff + last->csize - job->input_off;
-  job->input = ad_pool_buffer_get (exp->pool, job->input_len,
-                                   &job->input_cap);
-  if (job->input == NULL)
+  /* Frames whose bytes the format holds need no input. */
+  for (i = 0; i < job->n; i++)
+    if (!(job->frame[i].flags & (AD_FRAME_ZERO | AD_FRAME_HELD)))
+      held = false;
+  if (held) {
+    job->input_len = 0;
+    if (ad_pool_submit (exp->pool, run_job, job, !job->ahead, err) == 0)
+      return 0;
+  }
+  else if ((job->input = ad_pool_buffer_get (exp->pool, job->input_len,
+                                             &job->input_cap)) == NULL)
     ad_error_set (err, ENOMEM, "cannot allocate %zu bytes of compressed "
                   "input", job->input_len);
   else if (ad_source_pread (src, job->input, job->input_len,

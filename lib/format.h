@@ -82,6 +82,9 @@ struct ad_options {
 
 /* Frame flags. */
 #define AD_FRAME_ZERO 1         /* Known to decode to zeros. */
+#define AD_FRAME_HELD 2         /* The format holds its bytes (bzip2's
+                                   keep file): its decoder reads nothing
+                                   of the image. */
 
 struct ad_frame {
   uint64_t uoff;                /* Offset of its first uncompressed byte. */
