@@ -302,13 +302,15 @@ take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
 /* Fetch into sl the bytes from start, up to fetch_size of them, up to
  * the end of the image and up to the next buffer (so that buffers
  * never hold the same bytes twice), but at least up to need.  A fetch
- * for the stream own also stops where another stream began, and none
- * starts in what another stream has read: that stream has read the
- * bytes already (nbdcopy gives each connection its own part of the
- * image, and the export's read-ahead stops there too), and what is
- * left to read there is a few frames.  Returns 0, or -1 if the
- * bytes up to need do not fit or the read failed (sl is then empty).
- * Called and returns with the lock held.
+ * for the stream own also stops where another reader's sequential
+ * stream began, and none starts in what such a stream has read: that
+ * reader has read the bytes already (nbdcopy gives each connection its
+ * own part of the image, and the export's read-ahead stops there too),
+ * and what is left to read there is a few frames.  (The walks of an
+ * open and of block status cover the image without reading it for a
+ * client, so they do not count.)  Returns 0, or -1 if the bytes up to
+ * need do not fit or the read failed (sl is then empty).  Called and
+ * returns with the lock held.
  */
 static int
 fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
@@ -331,7 +333,7 @@ fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
   for (i = 0; i < FETCH_STREAMS; i++) {
     const struct ad_fetch_stream *s = &f->streams[i];
 
-    if (s == own || !s->used || !s->seq)
+    if (s == own || !s->used || !s->seq || s->reader == NULL)
       continue;
     if (s->first >= start && s->first < limit)
       limit = s->first;
