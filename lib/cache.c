@@ -16,17 +16,24 @@
 #include <string.h>
 #include <errno.h>
 #include <pthread.h>
-#include <sys/mman.h>
 
+#include "buffer.h"
 #include "cache.h"
 
 enum { ENTRY_LOADING, ENTRY_READY, ENTRY_FAILED };
 
 #define NR_BUCKETS 65536
+#define NR_LOADED 16
 
 struct ad_cache {
   pthread_mutex_t lock;
-  pthread_cond_t loaded;        /* Broadcast when a LOADING entry settles. */
+  /* Readers waiting for a LOADING entry sleep on the condition its
+   * address hashes to, and are woken only once the entry holds what
+   * one of them waits for (see ad_cache_wait): a sequential copy has
+   * dozens of requests waiting on a few frames, and each frame's
+   * progress would otherwise wake every one of them.
+   */
+  pthread_cond_t loaded[NR_LOADED];
   uint64_t max_bytes;
   uint64_t bytes;               /* Decoded bytes held (ready or loading). */
   struct ad_cache_entry *buckets[NR_BUCKETS];
@@ -59,41 +66,6 @@ struct spare {
 
 #define SPARE_MIN (64 * 1024)
 
-/* Frame buffers of at least this size are mapped directly rather than
- * taken from malloc, so that freeing one gives its memory back (malloc
- * keeps large freed chunks in per-thread arenas, and the process then
- * holds more than the cache's size).  They are mapped populated: the
- * decoder writes every byte of the frame anyway, and the kernel fills
- * the pages in one go far faster than the decoder faults them in one
- * by one (about 13 us a page here).  Cold random reads of 16 MiB xz
- * blocks, where most decodes get a fresh buffer, went from 11.9-12.5
- * to 14.6-15.6 IOPS.
- */
-#define MAP_MIN (1024 * 1024)
-
-static char *
-buffer_alloc (size_t size)
-{
-  void *p;
-
-  if (size < MAP_MIN)
-    return malloc (size ? size : 1);
-  p = mmap (NULL, size, PROT_READ | PROT_WRITE,
-            MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-            -1, 0);
-  return p == MAP_FAILED ? NULL : p;
-}
-
-static void
-buffer_free (void *p, size_t size)
-{
-  if (p == NULL)
-    return;
-  if (size < MAP_MIN)
-    free (p);
-  else
-    munmap (p, size);
-}
 #define SPARE_SEARCH 64         /* Spares looked at for a matching size. */
 
 bool
@@ -127,11 +99,13 @@ struct ad_cache *
 ad_cache_new (uint64_t max_bytes)
 {
   struct ad_cache *cache = calloc (1, sizeof *cache);
+  size_t i;
 
   if (cache == NULL)
     return NULL;
   pthread_mutex_init (&cache->lock, NULL);
-  pthread_cond_init (&cache->loaded, NULL);
+  for (i = 0; i < NR_LOADED; i++)
+    pthread_cond_init (&cache->loaded[i], NULL);
   cache->max_bytes = max_bytes;
   return cache;
 }
@@ -179,7 +153,7 @@ trim_spares_locked (struct ad_cache *cache)
       break;
 
     spare_unlink_locked (cache, sp);
-    buffer_free (sp->buf, sp->size);
+    ad_buffer_free (sp->buf, sp->size);
     free (sp);
   }
 }
@@ -193,7 +167,7 @@ give_back_locked (struct ad_cache *cache, char *data, size_t size)
   if (data == NULL)
     return;
   if (size < SPARE_MIN || (sp = malloc (sizeof *sp)) == NULL) {
-    buffer_free (data, size);
+    ad_buffer_free (data, size);
     return;
   }
   sp->buf = data;
@@ -248,7 +222,7 @@ ad_cache_free (struct ad_cache *cache)
     struct ad_cache_entry *e = cache->buckets[i], *next;
     for (; e; e = next) {
       next = e->hash_next;
-      buffer_free (e->data, e->size);
+      ad_buffer_free (e->data, e->size);
       free (e->error);
       free (e);
     }
@@ -257,10 +231,11 @@ ad_cache_free (struct ad_cache *cache)
     struct spare *sp = cache->spare_head;
 
     spare_unlink_locked (cache, sp);
-    buffer_free (sp->buf, sp->size);
+    ad_buffer_free (sp->buf, sp->size);
     free (sp);
   }
-  pthread_cond_destroy (&cache->loaded);
+  for (i = 0; i < NR_LOADED; i++)
+    pthread_cond_destroy (&cache->loaded[i]);
   pthread_mutex_destroy (&cache->lock);
   free (cache);
 }
@@ -371,6 +346,7 @@ new_entry_locked (struct ad_cache *cache, const void *owner,
   e->frame_no = frame_no;
   e->size = size;
   e->state = ENTRY_LOADING;
+  e->want = SIZE_MAX;
   b = bucket_of (owner, frame_no);
   e->hash_next = cache->buckets[b];
   cache->buckets[b] = e;
@@ -419,7 +395,7 @@ ad_cache_acquire (struct ad_cache *cache, const void *owner,
   e = new_entry_locked (cache, owner, frame_no, size);
   if (e == NULL) {
     pthread_mutex_unlock (&cache->lock);
-    buffer_free (reuse, size);
+    ad_buffer_free (reuse, size);
     ad_error_set (err, ENOMEM, "cache: out of memory");
     return NULL;
   }
@@ -482,11 +458,28 @@ ad_cache_alloc (struct ad_cache *cache, struct ad_cache_entry *e,
   pthread_mutex_unlock (&cache->lock);
   if (e->data)
     return 0;
-  e->data = buffer_alloc (e->size);
+  e->data = ad_buffer_alloc (e->size);
   if (e->data == NULL)
     return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for a "
                          "frame", e->size);
   return 0;
+}
+
+/* The condition that readers of a LOADING entry wait on. */
+static pthread_cond_t *
+loaded_cond (struct ad_cache *cache, const struct ad_cache_entry *e)
+{
+  return &cache->loaded[((uintptr_t) e / sizeof *e) % NR_LOADED];
+}
+
+/* Wake the readers of e if one of them waits for what it now holds. */
+static void
+wake_locked (struct ad_cache *cache, struct ad_cache_entry *e)
+{
+  if (e->waiters > 0 && (e->state != ENTRY_LOADING || e->ready >= e->want)) {
+    e->want = SIZE_MAX;
+    pthread_cond_broadcast (loaded_cond (cache, e));
+  }
 }
 
 void
@@ -504,7 +497,7 @@ ad_cache_progress (struct ad_cache *cache, struct ad_cache_entry *e,
 {
   pthread_mutex_lock (&cache->lock);
   e->ready = ready;
-  pthread_cond_broadcast (&cache->loaded);
+  wake_locked (cache, e);
   pthread_mutex_unlock (&cache->lock);
 }
 
@@ -550,7 +543,7 @@ ad_cache_finish (struct ad_cache *cache, struct ad_cache_entry *e,
       }
     }
   }
-  pthread_cond_broadcast (&cache->loaded);
+  wake_locked (cache, e);
   pthread_mutex_unlock (&cache->lock);
 }
 
@@ -563,8 +556,13 @@ ad_cache_wait (struct ad_cache *cache, struct ad_cache_entry *e, size_t end,
   if (end == 0 || end > e->size)
     end = e->size;
   pthread_mutex_lock (&cache->lock);
-  while (e->state == ENTRY_LOADING && e->ready < end)
-    pthread_cond_wait (&cache->loaded, &cache->lock);
+  while (e->state == ENTRY_LOADING && e->ready < end) {
+    if (end < e->want)
+      e->want = end;
+    e->waiters++;
+    pthread_cond_wait (loaded_cond (cache, e), &cache->lock);
+    e->waiters--;
+  }
   if (e->state == ENTRY_FAILED) {
     if (e->error)
       *err = *e->error;
@@ -697,7 +695,7 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
     buf = take_spare_locked (cache, size);
     pthread_mutex_unlock (&cache->lock);
     if (buf == NULL)
-      buf = buffer_alloc (size);
+      buf = ad_buffer_alloc (size);
     if (buf == NULL)
       return;
     memcpy (buf, data, size);
@@ -714,7 +712,7 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
   e = new_entry_locked (cache, owner, frame_no, size);
   if (e == NULL) {
     pthread_mutex_unlock (&cache->lock);
-    buffer_free (buf, size);
+    ad_buffer_free (buf, size);
     return;
   }
   if (zero) {
@@ -725,7 +723,6 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
     e->data = buf;
   e->state = ENTRY_READY;
   e->ready = size;
-  pthread_cond_broadcast (&cache->loaded);
   lru_push_head_locked (cache, e);
   pthread_mutex_unlock (&cache->lock);
 }

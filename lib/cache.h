@@ -46,6 +46,8 @@ struct ad_cache_entry {
   size_t consumed;              /* Bytes read by sequential readers. */
   struct ad_error *error;       /* Why the fill failed. */
   unsigned refs;
+  unsigned waiters;             /* Readers in ad_cache_wait. */
+  size_t want;                  /* Least end they wait for (SIZE_MAX: none). */
   struct ad_cache_entry *hash_next;
   struct ad_cache_entry *lru_prev, *lru_next;
 };

@@ -252,8 +252,10 @@ struct job {
   size_t frame_no[JOB_MAX_FRAMES];
   struct ad_frame frame[JOB_MAX_FRAMES];
   struct ad_cache_entry *entry[JOB_MAX_FRAMES];
-  char *input;
+  char *input;                  /* A buffer of the pool, or NULL. */
   size_t input_cap;
+  const char *data;             /* The input: in input, or lent. */
+  struct ad_loan *loan;
   uint64_t input_off;
   size_t input_len;
   uint64_t source_size;
@@ -354,7 +356,7 @@ run_job (void *arg)
 {
   struct job *job = arg;
   struct ad_export *exp = job->exp;
-  struct window w = { job->input, job->input_off, job->input_len };
+  struct window w = { job->data, job->input_off, job->input_len };
   struct ad_source src;
   uint64_t largest = 0, reserved;
   size_t i;
@@ -381,6 +383,7 @@ run_job (void *arg)
   if (job->ahead)
     __atomic_add_fetch (&exp->readahead_frames, job->n, __ATOMIC_RELAXED);
   ad_cache_unreserve (exp->cache, reserved);
+  ad_loan_return (job->loan);
   ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
   ad_pool_release (exp->pool);
   free (job);
@@ -417,10 +420,18 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
                                              &job->input_cap)) == NULL)
     ad_error_set (err, ENOMEM, "cannot allocate %zu bytes of compressed "
                   "input", job->input_len);
-  else if (ad_source_pread (src, job->input, job->input_len,
-                            job->input_off, err) == 0 &&
-           ad_pool_submit (exp->pool, run_job, job, !job->ahead, err) == 0)
-    return 0;
+  else if (ad_source_read (src, job->input, job->input_len, job->input_off,
+                           (const void **) &job->data, &job->loan,
+                           err) == 0) {
+    /* The fetcher lent its bytes: the buffer is not needed. */
+    if (job->loan) {
+      ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
+      job->input = NULL;
+      job->input_cap = 0;
+    }
+    if (ad_pool_submit (exp->pool, run_job, job, !job->ahead, err) == 0)
+      return 0;
+  }
 
   ad_error_prefix (err, "%s: frame %zu at compressed offset %" PRIu64,
                    exp->idx->ops->name, job->frame_no[0], job->input_off);
@@ -428,6 +439,7 @@ submit_job (struct ad_export *exp, struct ad_source *src, struct job *job,
     ad_cache_finish (exp->cache, job->entry[i], err);
     ad_cache_put (exp->cache, job->entry[i]);
   }
+  ad_loan_return (job->loan);
   ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
   ad_pool_release (exp->pool);
   free (job);

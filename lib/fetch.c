@@ -11,6 +11,7 @@
 #include <string.h>
 #include <pthread.h>
 
+#include "buffer.h"
 #include "fetch.h"
 
 #define FETCH_SLOTS 8           /* Buffers of fetch_size bytes. */
@@ -22,6 +23,9 @@
 #define FETCH_RUN (16 * 1024 * 1024) /* The same for a reader's stream. */
 
 struct slot {
+  struct ad_loan loan;          /* What a borrower gives back. */
+  struct ad_fetch *f;
+  unsigned lent;                /* Loans of buf not given back. */
   char *buf;                    /* fetch_size bytes, or NULL. */
   uint64_t off;                 /* The bytes [off, off + len) */
   size_t len;                   /* (0: none). */
@@ -53,12 +57,25 @@ struct ad_fetch {
   uint64_t hits, fetches, ahead;
 };
 
+/* A borrower is done with a slot's bytes (see deliver_locked). */
+static void
+give_back (struct ad_loan *loan)
+{
+  struct slot *sl = (struct slot *) loan;
+  struct ad_fetch *f = sl->f;
+
+  pthread_mutex_lock (&f->lock);
+  sl->lent--;
+  pthread_mutex_unlock (&f->lock);
+}
+
 struct ad_fetch *
 ad_fetch_new (size_t fetch_size, struct ad_cache *cache)
 {
   struct ad_fetch *f = calloc (1, sizeof *f);
   struct ad_cache_stats st;
   uint64_t quarter;
+  size_t i;
 
   if (f == NULL)
     return NULL;
@@ -76,6 +93,10 @@ ad_fetch_new (size_t fetch_size, struct ad_cache *cache)
   }
   f->size = fetch_size;
   f->cache = cache;
+  for (i = 0; i < FETCH_SLOTS; i++) {
+    f->slots[i].f = f;
+    f->slots[i].loan.give_back = give_back;
+  }
   return f;
 }
 
@@ -88,7 +109,7 @@ ad_fetch_free (struct ad_fetch *f)
     return;
   for (i = 0; i < FETCH_SLOTS; i++)
     if (f->slots[i].buf) {
-      free (f->slots[i].buf);
+      ad_buffer_free (f->slots[i].buf, f->size);
       if (f->cache)
         ad_cache_unreserve (f->cache, f->size);
     }
@@ -250,7 +271,7 @@ takeable_locked (struct ad_fetch *f, const struct slot *sl, bool spare,
 {
   size_t i;
 
-  if (sl->loading || sl->users > 0 ||
+  if (sl->loading || sl->users > 0 || sl->lent > 0 ||
       (sl->len > 0 && keep >= sl->off && keep - sl->off < sl->len))
     return false;
   if (!spare || sl->len == 0)
@@ -290,7 +311,7 @@ take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
     }
   }
   if (best && best->buf == NULL) {
-    best->buf = malloc (f->size);
+    best->buf = ad_buffer_alloc (f->size);
     if (best->buf == NULL)
       return NULL;
     if (f->cache)
@@ -363,9 +384,39 @@ fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
   return 0;
 }
 
+/* Hand [offset, offset + count) (all loaded) to a reader: lend it in
+ * place when the reader can take a loan (data is not NULL), one buffer
+ * holds all of it, and at most half of the buffers would then be lent
+ * (a decode holds its loan while it runs, and a lent buffer cannot be
+ * fetched into); else copy it into buf.  Called and returns with the
+ * lock held.
+ */
+static void
+deliver_locked (struct ad_fetch *f, char *buf, size_t count, uint64_t offset,
+                const void **data, struct ad_loan **loan)
+{
+  struct slot *sl = slot_at_locked (f, offset);
+  size_t i, lent = 0;
+
+  if (data && offset + count <= sl->off + sl->len) {
+    for (i = 0; i < f->nslots; i++)
+      if (f->slots[i].lent > 0 || &f->slots[i] == sl)
+        lent++;
+    if (lent <= f->nslots / 2) {
+      sl->lent++;
+      sl->read = true;
+      sl->used = ++f->tick;
+      *data = sl->buf + (offset - sl->off);
+      *loan = &sl->loan;
+      return;
+    }
+  }
+  copy_out_locked (f, buf, count, offset);
+}
+
 static int
-fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
-             struct ad_error *err)
+fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
+            const void **data, struct ad_loan **loan, struct ad_error *err)
 {
   struct ad_fetch_source *fs = opaque;
   struct ad_fetch *f = fs->f;
@@ -395,7 +446,7 @@ fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
   }
   if (covered >= end) {
     f->hits++;
-    copy_out_locked (f, buf, count, offset);
+    deliver_locked (f, buf, count, offset, data, loan);
     pthread_mutex_unlock (&f->lock);
     return 0;
   }
@@ -422,7 +473,7 @@ fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
     goto exact;
   if (chain_end_locked (f, offset, end, &loading) < end || loading)
     goto exact;
-  copy_out_locked (f, buf, count, offset);
+  deliver_locked (f, buf, count, offset, data, loan);
   pthread_mutex_unlock (&f->lock);
   return 0;
 
@@ -432,6 +483,20 @@ fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
    */
   pthread_mutex_unlock (&f->lock);
   return ad_source_pread (inner, buf, count, offset, err);
+}
+
+static int
+fetch_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+             struct ad_error *err)
+{
+  return fetch_read (opaque, buf, count, offset, NULL, NULL, err);
+}
+
+static int
+fetch_lend (void *opaque, void *buf, size_t count, uint64_t offset,
+            const void **data, struct ad_loan **loan, struct ad_error *err)
+{
+  return fetch_read (opaque, buf, count, offset, data, loan, err);
 }
 
 struct ad_source *
@@ -454,6 +519,7 @@ ad_fetch_wrap_reader (struct ad_fetch_source *fs, struct ad_fetch *f,
   fs->reader = reader;
   fs->sequential = sequential;
   fs->src.pread = fetch_pread;
+  fs->src.lend = fetch_lend;
   fs->src.opaque = fs;
   fs->src.size = inner->size;
   return &fs->src;

@@ -15,9 +15,15 @@
 #include "source.h"
 
 int
-ad_source_pread (struct ad_source *src, void *buf, size_t count,
-                 uint64_t offset, struct ad_error *err)
+ad_source_read (struct ad_source *src, void *buf, size_t count,
+                uint64_t offset, const void **data, struct ad_loan **loan,
+                struct ad_error *err)
 {
+  int r;
+
+  *data = buf;
+  if (loan)
+    *loan = NULL;
   if (offset > src->size || count > src->size - offset)
     return ad_error_set (err, EIO,
                          "read of %zu bytes at offset %" PRIu64
@@ -27,11 +33,31 @@ ad_source_pread (struct ad_source *src, void *buf, size_t count,
     return 0;
   __atomic_add_fetch (&src->reads, 1, __ATOMIC_RELAXED);
   __atomic_add_fetch (&src->bytes_read, count, __ATOMIC_RELAXED);
-  if (src->pread (src->opaque, buf, count, offset, err) == -1) {
+  if (loan && src->lend)
+    r = src->lend (src->opaque, buf, count, offset, data, loan, err);
+  else
+    r = src->pread (src->opaque, buf, count, offset, err);
+  if (r == -1) {
     err->transient = true;
     return -1;
   }
   return 0;
+}
+
+int
+ad_source_pread (struct ad_source *src, void *buf, size_t count,
+                 uint64_t offset, struct ad_error *err)
+{
+  const void *data;
+
+  return ad_source_read (src, buf, count, offset, &data, NULL, err);
+}
+
+void
+ad_loan_return (struct ad_loan *loan)
+{
+  if (loan)
+    loan->give_back (loan);
 }
 
 const void *

@@ -22,6 +22,8 @@
 
 #include "error.h"
 
+struct ad_loan;
+
 struct ad_source {
   /* Read exactly count bytes at offset.  Return 0, or -1 after
    * filling err.  Never called with a range outside [0, size).
@@ -37,6 +39,14 @@ struct ad_source {
    */
   const void *(*map) (void *opaque, uint64_t offset, size_t count);
 
+  /* Optional: read like pread, but where the bytes lie in the source's
+   * own memory, lend them instead of copying them into buf (see
+   * ad_source_read).
+   */
+  int (*lend) (void *opaque, void *buf, size_t count, uint64_t offset,
+               const void **data, struct ad_loan **loan,
+               struct ad_error *err);
+
   /* Statistics, updated atomically by ad_source_pread. */
   uint64_t reads;
   uint64_t bytes_read;
@@ -47,6 +57,25 @@ struct ad_source {
  */
 extern int ad_source_pread (struct ad_source *src, void *buf, size_t count,
                             uint64_t offset, struct ad_error *err);
+
+/* Bytes a source lends (see ad_source_read): they stay where they are
+ * until ad_loan_return, which any thread may call, even once the source
+ * is gone.
+ */
+struct ad_loan {
+  void (*give_back) (struct ad_loan *loan);
+};
+
+/* Read like ad_source_pread, except that a source which holds the bytes
+ * in memory may lend them instead of copying them into buf: *data
+ * points to the bytes, in buf or in the source's memory, and *loan is
+ * NULL or must be given back with ad_loan_return once the caller is
+ * done with them.
+ */
+extern int ad_source_read (struct ad_source *src, void *buf, size_t count,
+                           uint64_t offset, const void **data,
+                           struct ad_loan **loan, struct ad_error *err);
+extern void ad_loan_return (struct ad_loan *loan);
 
 /* The bytes [offset, offset + count) in place, if the source can map
  * them (see map above), else NULL.  Not counted as a read.

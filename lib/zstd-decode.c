@@ -76,6 +76,7 @@ struct zstd_decoder {
   uint64_t usize, produced;
   enum dec_state state;
   bool seen_frame;
+  bool frame_start;             /* Nothing of the zstd frame decoded. */
   uint64_t skip;                /* Left of a skippable frame. */
   bool frame_checksum;          /* The frame has Content_Checksum. */
   bool has_sum;                 /* The seek table has a checksum... */
@@ -318,6 +319,7 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
     XXH64_reset (d->xxh, 0);
   }
   d->seen_frame = true;
+  d->frame_start = true;
   d->state = DEC_FRAME;
   return 1;
 }
@@ -347,6 +349,36 @@ dec_frame_end (struct zstd_decoder *d, struct ad_source *src,
                          "0x%08" PRIx32 ", the frame's content checksum "
                          "0x%08" PRIx32, d->sum, got);
   return 0;
+}
+/* The whole zstd frame decoded in one call straight into out, when
+ * all of its bytes are in the input buffer and out has room for what
+ * the index declares.  ZSTD_decompressStream would decode into its own
+ * window and copy out of it (unless the frame declares its content
+ * size); this saves that copy.  libzstd checks the frame's content
+ * checksum here as it does when streaming.  Returns true if it worked
+ * (*n bytes are in out, the frame is consumed); false leaves
+ * everything as it was, for the streaming decoder, which then finds
+ * and describes whatever is wrong.
+ */
+static bool
+dec_whole (struct zstd_decoder *d, void *out, size_t count, size_t *n)
+{
+  const void *p = (const unsigned char *) d->inb.src + d->inb.pos;
+  size_t avail = d->inb.size - d->inb.pos, csize, r;
+
+  if (count < d->usize)
+    return false;
+  csize = ZSTD_findFrameCompressedSize (p, avail);
+  if (ZSTD_isError (csize) || csize > avail)
+    return false;
+  r = ZSTD_decompressDCtx (d->dctx, out, d->usize, p, csize);
+  if (ZSTD_isError (r)) {
+    ZSTD_DCtx_reset (d->dctx, ZSTD_reset_session_only);
+    return false;
+  }
+  d->inb.pos += csize;
+  *n = r;
+  return true;
 }
 
 ssize_t
@@ -389,11 +421,16 @@ zstd_decoder_read (void *decoder, struct ad_source *src, void *out,
     case DEC_FRAME: {
       ZSTD_outBuffer ob = { .dst = out, .size = count, .pos = 0 };
       size_t before, r;
+      bool whole = false;
 
       if (d->inb.pos == d->inb.size && dec_fill (d, src, 1, err) == -1)
         return -1;
       before = d->inb.pos;
-      r = ZSTD_decompressStream (d->dctx, &ob, &d->inb);
+      if (d->frame_start) {
+        d->frame_start = false;
+        whole = dec_whole (d, out, count, &ob.pos);
+      }
+      r = whole ? 0 : ZSTD_decompressStream (d->dctx, &ob, &d->inb);
       if (ZSTD_isError (r)) {
         /* libzstd may not say how far it got: name the offset only
          * when it tells us something.
