@@ -680,11 +680,44 @@ put_locked (struct ad_cache *cache, struct ad_cache_entry *e, size_t consumed)
   }
 }
 
+/* Insert the frame with buf (size bytes, or a zero frame: buf unused)
+ * unless it is present.  Returns true if buf now belongs to the cache.
+ */
+static bool
+insert (struct ad_cache *cache, const void *owner, uint64_t frame_no,
+        char *buf, size_t size, bool zero)
+{
+  struct ad_cache_entry *e;
+
+  pthread_mutex_lock (&cache->lock);
+  if (lookup_locked (cache, owner, frame_no) != NULL) {
+    pthread_mutex_unlock (&cache->lock);
+    return false;
+  }
+  cache->stats.inserts++;
+  make_room_locked (cache, zero ? 0 : size, false);
+  e = new_entry_locked (cache, owner, frame_no, size);
+  if (e == NULL) {
+    pthread_mutex_unlock (&cache->lock);
+    return false;
+  }
+  if (zero) {
+    e->zero = true;
+    cache->bytes -= size;
+  }
+  else
+    e->data = buf;
+  e->state = ENTRY_READY;
+  e->ready = size;
+  lru_push_head_locked (cache, e);
+  pthread_mutex_unlock (&cache->lock);
+  return !zero;
+}
+
 void
 ad_cache_insert (struct ad_cache *cache, const void *owner,
                  uint64_t frame_no, const void *data, size_t size)
 {
-  struct ad_cache_entry *e;
   bool zero = data == NULL || ad_is_zero (data, size);
   char *buf = NULL;
 
@@ -700,31 +733,28 @@ ad_cache_insert (struct ad_cache *cache, const void *owner,
       return;
     memcpy (buf, data, size);
   }
-
-  pthread_mutex_lock (&cache->lock);
-  if (lookup_locked (cache, owner, frame_no) != NULL) {
+  if (!insert (cache, owner, frame_no, buf, size, zero) && buf) {
+    pthread_mutex_lock (&cache->lock);
     give_back_locked (cache, buf, size);
     pthread_mutex_unlock (&cache->lock);
-    return;
   }
-  cache->stats.inserts++;
-  make_room_locked (cache, zero ? 0 : size, false);
-  e = new_entry_locked (cache, owner, frame_no, size);
-  if (e == NULL) {
-    pthread_mutex_unlock (&cache->lock);
-    ad_buffer_free (buf, size);
-    return;
-  }
-  if (zero) {
-    e->zero = true;
-    cache->bytes -= size;
-  }
-  else
-    e->data = buf;
-  e->state = ENTRY_READY;
-  e->ready = size;
-  lru_push_head_locked (cache, e);
+}
+
+void *
+ad_cache_insert_take (struct ad_cache *cache, const void *owner,
+                      uint64_t frame_no, void *buf, size_t size)
+{
+  bool zero = ad_is_zero (buf, size);
+  char *other;
+
+  if (!zero && size > cache->max_bytes)
+    return buf;
+  if (!insert (cache, owner, frame_no, buf, size, zero))
+    return buf;
+  pthread_mutex_lock (&cache->lock);
+  other = take_spare_locked (cache, size);
   pthread_mutex_unlock (&cache->lock);
+  return other;
 }
 
 bool

@@ -141,6 +141,14 @@ extern void ad_cache_insert (struct ad_cache *cache, const void *owner,
                              uint64_t frame_no, const void *data,
                              size_t size);
 
+/* Insert the frame with buf itself (size bytes from ad_buffer_alloc),
+ * unless it is present.  Returns the buffer the caller has now: buf
+ * if the cache did not keep it (present, or all zeros: then a flag is
+ * kept), else a spare buffer of the same size, or NULL.
+ */
+extern void *ad_cache_insert_take (struct ad_cache *cache, const void *owner,
+                                   uint64_t frame_no, void *buf, size_t size);
+
 /* Is the frame cached (ready) now? */
 extern bool ad_cache_contains (struct ad_cache *cache, const void *owner,
                                uint64_t frame_no);

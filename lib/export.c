@@ -158,14 +158,16 @@ verified_frames (struct ad_export *exp)
 /* Frames that the index decodes anyway (the gzip pass) go to the cache. */
 static void
 emit_to_cache (void *opaque, struct ad_index *idx, size_t frame_no,
-               const void *data)
+               void **data, size_t cap)
 {
   struct ad_export *exp = opaque;
   struct ad_frame frame;
 
   ad_index_get_frame (idx, frame_no, &frame);
-  if (frame.usize <= AD_LARGE_FRAME)
-    ad_cache_insert (exp->cache, exp, frame_no, data, frame.usize);
+  if (frame.usize == cap && cap <= AD_LARGE_FRAME)
+    *data = ad_cache_insert_take (exp->cache, exp, frame_no, *data, cap);
+  else if (frame.usize <= AD_LARGE_FRAME)
+    ad_cache_insert (exp->cache, exp, frame_no, *data, frame.usize);
   mark_decoded (exp, frame_no);
 }
 

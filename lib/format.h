@@ -101,11 +101,14 @@ struct ad_buf;
 struct ad_cursor;
 
 /* Called by advance with frames it decoded anyway while indexing, so
- * the caller may cache them.  data holds exactly the frame's usize
- * bytes and is only valid during the call.
+ * the caller may cache them.  *data holds the frame's usize bytes, at
+ * its start, in a buffer of cap bytes from ad_buffer_alloc (buffer.h).
+ * The caller may copy them (they are valid only during the call), or
+ * take the buffer and leave in *data another buffer of cap bytes from
+ * ad_buffer_alloc, or NULL.
  */
 typedef void ad_emit_fn (void *opaque, struct ad_index *idx, size_t frame_no,
-                         const void *data);
+                         void **data, size_t cap);
 
 struct ad_format_ops {
   enum ad_format format;

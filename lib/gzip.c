@@ -141,8 +141,13 @@
  * error then names the problem.  The indexing pass, spans and partial
  * reads (the spill file) use ISA-L.  zlib remains for the trial
  * decodes of candidate members and crc32_combine.  CRC32s of output
- * use libdeflate_crc32 (faster than zlib's crc32), which computes the
+ * use ISA-L's crc32_gzip_refl (0.02 CPU-s per GiB here, against 0.08
+ * for libdeflate_crc32 and 0.19 for zlib's crc32), which computes the
  * same CRC, so crc32_combine applies.
+ *
+ * The pass of a single member writes each span into a large buffer
+ * (buffer.h) that the export's emit takes into the cache as it is,
+ * giving back a spare one, so the pass's output is never copied.
  */
 
 #include <config.h>
@@ -160,8 +165,10 @@
 #include <zlib.h>
 #include <libdeflate.h>
 #include <isa-l/igzip_lib.h>
+#include <isa-l/crc.h>
 #include <zstd.h>
 
+#include "buffer.h"
 #include "format.h"
 #include "persist.h"
 #include "seekable-formats.h"
@@ -249,9 +256,9 @@ struct gz_pass {
   unsigned char *zbuf;          /* into this (snap_take). */
 
   unsigned char *out;           /* Output: the span (keep) or a ring. */
-  size_t out_alloc, out_cap, out_pos;
+  size_t out_alloc, out_pos;
   bool keep;                    /* Keep the span's bytes for emit. */
-  bool overflow;                /* The span did not fit: no emit. */
+  unsigned char past;           /* Where a byte past the size goes. */
 
   enum pass_state state;
   uint64_t members;
@@ -703,7 +710,10 @@ pass_free (struct gz_pass *P)
     return;
   free (P->st);
   free (P->in.buf);
-  free (P->out);
+  if (P->keep)
+    ad_buffer_free (P->out, P->out_alloc);
+  else
+    free (P->out);
   ZSTD_freeCCtx (P->cctx);
   free (P->zbuf);
   free (P);
@@ -734,26 +744,22 @@ pass_new (struct ad_index *idx, struct ad_source *src, bool lazy,
   P->in.end = src->size;
   if (lazy) {
     /* Output stops at every span's end (see pass_inflate), so a span
-     * never holds more than span bytes.  One more lets the last span
-     * of the member go on to the member's end, or show that it runs
-     * past the size its trailer gave.
+     * never holds more than span bytes, nor more than the image.  The
+     * buffer is a large one (buffer.h), which emit may take as it is
+     * (see ad_emit_fn).
      */
-    P->out_cap = P->out_alloc = span + 1;
-    /* The first span needs no more than the whole image (it grows by
-     * doubling if the image turns out larger).
-     */
-    if (P->out_alloc > P->limit + 1 && P->limit < PASS_OUTPUT)
-      P->out_alloc = P->limit + 1 < 4096 ? 4096 : P->limit + 1;
+    P->out_alloc = span < P->limit ? span : P->limit;
+    if (P->out_alloc == 0)
+      P->out_alloc = 1;
+    P->out = ad_buffer_alloc (P->out_alloc);
   }
   else {
-    P->out_cap = P->out_alloc = PASS_OUTPUT;
+    P->out_alloc = PASS_OUTPUT;
     /* A ring: any size works, a small file needs little. */
     if (n < CHUNK && n < PASS_OUTPUT / 16)
-      P->out_cap = P->out_alloc = PASS_OUTPUT / 16;
+      P->out_alloc = PASS_OUTPUT / 16;
+    P->out = malloc (P->out_alloc);
   }
-  if (P->out_alloc > P->out_cap)
-    P->out_alloc = P->out_cap;
-  P->out = malloc (P->out_alloc);
   P->st = malloc (sizeof *P->st);
   if (P->in.buf == NULL || P->out == NULL || P->st == NULL) {
     ad_error_set (err, ENOMEM, "malloc: %m");
@@ -783,8 +789,20 @@ pass_frame (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
     if (ad_index_append_frame (idx, f, err) == -1)
       return -1;
     priv->appended += f->usize;
-    if (emit && data)
-      emit (opaque, idx, ad_index_nframes (idx) - 1, data);
+    if (emit && data) {
+      void *buf = P->out;
+
+      emit (opaque, idx, ad_index_nframes (idx) - 1, &buf, P->out_alloc);
+      if (buf != P->out) {
+        /* emit took the buffer: the next span goes into the one it
+         * gave, or a new one.
+         */
+        P->out = buf ? buf : ad_buffer_alloc (P->out_alloc);
+        if (P->out == NULL)
+          return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes "
+                               "for the pass's output", P->out_alloc);
+      }
+    }
     return 0;
   }
   if (coll_push (priv, f, err) == -1)
@@ -863,7 +881,6 @@ pass_member_start (struct gz_pass *P, struct ad_source *src,
   P->span_crc = 0;
   P->span_ckpt = NO_CKPT;
   P->out_pos = 0;
-  P->overflow = false;
   P->state = PS_DATA;
   return 1;
 }
@@ -938,7 +955,7 @@ pass_checkpoint (struct gz_priv *priv, struct ad_index *idx,
   f.aux = P->span_ckpt;
   pass_close_span (P);
   if (pass_frame (priv, idx, P, &f,
-                  P->keep && !P->overflow ? P->out : NULL,
+                  P->keep ? P->out : NULL,
                   emit, opaque, err) == -1)
     return -1;
 
@@ -947,7 +964,6 @@ pass_checkpoint (struct gz_priv *priv, struct ad_index *idx,
   P->span_crc = 0;
   P->span_ckpt = next;
   P->out_pos = 0;
-  P->overflow = false;
 
   /* A later failure resumes here. */
   P->resume_ckpt = next;
@@ -1025,7 +1041,7 @@ pass_member_end (struct gz_priv *priv, struct ad_index *idx,
   }
   f.csize = mend - f.coff;
   if (pass_frame (priv, idx, P, &f,
-                  P->keep && !P->overflow ? P->out : NULL,
+                  P->keep ? P->out : NULL,
                   emit, opaque, err) == -1)
     return -1;
   P->state = P->lazy ? PS_DONE : PS_HEADER;
@@ -1042,36 +1058,36 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
               struct ad_error *err)
 {
   for (;;) {
+    unsigned char *dst;
     size_t room, n;
+    bool probe;
     uint32_t in_before;
     int r;
 
     if (P->st->avail_in == 0 && pass_fill (P, src, 1, err) == -1)
       return -1;
 
-    if (P->out_pos == P->out_alloc) {
-      if (P->keep && !P->overflow && P->out_alloc < P->out_cap) {
-        size_t na = P->out_alloc * 2 < P->out_cap ? P->out_alloc * 2
-          : P->out_cap;
-        unsigned char *p = realloc (P->out, na);
-        if (p == NULL)
-          return ad_error_set (err, ENOMEM, "realloc: %m");
-        P->out = p;
-        P->out_alloc = na;
-      }
-      else {
-        /* Not kept (or too large to keep): reuse the buffer. */
-        if (P->keep)
-          P->overflow = true;
-        P->out_pos = 0;
-      }
+    /* A kept span is full only where the image's size is reached
+     * (spans end at checkpoints before that): one byte more, into
+     * past, shows whether the member runs on (an error below).  A ring
+     * starts again.
+     */
+    probe = P->keep && P->out_pos == P->out_alloc;
+    if (!P->keep && P->out_pos == P->out_alloc)
+      P->out_pos = 0;
+    if (probe) {
+      dst = &P->past;
+      room = 1;
     }
-    room = P->out_alloc - P->out_pos;
-    if (room > INFLATE_MAX)
-      room = INFLATE_MAX;
-    if (P->span_len < P->span && room > P->span - P->span_len)
-      room = P->span - P->span_len;
-    P->st->next_out = P->out + P->out_pos;
+    else {
+      dst = P->out + P->out_pos;
+      room = P->out_alloc - P->out_pos;
+      if (room > INFLATE_MAX)
+        room = INFLATE_MAX;
+      if (P->span_len < P->span && room > P->span - P->span_len)
+        room = P->span - P->span_len;
+    }
+    P->st->next_out = dst;
     P->st->avail_out = room;
     in_before = P->st->avail_in;
 
@@ -1079,8 +1095,9 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
 
     n = room - P->st->avail_out;
     if (n > 0) {
-      P->span_crc = libdeflate_crc32 (P->span_crc, P->out + P->out_pos, n);
-      P->out_pos += n;
+      P->span_crc = crc32_gzip_refl (P->span_crc, dst, n);
+      if (!probe)
+        P->out_pos += n;
       P->span_len += n;
       P->uoff += n;
       if (P->lazy && P->uoff > P->limit)
@@ -1183,7 +1200,6 @@ pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
   P->span_len = 0;
   P->span_crc = 0;
   P->out_pos = 0;
-  P->overflow = false;
 
   if (keep == 0) {
     /* From the start of the file, as pass_new left it (read again). */
@@ -1898,7 +1914,7 @@ dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
       in_used != clen - h.len - AD_GZIP_TRAILER_SIZE)
     return 0;
   t = p + clen - AD_GZIP_TRAILER_SIZE;
-  d->crc = libdeflate_crc32 (0, out, out_used);
+  d->crc = crc32_gzip_refl (0, out, out_used);
   if (ad_le32 (t) != d->crc || ad_le32 (t + 4) != (uint32_t) out_used)
     return 0;
   d->done = out_used;
@@ -1991,7 +2007,7 @@ dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
   if (dec_inflate (d, src, out, count, &n, &starved, err) == -1)
     return -1;
   if (n > 0)
-    d->crc = libdeflate_crc32 (d->crc, out, n);
+    d->crc = crc32_gzip_refl (d->crc, out, n);
   d->done += n;
 
   if (d->whole) {
