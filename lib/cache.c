@@ -64,7 +64,7 @@ struct spare {
   size_t size;
 };
 
-#define SPARE_MIN (64 * 1024)
+#define SPARE_MIN (32 * 1024)   /* BGZF's members hold 65280 bytes. */
 
 #define SPARE_SEARCH 64         /* Spares looked at for a matching size. */
 

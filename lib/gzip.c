@@ -194,6 +194,7 @@
 #define TOTAL_OUT_HIGH (1U << 31)       /* See isal_call. */
 #define TOTAL_OUT_LOW (1U << 30)
 #define WINDOW_SIZE 32768               /* Deflate's history. */
+#define LD_POOL_MAX 16                  /* Idle libdeflate decoders kept. */
 #define POINT_OUT (256 * 1024)          /* See scan_to. */
 #define POINT_SCRATCH (64 * 1024)       /* At least WINDOW_SIZE. */
 #define WIN_ZSTD_LEVEL 3
@@ -286,7 +287,10 @@ enum gz_kind { GZ_BGZF, GZ_LAZY, GZ_FULL };
 
 struct gz_priv {
   enum gz_kind kind;
-  pthread_mutex_t lock;         /* Protects ckpts, nckpts, ckpts_alloc. */
+  pthread_mutex_t lock;         /* Protects ckpts, nckpts, ckpts_alloc, */
+                                /* lds, nlds. */
+  struct libdeflate_decompressor *lds[LD_POOL_MAX];  /* Idle ones. */
+  size_t nlds;
   struct gz_ckpt *ckpts;
   size_t nckpts, ckpts_alloc;
   uint64_t snap_bytes;          /* Held by checkpoints. */
@@ -1637,6 +1641,7 @@ gz_advance (struct ad_index *idx, struct ad_source *src, uint64_t offset,
 /* Decoders. */
 
 struct gz_decoder {
+  struct gz_priv *priv;
   struct ad_frame f;
   bool whole;                   /* Header to trailer; check the trailer. */
   bool at_header;               /* Starts with a member header. */
@@ -1660,6 +1665,7 @@ gz_decoder_new (struct ad_index *idx, const struct ad_frame *frame,
   (void) frame_no;
   if (d == NULL)
     return ad_error_set (err, ENOMEM, "calloc: %m");
+  d->priv = priv;
   d->f = *frame;
   if (frame->aux == AUX_WHOLE) {
     d->whole = true;
@@ -1874,6 +1880,35 @@ gz_decoder_read (void *decoder, struct ad_source *src, void *out,
  * 0 if the caller should decode it with zlib instead (which then finds
  * and describes whatever is wrong), -1 on a read error.
  */
+/* A libdeflate decompressor of the image's pool (they hold no state
+ * between calls, and making one per member costs page faults), or a
+ * new one; NULL if memory ran out.
+ */
+static struct libdeflate_decompressor *
+ld_get (struct gz_priv *priv)
+{
+  struct libdeflate_decompressor *ld = NULL;
+
+  pthread_mutex_lock (&priv->lock);
+  if (priv->nlds > 0)
+    ld = priv->lds[--priv->nlds];
+  pthread_mutex_unlock (&priv->lock);
+  return ld ? ld : libdeflate_alloc_decompressor ();
+}
+
+static void
+ld_put (struct gz_priv *priv, struct libdeflate_decompressor *ld)
+{
+  pthread_mutex_lock (&priv->lock);
+  if (priv->nlds < LD_POOL_MAX) {
+    priv->lds[priv->nlds++] = ld;
+    ld = NULL;
+  }
+  pthread_mutex_unlock (&priv->lock);
+  if (ld)
+    libdeflate_free_decompressor (ld);
+}
+
 static int
 dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
                 struct ad_error *err)
@@ -1902,14 +1937,14 @@ dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
                     &scratch) == -1 ||
       clen - h.len < 2 + AD_GZIP_TRAILER_SIZE)
     return 0;
-  ld = libdeflate_alloc_decompressor ();
+  ld = ld_get (d->priv);
   if (ld == NULL)
     return 0;
   r = libdeflate_deflate_decompress_ex (ld, p + h.len,
                                         clen - h.len - AD_GZIP_TRAILER_SIZE,
                                         out, d->f.usize, &in_used,
                                         &out_used);
-  libdeflate_free_decompressor (ld);
+  ld_put (d->priv, ld);
   if (r != LIBDEFLATE_SUCCESS || out_used != d->f.usize ||
       in_used != clen - h.len - AD_GZIP_TRAILER_SIZE)
     return 0;
@@ -2050,6 +2085,8 @@ gz_close (struct ad_index *idx)
   }
   free (priv->ckpts);
   free (priv->coll);
+  for (i = 0; i < priv->nlds; i++)
+    libdeflate_free_decompressor (priv->lds[i]);
   pthread_mutex_destroy (&priv->lock);
   free (priv);
   idx->priv = NULL;
