@@ -15,6 +15,7 @@ ap.add_argument("--size-mib", type=int, required=True)
 ap.add_argument("--runtime", type=int, default=10)
 ap.add_argument("--quick", type=int, default=0)
 ap.add_argument("--only", default="")
+ap.add_argument("--seq-runs", type=int, default=3)
 ap.add_argument("--out", required=True)
 a = ap.parse_args()
 
@@ -263,40 +264,49 @@ def first_read(key, args, sock):
         s.stop()
 
 
-def ready_server(key, args, sock, what, fatal):
-    """A fresh server that accepts connections, or None (after fatal)."""
+def ready_server(key, args, sock, what, fatal, R=None):
+    """A fresh server that accepts connections, or None (after fatal).  With R, the
+    seconds from starting it until a first connect's handshake ends go to
+    R["connect_wall"] (the connect's pass, if any, is in them)."""
     s = Server(key, args, sock)
     h = s.connect()
     if h is None:
         fatal("%s: server did not start: %s" % (what, s.logtail()))
         s.stop()
         return None
+    if R is not None:
+        R["connect_wall"] = time.monotonic() - s.t0
     nbd_close(h)
     return s
 
 
 def seq_copy(R, key, args, sock, label, fatal):
-    """`nbdcopy URI null:` on a fresh server: R["seq"] MB/s, R["seq_wall"] s and
-    R["seq_cpu"], the CPU seconds of nbdcopy (os.wait4) + the server's (all threads)
-    from its start until just before it is stopped: the connect's pass (bzip2's
-    sizing, a walk over frames) counts, as issue 15 asks ("a full copy right after
-    connect, the sizing pass included").  False if the server did not start."""
-    s = ready_server(key, args, sock, label + " (seq)", fatal)
-    if s is None:
-        return False
-    try:
-        c0 = 0.0
-        t, ok, err, cpu = timed(["nbdcopy", s.uri, "null:"], SEQ_TIMEOUT)
-        c1 = s.cpu()
-        R["seq"] = IMG / t / 1e6 if ok else ("timeout" if ok is None else "ERR")
-        if ok:
-            R["seq_wall"] = t
-            if c0 is not None and c1 is not None:
-                R["seq_cpu"] = c1 - c0 + cpu
-        else:
+    """`nbdcopy URI null:` on a fresh server, --seq-runs times, keeping the best of
+    each measure (the least CPU, the least wall time): R["seq"] MB/s, R["seq_wall"]
+    s, R["connect_wall"] s (start until a first connect: a connect's pass is in it)
+    and R["seq_cpu"], the CPU seconds of nbdcopy (os.wait4) + the server's (all
+    threads) from its start until just before it is stopped: the connect's pass
+    (bzip2's sizing, a walk over frames) counts, as issue 15 asks ("a full copy right
+    after connect, the sizing pass included").  False if the server did not start."""
+    for run in range(max(1, a.seq_runs)):
+        one = {}
+        s = ready_server(key, args, sock, label + " (seq)", fatal, one)
+        if s is None:
+            return False
+        try:
+            t, ok, err, cpu = timed(["nbdcopy", s.uri, "null:"], SEQ_TIMEOUT)
+            c1 = s.cpu()
+        finally:
+            s.stop()
+        if not ok:
+            R["seq"] = "timeout" if ok is None else "ERR"
             fatal("%s: sequential: %s" % (label, err.strip()))
-    finally:
-        s.stop()
+            return True
+        for k, v in (("seq_wall", t), ("connect_wall", one["connect_wall"])):
+            R[k] = min(R.get(k, v), v)
+        if c1 is not None:
+            R["seq_cpu"] = min(R.get("seq_cpu", c1 + cpu), c1 + cpu)
+        R["seq"] = IMG / R["seq_wall"] / 1e6
     return True
 
 
@@ -368,11 +378,13 @@ def measure_server(key, label, args, cold_args, warm_args, is_ours):
         return R
     if key in DECODER:
         dec = DECODER[key]
-        t, ok, err, cpu = timed(dec, SEQ_TIMEOUT, stdin=OURS_FILE[key])
-        if ok:
-            R["dec"] = (" ".join(dec), t, cpu)
-        else:
-            failures.append("%s: %s: %s" % (label, " ".join(dec), err.strip()))
+        for run in range(max(1, a.seq_runs)):
+            t, ok, err, cpu = timed(dec, SEQ_TIMEOUT, stdin=OURS_FILE[key])
+            if not ok:
+                failures.append("%s: %s: %s" % (label, " ".join(dec), err.strip()))
+                break
+            if "dec" not in R or cpu < R["dec"][2]:
+                R["dec"] = (" ".join(dec), t, cpu)
 
     # instance 3: cache larger than the image, warmed by reading all of
     # it once in random order (1 MiB reads), then random 4 KiB reads.
@@ -482,8 +494,10 @@ if any(k in DECODER for k in results) and "seq_cpu" not in results.get("A:file",
     seq_copy(floor_run, "A:file", servers[0][2], os.path.join(WORK, "floor.sock"), "file plugin (floor)",
              notes.append)
     FILE_CPU = floor_run.get("seq_cpu")
+    FILE_CONNECT = floor_run.get("connect_wall")
 else:
     FILE_CPU = results.get("A:file", {}).get("seq_cpu")
+    FILE_CONNECT = results.get("A:file", {}).get("connect_wall")
 THREADS = os.cpu_count()
 for key in DECODER:
     R = results.get(key, {})
@@ -492,7 +506,13 @@ for key in DECODER:
         if isinstance(R.get("seq_cpu"), float) and R["seq_cpu"] > 0:
             R["cpu_eff"] = R["floor"] / R["seq_cpu"]
         if key not in ONE_FRAME and "seq_wall" in R:
-            R["par_eff"] = R["floor"] / THREADS / R["seq_wall"]
+            # The copy's wall time, plus the connect's pass: how much longer than
+            # the file plugin's own start-up the first connect took.
+            wall = R["seq_wall"]
+            if FILE_CONNECT is not None and "connect_wall" in R:
+                wall += max(0.0, R["connect_wall"] - FILE_CONNECT)
+            R["par_wall"] = wall
+            R["par_eff"] = R["floor"] / THREADS / wall
 elapsed = time.monotonic() - tstart
 
 
@@ -663,8 +683,9 @@ ratios are ours ÷ the named anchor (> 1 is better for ours).
 seq CPU: user + sys seconds of nbdcopy (os.wait4) + the server's, all threads (/proc/PID/stat), from its
 start until just before it is stopped, so a pass at connect counts (command-line anchors: their own CPU).
 1-thread decoder: the best single-threaded decoder of the same file to /dev/null, in the same run (wall / CPU s).
+seq, seq CPU and the decoders: the best of %d runs (the least wall time, the least CPU), each on a fresh server.
 CPU eff.: (seq CPU of the file plugin on raw + that decoder's CPU) ÷ ours' seq CPU (issue 15: ≥ 0.95);
-par. eff.: the same floor ÷ %d threads ÷ ours' seq wall, many-frame shapes only (issue 15: ≥ 0.85).
+par. eff.: the same floor ÷ %d threads ÷ (ours' seq wall + the connect's pass: its first connect's time beyond the file plugin's), many-frame shapes only (issue 15: ≥ 0.85).
 cold: autodecomp-cache-size as shown (8 frames, at most 1/2 of the image; anchors their defaults);
 warm: cache 2× the image, after reading all of it once in random order (1 MiB reads).
 RSS: VmHWM of the server process (command-line anchors: their max RSS); cold = after the cold random
@@ -678,7 +699,7 @@ print()
 print(ttable)
 print("targets met: %d of %d" % (met, len(targets)))
 with open(a.out, "w") as f:
-    f.write(head + "\n" + table + "\n" + legend % (THREADS, FIRST_SAMPLES, DATA_OFF))
+    f.write(head + "\n" + table + "\n" + legend % (FIRST_SAMPLES, max(1, a.seq_runs), THREADS, DATA_OFF))
     f.write("\n## Targets of issues 3 and 15 (%d of %d met)\n\n" % (met, len(targets)) + ttable + "\n")
     if failures or notes:
         f.write("\nProblems:\n\n" + "".join("- %s\n" % x for x in failures + notes))
