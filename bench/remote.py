@@ -20,6 +20,7 @@ ap.add_argument("--size-mib", type=int, required=True)
 ap.add_argument("--url", required=True)
 ap.add_argument("--delay", default="20ms")
 ap.add_argument("--rate", default="400M")
+ap.add_argument("--burst", default="0.5")
 ap.add_argument("--only", default="")
 ap.add_argument("--boot", type=int, default=1)
 ap.add_argument("--kernel", default="")
@@ -134,7 +135,8 @@ class Server:
         else:
             url = a.url + "/" + os.path.relpath(path, C)
             args = filters + ["--filter=log", "--filter=rate", "--filter=delay", "curl", url,
-                              "logfile=" + self.logfile, "rate=" + a.rate, "delay-read=" + a.delay]
+                              "logfile=" + self.logfile, "rate=" + a.rate,
+                              "burstiness=" + a.burst, "delay-read=" + a.delay]
         if index:
             args.append("autodecomp-index=" + index)
         self.cmd = ["nbdkit", "-f", "-r", "--exit-with-parent", "-U", self.sock] + args
@@ -747,14 +749,14 @@ head = """# nbdkit-autodecomp remote benchmark (bench/remote)
 - date: %s
 - machine: %s, nproc %d, CPU %s, %d MiB RAM; load average at the start %.1f %.1f %.1f, at the end %.1f %.1f %.1f
 - corpus: %s, disk.img %d MiB; %s
-- link: nginx on 127.0.0.1, nbdkit curl plugin, delay-read=%s, rate=%s (%.1f MB/s: nbdkit's M is 2^20 bits)
+- link: nginx on 127.0.0.1, nbdkit curl plugin, delay-read=%s, rate=%s (%.1f MB/s: nbdkit's M is 2^20 bits), burstiness=%s s
 - stack: `nbdkit --filter=OURS --filter=log --filter=rate --filter=delay curl URL` (log right below ours: reads and bytes below are what ours asks for)
 - persisted index: %s
 - boot: %s
 - run took %.0f s; targets met: %s
 """ % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), platform.node(), os.cpu_count(), cpu,
        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MiB, *LOAD0, *os.getloadavg(),
-       C, IMG // MiB, nbdkit_v, a.delay, a.rate, LINK / 1e6,
+       C, IMG // MiB, nbdkit_v, a.delay, a.rate, LINK / 1e6, a.burst,
        "autodecomp-index=DIR (primed by one connect + 4 KiB read, then SIGTERM)" if HAS_INDEX else "not in this build",
        ("%s, initramfs loading virtio_blk, root disk = the export (boot/disk.img in each shape), "
         "its busybox /init checks the SHA-256 of %s; qemu-system-x86_64 -accel tcg -m 512" % (kernel_name(), checked()))
