@@ -797,15 +797,10 @@ pass_frame (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
       void *buf = P->out;
 
       emit (opaque, idx, ad_index_nframes (idx) - 1, &buf, P->out_alloc);
-      if (buf != P->out) {
-        /* emit took the buffer: the next span goes into the one it
-         * gave, or a new one.
-         */
-        P->out = buf ? buf : ad_buffer_alloc (P->out_alloc);
-        if (P->out == NULL)
-          return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes "
-                               "for the pass's output", P->out_alloc);
-      }
+      /* If emit took the buffer, the next span goes into the one it
+       * gave, or a new one (pass_inflate).
+       */
+      P->out = buf;
     }
     return 0;
   }
@@ -1070,6 +1065,10 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
 
     if (P->st->avail_in == 0 && pass_fill (P, src, 1, err) == -1)
       return -1;
+    /* emit took the last buffer and none could be had then. */
+    if (P->out == NULL && (P->out = ad_buffer_alloc (P->out_alloc)) == NULL)
+      return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for the "
+                           "pass's output", P->out_alloc);
 
     /* A kept span is full only where the image's size is reached
      * (spans end at checkpoints before that): one byte more, into
