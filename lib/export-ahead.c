@@ -1,0 +1,200 @@
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: read-ahead, which decodes frames before a sequential
+ * reader asks for them (see export.h).
+ *
+ * Each reader (a connection) remembers where its recent reads ended.
+ * Once enough of them in a row land near there, the reader is
+ * sequential, and after each of its reads the frames that follow are
+ * queued as decode jobs that nobody waits for yet, into free pool
+ * slots only, as far as a window that keeps every worker busy, and
+ * not past where another sequential reader of the same export began;
+ * then the fetcher reads the next compressed bytes while they decode.
+ */
+
+#include <config.h>
+
+#include <stdlib.h>
+
+#include "export-int.h"
+
+/* How far ahead of a reader to decode, for frames of usize bytes:
+ * enough to keep every worker busy with a job while the reader
+ * consumes one more, and at most exp->readahead.  More would only
+ * hold decoded frames that nobody reads yet: memory that is touched
+ * for the first time (slow on some VMs) and taken from the cache
+ * (nbdcopy reads through four connections, each its own reader).
+ */
+static uint64_t
+readahead_window (const struct ad_export *exp, uint64_t usize)
+{
+  uint64_t unit = usize > JOB_MAX_OUTPUT ? usize : JOB_MAX_OUTPUT;
+  uint64_t window = (ad_pool_threads (exp->pool) + 2) * unit;
+
+  return window < exp->readahead ? window : exp->readahead;
+}
+
+/* Is frame f within the read-ahead window that starts at uoff (and
+ * small enough for the cache)?
+ */
+static bool
+wanted_ahead (const struct ad_export *exp, const struct ad_frame *f,
+              uint64_t uoff)
+{
+  return f->uoff < uoff + readahead_window (exp, f->usize) &&
+    f->usize <= AD_LARGE_FRAME;
+}
+
+/* Decode frames ahead of a sequential reader, from frame_no on, until
+ * the read-ahead window past uoff is covered, limit is reached (see
+ * other_reader_start) or no slot is free.
+ * Returns the first frame not yet started.
+ */
+static size_t
+read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
+            uint64_t uoff, uint64_t limit)
+{
+  size_t nframes = ad_index_nframes (exp->idx);
+
+  while (frame_no < nframes) {
+    struct ad_frame f;
+    struct ad_error err;
+    struct job *job;
+    bool created;
+
+    ad_index_get_frame (exp->idx, frame_no, &f);
+    if (!wanted_ahead (exp, &f, uoff) || f.uoff >= limit)
+      break;
+    if (!ad_pool_acquire (exp->pool, false))
+      break;
+    job = calloc (1, sizeof *job);
+    if (job == NULL) {
+      ad_pool_release (exp->pool);
+      break;
+    }
+    job->ahead = true;
+    ad_error_clear (&err);
+    while (frame_no < nframes) {
+      struct ad_cache_entry *e;
+
+      ad_index_get_frame (exp->idx, frame_no, &f);
+      if (!wanted_ahead (exp, &f, uoff) || f.uoff >= limit ||
+          (job->n > 0 && !export_fits_job (job, &f)))
+        break;
+      e = ad_cache_acquire (exp->cache, exp, frame_no, f.usize, &created,
+                            &err);
+      if (e == NULL)
+        break;
+      frame_no++;
+      if (!created) {
+        ad_cache_put (exp->cache, e);
+        if (job->n > 0)
+          break;
+        continue;
+      }
+      export_job_add (job, &f, frame_no - 1, e);
+    }
+    if (job->n == 0) {
+      free (job);
+      ad_pool_release (exp->pool);
+      continue;
+    }
+    if (export_submit_job (exp, src, job, &err) == -1)
+      break;
+  }
+  return frame_no;
+}
+
+/* Where the nearest other sequential reader of exp began reading after
+ * uoff (UINT64_MAX if none).  Read-ahead stops there: past it, that
+ * reader has read the frames already (nbdcopy gives each connection
+ * its own part of the image), so decoding them again for this one is
+ * work and compressed reads that nobody uses.
+ */
+static uint64_t
+other_reader_start (struct ad_export *exp, const struct ad_reader *reader,
+                    uint64_t uoff)
+{
+  uint64_t limit = UINT64_MAX;
+  const struct ad_reader *r;
+
+  pthread_mutex_lock (&exp->lock);
+  for (r = exp->readers; r; r = r->next) {
+    uint64_t start = __atomic_load_n (&r->start, __ATOMIC_RELAXED);
+
+    if (r != reader &&
+        __atomic_load_n (&r->streak, __ATOMIC_RELAXED) >= SEQ_STREAK &&
+        start > uoff && start < limit)
+      limit = start;
+  }
+  pthread_mutex_unlock (&exp->lock);
+  return limit;
+}
+
+void
+export_note_read (struct ad_export *exp, struct ad_reader *reader,
+                  struct ad_source *src, uint64_t offset, size_t count)
+{
+  uint64_t end = offset + count;
+  size_t from, next;
+  struct ad_frame f;
+  struct ad_error err;
+
+  if (reader == NULL || exp->pool == NULL || exp->readahead == 0)
+    return;
+  /* Another request of this reader is looking ahead already. */
+  if (pthread_mutex_trylock (&reader->lock) != 0)
+    return;
+  if (reader->exp == NULL) {
+    reader->exp = exp;
+    pthread_mutex_lock (&exp->lock);
+    reader->next = exp->readers;
+    exp->readers = reader;
+    pthread_mutex_unlock (&exp->lock);
+  }
+  /* A sequential reader's requests in flight spread wider (nbdcopy:
+   * 64 of 256 KiB) than what makes a reader sequential.
+   */
+  if (offset + SEQ_SLACK >= reader->end &&
+      offset <= reader->end + (reader->streak >= SEQ_STREAK ? 4 : 1) *
+      SEQ_SLACK) {
+    if (reader->streak < SEQ_STREAK)
+      __atomic_store_n (&reader->streak, reader->streak + 1, __ATOMIC_RELAXED);
+  }
+  else {
+    __atomic_store_n (&reader->streak, 0, __ATOMIC_RELAXED);
+    __atomic_store_n (&reader->start, offset, __ATOMIC_RELAXED);
+    reader->ahead = 0;
+  }
+  if (end > reader->end || reader->streak == 0)
+    reader->end = end;
+  if (reader->streak < SEQ_STREAK) {
+    pthread_mutex_unlock (&reader->lock);
+    return;
+  }
+  /* Start after the frame holding the end of this read, if the index
+   * already knows it (read-ahead never extends the index).
+   */
+  ad_error_clear (&err);
+  pthread_mutex_lock (&exp->idx->lock);
+  if (end >= exp->idx->indexed)
+    end = exp->size;
+  pthread_mutex_unlock (&exp->idx->lock);
+  if (end >= exp->size ||
+      ad_index_find (exp->idx, src, end, &f, &from, NULL, NULL, &err) == -1) {
+    pthread_mutex_unlock (&reader->lock);
+    return;
+  }
+  if (reader->ahead > from)
+    from = reader->ahead;
+  next = read_ahead (exp, src, from, end,
+                     other_reader_start (exp, reader, offset));
+  if (next > reader->ahead)
+    reader->ahead = next;
+  pthread_mutex_unlock (&reader->lock);
+  /* With the decodes started, fetch the next compressed bytes while
+   * they run.
+   */
+  ad_fetch_ahead (src);
+}

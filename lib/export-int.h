@@ -1,0 +1,105 @@
+/* Copyright (C) 2026 The nbdkit-autodecomp authors
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * autodecomp: what the parts of an export share (see export.h).  Only
+ * they include it; users of the library include export.h.
+ *
+ *   export.c        the read path: open and free, readers, reads split
+ *                   at frame boundaries and served from the cache or
+ *                   the spill, extents, find;
+ *   export-jobs.c   decode jobs: the frames a read misses, decoded in
+ *                   its thread or by the pool's workers;
+ *   export-ahead.c  read-ahead: decode jobs queued ahead of a
+ *                   sequential reader;
+ *   export-proof.c  offset proofs (autodecomp-verify-offsets).
+ */
+#ifndef AUTODECOMP_EXPORT_INT_H
+#define AUTODECOMP_EXPORT_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "export.h"
+
+/* export.c */
+
+/* Serve [offset, offset + count) (buf NULL: only bring it into the
+ * cache or the spill).
+ */
+extern int export_read_range (struct ad_export *exp,
+                              struct ad_reader *reader,
+                              struct ad_source *src, char *buf, size_t count,
+                              uint64_t offset, bool prove,
+                              struct ad_error *err);
+
+/* export-jobs.c */
+
+/* Frames per job are limited by their decoded and compressed sizes. */
+#define JOB_MAX_OUTPUT (4 * 1024 * 1024ULL)
+#define JOB_MAX_INPUT (16 * 1024 * 1024ULL)
+#define JOB_MAX_FRAMES 64
+
+/* A decode job (see export-jobs.c). */
+struct job {
+  struct ad_export *exp;
+  bool ahead;                   /* Read-ahead (nobody waits yet). */
+  size_t n;
+  size_t frame_no[JOB_MAX_FRAMES];
+  struct ad_frame frame[JOB_MAX_FRAMES];
+  struct ad_cache_entry *entry[JOB_MAX_FRAMES];
+  char *input;                  /* A buffer of the pool, or NULL. */
+  size_t input_cap;
+  const char *data;             /* The input: in input, or lent. */
+  struct ad_loan *loan;
+  uint64_t input_off;
+  size_t input_len;
+  uint64_t source_size;
+};
+
+/* A piece of a request: one frame, the entry that holds it (in-memory
+ * frames), and what the reader wants from it.
+ */
+struct piece {
+  struct ad_frame frame;
+  size_t frame_no;
+  struct ad_cache_entry *entry; /* NULL for a large (spill) frame. */
+  bool created;
+  uint64_t offset;              /* Uncompressed offset wanted. */
+  size_t count;
+  char *buf;                    /* Where it goes, or NULL. */
+};
+
+extern int export_submit_job (struct ad_export *exp, struct ad_source *src,
+                              struct job *job, struct ad_error *err);
+extern bool export_fits_job (const struct job *job,
+                             const struct ad_frame *b);
+extern void export_job_add (struct job *job, const struct ad_frame *frame,
+                            size_t frame_no, struct ad_cache_entry *entry);
+extern int export_start_pieces (struct ad_export *exp, struct ad_source *src,
+                                struct piece *pieces, size_t n,
+                                struct ad_error *err);
+
+/* export-ahead.c */
+
+/* Read-ahead is worth it when this reader keeps reading near where
+ * its last reads ended (several requests in flight arrive in any
+ * order).
+ */
+#define SEQ_SLACK (8 * 1024 * 1024ULL)
+#define SEQ_STREAK 3
+
+extern void export_note_read (struct ad_export *exp,
+                              struct ad_reader *reader,
+                              struct ad_source *src, uint64_t offset,
+                              size_t count);
+
+/* export-proof.c */
+
+extern bool export_needs_proof (struct ad_export *exp);
+extern void export_mark_decoded (struct ad_export *exp, size_t frame_no);
+extern size_t export_verified_frames (struct ad_export *exp);
+extern int export_prove_offset (struct ad_export *exp, struct ad_source *src,
+                                size_t frame_no, struct ad_error *err);
+
+#endif /* AUTODECOMP_EXPORT_INT_H */
