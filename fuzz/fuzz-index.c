@@ -4,18 +4,22 @@
  * autodecomp: libFuzzer target for the persisted index loader
  * (lib/persist.c and the formats' load functions).
  *
- * Four small images are made in memory at start, one per format that
+ * Five small images are made in memory at start, one per format that
  * keeps a persisted index: zstd frames (one of them without a content
  * checksum, so its compressed bytes are hashed), two bzip2 streams of
- * several blocks, BGZF members, and one plain gzip member cut into
- * spans (its checkpoints kept as restorable points).  The input's
+ * several blocks, BGZF members, one plain gzip member cut into spans
+ * (its checkpoints kept as restorable points), and one gzip member of
+ * 16 MiB indexed as reads go, whose index is kept partial (after four
+ * spans).  The input's
  * first byte picks the image (its low bits), the rest is taken as an
  * index file for it; with bit 7 of that byte set, the file's checksum
  * is made right first, so that mutations reach the field checks and
  * the formats' load functions instead of stopping at the checksum.
  * Whatever the file says, loading it must not crash, and if it is
  * accepted, every byte of the image read through it must be the
- * image's own or an error: never a wrong byte.
+ * image's own or an error: never a wrong byte.  A partial index is
+ * also extended by one frame (the pass going on from its end), which
+ * must hold the image's bytes or fail.
  *
  * With AD_FUZZ_WRITE_SEEDS=DIR in the environment the target writes
  * the valid index file of each image to DIR (the seeds in
@@ -37,7 +41,7 @@
 #include "format.h"
 #include "persist.h"
 
-#define NIMAGES 4
+#define NIMAGES 5
 
 struct image {
   enum ad_format format;
@@ -165,18 +169,16 @@ make_bgzf (struct image *im)
   libdeflate_free_compressor (c);
 }
 
-/* One gzip member of 300000 bytes: with 64 KiB spans (see
- * init_options), five spans, four of them at restorable points.
- */
+/* One gzip member of size bytes of make_data (seed). */
 static void
-make_gzip (struct image *im)
+make_gzip_member (struct image *im, size_t size, uint32_t seed)
 {
   struct libdeflate_compressor *c = libdeflate_alloc_compressor (6);
   size_t bound;
 
   im->format = AD_FORMAT_GZIP;
-  im->dlen = 300000;
-  im->data = make_data (im->dlen, 4);
+  im->dlen = size;
+  im->data = make_data (im->dlen, seed);
   bound = libdeflate_gzip_compress_bound (c, im->dlen);
   im->comp = malloc (bound);
   if (c == NULL || im->comp == NULL)
@@ -186,6 +188,27 @@ make_gzip (struct image *im)
   if (im->clen == 0)
     abort ();
   libdeflate_free_compressor (c);
+}
+
+/* One gzip member of 300000 bytes: with 64 KiB spans (see
+ * init_options), five spans, four of them at restorable points.
+ */
+static void
+make_gzip (struct image *im)
+{
+  make_gzip_member (im, 300000, 4);
+}
+
+/* One gzip member of 16 MiB + 1 byte (the trailer then gives the size:
+ * indexed as reads go), whose index is saved partial, after 4 spans.
+ */
+#define LAZY_SIZE (16 * 1024 * 1024 + 1)
+#define LAZY_SPANS 4
+
+static void
+make_gzip_lazy (struct image *im)
+{
+  make_gzip_member (im, LAZY_SIZE, 5);
 }
 
 static void
@@ -207,6 +230,7 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   make_bzip2 (&images[1]);
   make_bgzf (&images[2]);
   make_gzip (&images[3]);
+  make_gzip_lazy (&images[4]);
   for (i = 0; i < NIMAGES; i++) {
     struct image *im = &images[i];
     struct ad_source src;
@@ -217,6 +241,17 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
     init_options (&opts);
     ad_source_init_mem (&src, im->comp, im->clen);
     idx = ad_index_open (im->format, &src, &opts, &err);
+    if (idx && !ad_index_complete (idx)) {
+      struct ad_frame f;
+      size_t frame_no;
+
+      if (ad_index_find (idx, &src, (LAZY_SPANS - 1) * opts.gzip_span, &f,
+                         &frame_no, NULL, NULL, &err) == -1 ||
+          ad_index_complete (idx)) {
+        fprintf (stderr, "fuzz-index: image %d: no partial index\n", i);
+        abort ();
+      }
+    }
     if (idx == NULL || ad_index_save_bytes (idx, &src, &im->index) == -1) {
       fprintf (stderr, "fuzz-index: image %d: %s\n", i,
                idx ? idx->index_note : err.msg);
@@ -301,6 +336,16 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   if (ad_index_load_bytes (idx, &src, "input", file, size - 1,
                            &err) == 1) {
     read_all (im, idx, &src);
+    /* A partial index: the pass goes on from its end, for one frame. */
+    if (!ad_index_complete (idx)) {
+      struct ad_frame f;
+      size_t frame_no, n = ad_index_nframes (idx);
+
+      ad_index_get_frame (idx, n - 1, &f);
+      if (ad_index_find (idx, &src, f.uoff + f.usize, &f, &frame_no, NULL,
+                         NULL, &err) == 0)
+        read_all (im, idx, &src);
+    }
   }
   ad_index_free (idx);
   free (file);

@@ -82,7 +82,9 @@ ad_index_open (enum ad_format format, struct ad_source *src,
     ad_index_free (idx);
     return NULL;
   case 1:
-    idx->index_from = "a persisted index file";
+    idx->index_from = ad_index_complete (idx) ? "a persisted index file"
+      : "a persisted partial index file, then checkpoints made as a lazy "
+      "pass goes on from its end";
     return idx;
   }
   if (ops->open (idx, src, err) == -1) {

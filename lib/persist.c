@@ -25,6 +25,7 @@
 #define FRAME_SIZE 48
 #define TRAILER_SIZE 8
 #define FLAG_SIZES_UNCHECKED 1
+#define FLAG_PARTIAL 2
 
 /* Buffers and cursors. */
 
@@ -308,7 +309,7 @@ check_header (struct ad_index *idx, const char *file,
  */
 static bool
 load_frames (struct ad_index *idx, const char *file, const unsigned char *p,
-             uint64_t nframes, struct ad_source *src)
+             uint64_t nframes, bool partial, struct ad_source *src)
 {
   uint64_t i;
   struct ad_error e;
@@ -331,9 +332,11 @@ load_frames (struct ad_index *idx, const char *file, const unsigned char *p,
       return false;
     }
   }
-  if (idx->indexed != idx->size) {
+  if (partial ? idx->indexed == 0 || idx->indexed >= idx->size
+      : idx->indexed != idx->size) {
     note (idx, "index file %s refused: its frames cover %" PRIu64 " of "
-          "%" PRIu64 " bytes", file, idx->indexed, idx->size);
+          "%" PRIu64 " bytes%s", file, idx->indexed, idx->size,
+          partial ? " (a partial index covers some but not all)" : "");
     return false;
   }
   return true;
@@ -372,6 +375,7 @@ ad_index_load_bytes (struct ad_index *idx, struct ad_source *src,
 {
   uint64_t nframes;
   uint32_t priv_len;
+  bool partial;
 
   if (idx->ops->load == NULL)
     return 0;
@@ -387,12 +391,19 @@ ad_index_load_bytes (struct ad_index *idx, struct ad_source *src,
     return 0;
   idx->size = ad_le64 (d + 32);
   idx->sizes_unchecked = ad_le32 (d + 48) & FLAG_SIZES_UNCHECKED;
+  partial = ad_le32 (d + 48) & FLAG_PARTIAL;
+  if (partial && idx->ops->advance == NULL) {
+    note (idx, "index file %s refused: it is partial, and the %s index "
+          "is not built as reads go", name, idx->ops->name);
+    idx->size = 0;
+    return 0;
+  }
   if (idx->size > INT64_MAX) {
     note (idx, "index file %s refused: image size out of range", name);
     idx->size = 0;
     return 0;
   }
-  if (!load_frames (idx, name, d + HEADER_SIZE, nframes, src)) {
+  if (!load_frames (idx, name, d + HEADER_SIZE, nframes, partial, src)) {
     unload (idx);
     return 0;
   }
@@ -407,7 +418,11 @@ ad_index_load_bytes (struct ad_index *idx, struct ad_source *src,
       return 0;
     }
   }
-  note (idx, "loaded from %s", name);
+  if (partial)
+    note (idx, "loaded from %s (partial: %" PRIu64 " of %" PRIu64 " bytes; "
+          "the pass goes on from there)", name, idx->indexed, idx->size);
+  else
+    note (idx, "loaded from %s", name);
   idx->index_refused = false;
   idx->index_loaded = true;
   return 1;
@@ -472,7 +487,10 @@ write_atomically (struct ad_index *idx, const char *file,
       close (fd);
     unlink (tmp);
   }
-  else
+  else if (idx->indexed == idx->size)
+    /* (A partial write, one of several as the index grows, says
+     * nothing.)
+     */
     note_more (idx, "written to %s", file);
   free (tmp);
 }
@@ -490,9 +508,10 @@ ad_index_save_bytes (struct ad_index *idx, struct ad_source *src,
                "few reads", idx->ops->name);
     return -1;
   }
-  if (idx->indexed != idx->size) {
+  if (idx->indexed != idx->size &&
+      (idx->ops->advance == NULL || idx->nframes == 0)) {
     note_more (idx, "not written yet: the index is built as reads need "
-               "it, and written once they complete it");
+               "it, and written as they extend it");
     return -1;
   }
   if (get_fingerprint (idx, src, &e) == -1) {
@@ -506,7 +525,8 @@ ad_index_save_bytes (struct ad_index *idx, struct ad_source *src,
   ad_buf_put_le64 (b, idx->fingerprint);
   ad_buf_put_le64 (b, idx->size);
   ad_buf_put_le64 (b, idx->nframes);
-  ad_buf_put_le32 (b, idx->sizes_unchecked ? FLAG_SIZES_UNCHECKED : 0);
+  ad_buf_put_le32 (b, (idx->sizes_unchecked ? FLAG_SIZES_UNCHECKED : 0) |
+                   (idx->indexed != idx->size ? FLAG_PARTIAL : 0));
   ad_buf_put_le32 (b, 0);       /* Length of the format's state, below. */
   ad_buf_put_le64 (b, 0);
   for (i = 0; i < idx->nframes; i++) {

@@ -39,7 +39,7 @@
 #include "format.h"
 
 #define AD_INDEX_MAGIC "ADINDEX\n"
-#define AD_INDEX_VERSION 2
+#define AD_INDEX_VERSION 3
 #define AD_FINGERPRINT_SPAN (64 * 1024)
 
 /* Largest index file loaded (about 22 million frames). */
@@ -81,10 +81,13 @@ extern int ad_fingerprint (struct ad_source *src, uint64_t *fp,
 extern int ad_index_load (struct ad_index *idx, struct ad_source *src,
                           struct ad_error *err);
 
-/* Write the complete index idx to opts.index_path, if the format can
- * persist it (called after open, and by a format's advance when it
- * completes the index).  Failures only set idx->index_note: the index
- * in memory is as good as ever.
+/* Write the index idx to opts.index_path, if the format can persist
+ * it (called after open, and by a format's advance as it extends the
+ * index and when it completes it).  An index that advance is still
+ * building is written as partial: its frames so far and what the
+ * format needs to go on from their end (see docs/index-format.md).
+ * Failures only set idx->index_note: the index in memory is as good as
+ * ever.
  */
 extern void ad_index_save (struct ad_index *idx, struct ad_source *src);
 
@@ -92,8 +95,8 @@ extern void ad_index_save (struct ad_index *idx, struct ad_source *src);
  * the index file held in data into the empty idx (name is used in
  * messages); returns 1, or 0 (refused, idx->index_note says why) or
  * -1 (the image could not be read).  ad_index_save_bytes appends the
- * file for the complete idx to out; -1 (and the note) if the format
- * cannot keep it.
+ * file for idx (complete, or partial as above) to out; -1 (and the
+ * note) if the format cannot keep it.
  */
 extern int ad_index_load_bytes (struct ad_index *idx, struct ad_source *src,
                                 const char *name, const unsigned char *data,

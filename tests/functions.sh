@@ -456,3 +456,19 @@ run_random_reads_all ()
     [ "$n" -gt 0 ] || skip "no pairs the filter can serve"
     note "$n pairs ok ($(elapsed))"
 }
+
+# damaged_index_verdict LABEL LOG OUT: after reads through a damaged
+# persisted index (LOG, the server's log; OUT, the reads' "errors N"),
+# fail unless the file was refused at load or some reads failed (the
+# reads themselves fail the test on a wrong byte).
+damaged_index_verdict ()
+{
+    local label=$1 log=$2 out=$3
+    if grep -q "warning: persisted index: .*refused" "$log"; then
+        note "$label: refused at load; $(cat "$out")"
+    else
+        grep -q "errors [1-9]" "$out" ||
+            fail "$label: loaded and every read succeeded"
+        note "$label: $(cat "$out"), no wrong byte"
+    fi
+}

@@ -30,8 +30,9 @@
 #define INDEX_USAGE \
   "usage: " PROGRAM " index [-p|--progress|--no-progress] [-o INDEX] IMAGE\n"
 
-/* An index built as reads need it (one large gzip member) is complete,
- * and written, only when its pass reaches the end: run it there.
+/* An index built as reads need it (one large gzip member), or loaded
+ * partial, is complete only when its pass reaches the end: run it
+ * there (which writes it).
  */
 static int
 finish_lazy (struct image *im, struct ad_index *idx)
@@ -98,7 +99,7 @@ do_index (int argc, char *argv[])
   if (image_open_indexed (&im, path, out, progress) == -1)
     goto done;
   idx = im.exp->idx;
-  if (idx && !idx->index_loaded && finish_lazy (&im, idx) == -1) {
+  if (idx && finish_lazy (&im, idx) == -1) {
     image_close (&im);
     goto done;
   }
