@@ -130,6 +130,7 @@
 #include "format.h"
 #include "persist.h"
 #include "bzip2-size.h"
+#include "pool.h"
 
 #define BLOCK_MAGIC 0x314159265359ULL
 #define EOS_MAGIC 0x177245385090ULL
@@ -715,50 +716,75 @@ size_block (struct job *job, struct ad_bz2_sizer *sizer,
 }
 
 /*----------------------------------------------------------------------
- * The worker pool of the sizing pass.
+ * The workers of the sizing pass: a batch (see pool.h) whose context is
+ * the keep file.
  */
 
-struct pool {
-  pthread_mutex_t lock;
-  pthread_cond_t nonempty, nonfull;
-  struct job **queue;           /* Ring of qcap entries. */
-  size_t qhead, qlen, qcap;
-  int stop;                     /* No more jobs will come. */
-  int abort;                    /* Drop queued jobs undecoded. */
-  int failed;                   /* A candidate failed for good. */
-  pthread_t *threads;
-  unsigned nthreads;
-  struct bz_keep *keep;         /* Where workers keep blocks, or NULL. */
-  /* When no thread could be started, jobs run on the calling thread. */
-  unsigned char *inline_scratch;
-  struct bz_arena inline_arena;
+/* A worker's own memory. */
+struct bz_worker {
+  unsigned char *scratch;
+  struct bz_arena arena;
+  struct ad_bz2_sizer sizer;
+  struct keep_buf kb;
 };
 
-/* Decode a job's candidate and record the result in its hit.  With
- * abort, drop it undecoded: the hit goes back to SPEC_NONE, so that
- * parse_streams decodes the span itself if it turns out to need it.
- * Returns 1 if the candidate failed for good: it failed having read
- * only its own bits, so no merge can save it, and open will fail on it
- * when the stream grammar reaches it (which it almost always does).
- */
-static int
-run_job (struct job *job, unsigned char *scratch, struct bz_arena *arena,
-         struct ad_bz2_sizer *sizer, struct bz_keep *keep,
-         struct keep_buf *kb, int abort)
+static void *
+worker_new (void *ctx)
 {
+  struct bz_worker *w = calloc (1, sizeof *w);
+
+  if (w == NULL)
+    return NULL;
+  w->scratch = malloc (SCRATCH_SIZE);
+  if (w->scratch == NULL) {
+    free (w);
+    return NULL;
+  }
+  ad_bz2_sizer_init (&w->sizer);
+  return w;
+}
+
+static void
+worker_free (void *ctx, void *state)
+{
+  struct bz_worker *w = state;
+
+  if (w == NULL)
+    return;
+  arena_release (&w->arena);
+  ad_bz2_sizer_free (&w->sizer);
+  free (w->kb.data);
+  free (w->scratch);
+  free (w);
+}
+
+/* Decode a job's candidate and record the result in its hit.  With
+ * drop, leave it undecoded: the hit goes back to SPEC_NONE, so that
+ * parse_streams decodes the span itself if it turns out to need it.
+ * Returns false if the candidate failed for good: it failed having
+ * read only its own bits, so no merge can save it, and open will fail
+ * on it when the stream grammar reaches it (which it almost always
+ * does).
+ */
+static bool
+run_job (void *ctx, void *state, void *vjob, bool drop)
+{
+  struct bz_keep *keep = ctx;
+  struct bz_worker *w = state;
+  struct job *job = vjob;
   struct decode_result r;
-  int failed = 0;
+  bool failed = false;
   uint64_t usize;
   bool zero;
 
-  if (abort)
+  if (drop)
     job->hit->status = SPEC_NONE;
-  else if (scratch == NULL) {
+  else if (w == NULL) {
     job->hit->bzret = BZ_MEM_ERROR;
     job->hit->status = SPEC_FAIL;
-    failed = 1;
+    failed = true;
   }
-  else if (sizer && size_block (job, sizer, keep, kb, &usize, &zero)) {
+  else if (size_block (job, &w->sizer, keep, &w->kb, &usize, &zero)) {
     /* Sized without libbz2 (see bzip2-size.c), CRC checked. */
     job->hit->status = SPEC_OK;
     job->hit->need_more = 0;
@@ -767,8 +793,8 @@ run_job (struct job *job, unsigned char *scratch, struct bz_arena *arena,
     job->hit->zero = zero;
   }
   else {
-    decode_rewrapped (job->buf, job->len, job->nbits, job->level, scratch,
-                      arena, &r);
+    decode_rewrapped (job->buf, job->len, job->nbits, job->level,
+                      w->scratch, &w->arena, &r);
     job->hit->status = r.ok ? SPEC_OK : SPEC_FAIL;
     job->hit->need_more = r.need_more;
     job->hit->bzret = r.bzret;
@@ -778,146 +804,7 @@ run_job (struct job *job, unsigned char *scratch, struct bz_arena *arena,
   }
   free (job->buf);
   free (job);
-  return failed;
-}
-
-static void *
-worker (void *arg)
-{
-  struct pool *pool = arg;
-  unsigned char *scratch = malloc (SCRATCH_SIZE);
-  struct bz_arena arena = { .lock = NULL };
-  struct ad_bz2_sizer sizer;
-  struct keep_buf kb = { NULL, 0 };
-
-  ad_bz2_sizer_init (&sizer);
-
-  for (;;) {
-    struct job *job;
-    int abort;
-
-    pthread_mutex_lock (&pool->lock);
-    while (pool->qlen == 0 && !pool->stop)
-      pthread_cond_wait (&pool->nonempty, &pool->lock);
-    if (pool->qlen == 0) {
-      pthread_mutex_unlock (&pool->lock);
-      break;
-    }
-    job = pool->queue[pool->qhead];
-    pool->qhead = (pool->qhead + 1) % pool->qcap;
-    pool->qlen--;
-    abort = pool->abort || pool->failed;
-    pthread_cond_signal (&pool->nonfull);
-    pthread_mutex_unlock (&pool->lock);
-    if (run_job (job, scratch, &arena, &sizer, pool->keep, &kb, abort)) {
-      pthread_mutex_lock (&pool->lock);
-      pool->failed = 1;
-      pthread_mutex_unlock (&pool->lock);
-    }
-  }
-  arena_release (&arena);
-  ad_bz2_sizer_free (&sizer);
-  free (kb.data);
-  free (scratch);
-  return NULL;
-}
-
-static int
-pool_start (struct pool *pool, unsigned nthreads, struct ad_error *err)
-{
-  unsigned i;
-  int e;
-
-  memset (pool, 0, sizeof *pool);
-  pthread_mutex_init (&pool->lock, NULL);
-  pthread_cond_init (&pool->nonempty, NULL);
-  pthread_cond_init (&pool->nonfull, NULL);
-  pool->qcap = 2 * (size_t) nthreads;
-  pool->queue = calloc (pool->qcap, sizeof *pool->queue);
-  pool->threads = calloc (nthreads, sizeof *pool->threads);
-  if (pool->queue == NULL || pool->threads == NULL)
-    return ad_error_set (err, ENOMEM, "calloc: %m");
-  for (i = 0; i < nthreads; i++) {
-    e = pthread_create (&pool->threads[i], NULL, worker, pool);
-    if (e != 0)
-      break;
-    pool->nthreads++;
-  }
-  if (pool->nthreads == 0) {
-    /* Decode on the calling thread instead. */
-    pool->inline_scratch = malloc (SCRATCH_SIZE);
-    if (pool->inline_scratch == NULL)
-      return ad_error_set (err, ENOMEM, "malloc: %m");
-  }
-  return 0;
-}
-
-/* Has a candidate failed for good?  Then speculation stops: the
- * calling thread queues no more jobs and the workers drop those queued
- * (see run_job), since open is about to fail.  Parsing still decodes
- * whatever span it reaches without a result, so an early stop never
- * changes the outcome, only how much work a corrupt image costs.
- */
-static int
-pool_failed (struct pool *pool)
-{
-  int failed;
-
-  if (pool->nthreads == 0)
-    return pool->failed;
-  pthread_mutex_lock (&pool->lock);
-  failed = pool->failed;
-  pthread_mutex_unlock (&pool->lock);
-  return failed;
-}
-
-static void
-pool_push (struct pool *pool, struct job *job)
-{
-  if (pool->nthreads == 0) {
-    if (run_job (job, pool->inline_scratch, &pool->inline_arena, NULL,
-                 NULL, NULL, pool->failed))
-      pool->failed = 1;
-    return;
-  }
-  pthread_mutex_lock (&pool->lock);
-  while (pool->qlen == pool->qcap)
-    pthread_cond_wait (&pool->nonfull, &pool->lock);
-  pool->queue[(pool->qhead + pool->qlen) % pool->qcap] = job;
-  pool->qlen++;
-  pthread_cond_signal (&pool->nonempty);
-  pthread_mutex_unlock (&pool->lock);
-}
-
-/* Wait for every queued job (or drop them if abort) and end the
- * threads.  Safe on a pool that pool_start left half made.
- */
-static void
-pool_finish (struct pool *pool, int abort)
-{
-  unsigned i;
-
-  pthread_mutex_lock (&pool->lock);
-  pool->stop = 1;
-  if (abort)
-    pool->abort = 1;
-  pthread_cond_broadcast (&pool->nonempty);
-  pthread_mutex_unlock (&pool->lock);
-  for (i = 0; i < pool->nthreads; i++)
-    pthread_join (pool->threads[i], NULL);
-  /* Only possible with no threads, when nothing is ever queued. */
-  while (pool->qlen > 0) {
-    run_job (pool->queue[pool->qhead], NULL, NULL, NULL, NULL, NULL, 1);
-    pool->qhead = (pool->qhead + 1) % pool->qcap;
-    pool->qlen--;
-  }
-  free (pool->queue);
-  free (pool->threads);
-  free (pool->inline_scratch);
-  arena_release (&pool->inline_arena);
-  pthread_mutex_destroy (&pool->lock);
-  pthread_cond_destroy (&pool->nonempty);
-  pthread_cond_destroy (&pool->nonfull);
+  return !failed;
 }
 
 /*----------------------------------------------------------------------
@@ -981,7 +868,7 @@ struct bz_open {
   struct ad_index *idx;
   struct ad_source *src;
   struct hit_table hits;
-  struct pool pool;
+  struct ad_batch *batch;       /* The workers. */
 
   /* The scanner. */
   uint64_t reg;                 /* The last 8 bytes scanned. */
@@ -1128,7 +1015,13 @@ queue_span (struct bz_open *st, struct bz_hit *h, uint64_t end_bit,
   struct job *job;
 
   h->job_level = level;
-  if (nbits > MAX_BLOCK_CSIZE (level) * 8 || pool_failed (&st->pool)) {
+  /* Once a candidate has failed for good, speculation stops: no more
+   * jobs are queued and the workers drop those queued (see run_job),
+   * since open is about to fail.  Parsing still decodes whatever span
+   * it reaches without a result, so an early stop never changes the
+   * outcome, only how much work a corrupt image costs.
+   */
+  if (nbits > MAX_BLOCK_CSIZE (level) * 8 || ad_batch_failed (st->batch)) {
     h->status = SPEC_NONE;
     return 0;
   }
@@ -1153,7 +1046,12 @@ queue_span (struct bz_open *st, struct bz_hit *h, uint64_t end_bit,
   rewrap (job->buf, st->win + (h->bit / 8 - st->wstart), h->bit % 8, nbits,
           level, h->crc);
   h->status = SPEC_PENDING;
-  pool_push (&st->pool, job);
+  if (ad_batch_push (st->batch, job, err) == -1) {
+    h->status = SPEC_NONE;
+    free (job->buf);
+    free (job);
+    return -1;
+  }
   return 0;
 }
 
@@ -1486,25 +1384,15 @@ bad_first_header (struct ad_source *src, struct ad_error *err)
   return 1;
 }
 
-static unsigned
-thread_count (const struct ad_index *idx)
-{
-  long n = idx->opts.threads;
-
-  if (n == 0)
-    n = sysconf (_SC_NPROCESSORS_ONLN);
-  if (n < 1)
-    n = 1;
-  if (n > MAX_THREADS)
-    n = MAX_THREADS;
-  return n;
-}
-
 static int
 bzip2_open (struct ad_index *idx, struct ad_source *src,
             struct ad_error *err)
 {
   struct bz_open st;
+  struct ad_batch_spec spec = {
+    .worker_new = worker_new, .worker_free = worker_free, .run = run_job,
+    .run_inline = true,
+  };
   struct bz_priv *priv = NULL;
   struct bz_block *blocks = NULL;
   size_t nblocks = 0, i;
@@ -1532,16 +1420,12 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
     goto out;
 
   keep_open (&st.keep, idx->opts.keep_size);
-  if (pool_start (&st.pool, thread_count (idx), err) == -1) {
-    pool_finish (&st.pool, 1);
+  spec.threads = ad_batch_threads_for (idx->opts.threads, MAX_THREADS);
+  spec.queue_max = 2 * (size_t) spec.threads;
+  st.batch = ad_batch_new (&spec, &st.keep, err);
+  if (st.batch == NULL || sizing_scan (&st, err) == -1)
     goto out;
-  }
-  st.pool.keep = &st.keep;
-  if (sizing_scan (&st, err) == -1) {
-    pool_finish (&st.pool, 1);
-    goto out;
-  }
-  pool_finish (&st.pool, 0);
+  ad_batch_finish (st.batch, false);
   free (st.win);
   st.win = NULL;
 
@@ -1591,6 +1475,7 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   r = 0;
 
  out:
+  ad_batch_free (st.batch);
   free (blocks);
   free (st.win);
   free (st.scratch);

@@ -12,13 +12,12 @@
 #include <string.h>
 #include <inttypes.h>
 #include <errno.h>
-#include <unistd.h>
-#include <pthread.h>
 
 #include <zstd.h>
 
 #include "seekable-formats.h"
 #include "zstd-int.h"
+#include "pool.h"
 
 #define MAX_THREADS 64
 #define COUNT_BUF_SIZE (256 * 1024)        /* Discarded worker output. */
@@ -27,28 +26,22 @@
  *
  * The reader (the thread in open) reads the file into large buffers
  * and queues the pieces of each such frame, as chunks pointing into
- * those buffers, on a job; a worker takes the job and decodes its
- * chunks as they come, counting the output.  A buffer is reference
- * counted and recycled once the reader and every chunk in it are done
- * with it, and at most max_buffers exist, which bounds the memory.
- * Only the newest job can be waiting for bytes, so there is always a
- * worker that can make progress and free a buffer.
+ * those buffers, on a job; a worker of the walk's batch (see pool.h)
+ * takes the job and decodes its chunks as they come, counting the
+ * output.  The buffers are the batch's: one is recycled once the
+ * reader and every chunk in it are done with it, and at most
+ * threads + 3 exist, which bounds the memory.  Only the newest job can
+ * be waiting for bytes, so there is always a worker that can make
+ * progress and free a buffer.
  */
-struct buffer {
-  struct buffer *next_free;
-  unsigned refs;                /* The reader and chunks using it. */
-  unsigned char data[];
-};
-
 struct chunk {
   struct chunk *next;
-  struct buffer *buffer;
-  const unsigned char *data;    /* Within buffer->data. */
+  unsigned char *buffer;        /* The batch's buffer holding it. */
+  const unsigned char *data;    /* Within buffer. */
   size_t len;
 };
 
 struct job {
-  struct job *next_queued;
   uint64_t coff;                /* Where the frame starts. */
   unsigned wlog;                /* ZSTD_d_windowLogMax for it. */
   struct chunk *head, *tail;    /* Queued, not yet decoded. */
@@ -60,64 +53,69 @@ struct job {
   struct ad_error err;
 };
 
-struct pool {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;          /* Broadcast on every change. */
-  struct job *qhead, *qtail;    /* Jobs no worker has taken. */
-  struct buffer *free_buffers;
-  size_t nbuffers, max_buffers, buffer_size;
-  bool stop, failed;
-  uint64_t max_frame;
-  unsigned nthreads, started;
-  pthread_t *threads;
+struct walk_frame {
+  uint64_t coff, csize, usize;
+  bool checksum;
+  struct job *job;              /* If the size is learnt by decoding. */
 };
 
-/* Get an unused buffer, waiting for one if max_buffers are in use.
- * Returns NULL if a worker failed (or on allocation failure).
+/* The walk over the frames, reading the file in sequential chunks.  It
+ * is the context of the batch's functions, which read only batch and
+ * max_frame.
  */
-static struct buffer *
-buffer_get (struct pool *p, struct ad_error *err)
-{
-  struct buffer *b = NULL;
+struct walker {
+  struct ad_source *src;
+  unsigned char *buf;           /* The buffer being walked, or NULL. */
+  size_t alloc;                 /* Its size. */
+  uint64_t start;               /* File offset of buf[0]. */
+  size_t len;                   /* Bytes valid in buf. */
+  struct ad_batch *batch;
+  uint64_t max_frame;
+  struct job *job;              /* Frame whose bytes are being queued... */
+  uint64_t copied;              /* ...up to here. */
+};
 
-  pthread_mutex_lock (&p->lock);
-  while (!p->failed && p->free_buffers == NULL &&
-         p->nbuffers >= p->max_buffers)
-    pthread_cond_wait (&p->cond, &p->lock);
-  if (p->failed)
-    ad_error_set (err, EIO, "parallel decoding failed");
-  else if (p->free_buffers) {
-    b = p->free_buffers;
-    p->free_buffers = b->next_free;
+/* A worker's decoder and output buffer. */
+struct counter {
+  ZSTD_DCtx *dctx;
+  unsigned char *out;
+};
+
+static void *
+counter_new (void *ctx)
+{
+  struct counter *c = malloc (sizeof *c);
+
+  if (c == NULL)
+    return NULL;
+  c->dctx = ZSTD_createDCtx ();
+  c->out = malloc (COUNT_BUF_SIZE);
+  if (c->dctx == NULL || c->out == NULL) {
+    ZSTD_freeDCtx (c->dctx);
+    free (c->out);
+    free (c);
+    return NULL;
   }
-  else if ((b = malloc (sizeof *b + p->buffer_size)) == NULL)
-    ad_error_set (err, ENOMEM, "malloc: %m");
-  else
-    p->nbuffers++;
-  if (b)
-    b->refs = 1;
-  pthread_mutex_unlock (&p->lock);
-  return b;
+  return c;
 }
 
 static void
-buffer_put (struct pool *p, struct buffer *b)
+counter_free (void *ctx, void *state)
 {
-  if (b == NULL)
-    return;
-  pthread_mutex_lock (&p->lock);
-  if (--b->refs == 0) {
-    b->next_free = p->free_buffers;
-    p->free_buffers = b;
-    pthread_cond_broadcast (&p->cond);
+  struct counter *c = state;
+
+  if (c) {
+    ZSTD_freeDCtx (c->dctx);
+    free (c->out);
+    free (c);
   }
-  pthread_mutex_unlock (&p->lock);
 }
 
 static void
-count_frame (struct pool *p, struct job *job, ZSTD_DCtx *dctx,
+count_frame (struct walker *w, struct job *job, ZSTD_DCtx *dctx,
              unsigned char *out)
 {
+  struct ad_batch *b = w->batch;
   uint64_t total = 0, in_off = job->coff;
   bool ended = false;
   size_t r;
@@ -135,11 +133,11 @@ count_frame (struct pool *p, struct job *job, ZSTD_DCtx *dctx,
     struct chunk *c;
     ZSTD_inBuffer in;
 
-    pthread_mutex_lock (&p->lock);
-    while (job->head == NULL && !job->complete && !p->failed)
-      pthread_cond_wait (&p->cond, &p->lock);
-    if (p->failed) {
-      pthread_mutex_unlock (&p->lock);
+    ad_batch_lock (b);
+    while (job->head == NULL && !job->complete && !ad_batch_failed (b))
+      ad_batch_wait (b);
+    if (ad_batch_failed (b)) {
+      ad_batch_unlock (b);
       job->failed = job->abandoned = true;
       return;
     }
@@ -149,7 +147,7 @@ count_frame (struct pool *p, struct job *job, ZSTD_DCtx *dctx,
       if (job->head == NULL)
         job->tail = NULL;
     }
-    pthread_mutex_unlock (&p->lock);
+    ad_batch_unlock (b);
     if (c == NULL)
       break;
 
@@ -177,11 +175,11 @@ count_frame (struct pool *p, struct job *job, ZSTD_DCtx *dctx,
         break;
       }
       total += ob.pos;
-      if (total > p->max_frame) {
+      if (total > w->max_frame) {
         ad_error_set (&job->err, EFBIG, "frame at offset %" PRIu64 " has "
                       "no content size and decodes to more than %" PRIu64
                       " bytes, the autodecomp-max-frame limit", job->coff,
-                      p->max_frame);
+                      w->max_frame);
         job->failed = true;
         break;
       }
@@ -199,7 +197,7 @@ count_frame (struct pool *p, struct job *job, ZSTD_DCtx *dctx,
         break;                  /* It needs more input. */
     }
     in_off += c->len;
-    buffer_put (p, c->buffer);
+    ad_batch_buffer_put (b, c->buffer);
     free (c);
     if (job->failed)
       return;
@@ -213,110 +211,30 @@ count_frame (struct pool *p, struct job *job, ZSTD_DCtx *dctx,
   job->usize = total;
 }
 
-static void *
-worker (void *vp)
+/* The batch's job: count the frame of job, or with drop abandon it. */
+static bool
+count_job (void *ctx, void *state, void *vjob, bool drop)
 {
-  struct pool *p = vp;
-  ZSTD_DCtx *dctx = ZSTD_createDCtx ();
-  unsigned char *out = malloc (COUNT_BUF_SIZE);
+  struct counter *c = state;
+  struct job *job = vjob;
 
-  pthread_mutex_lock (&p->lock);
-  for (;;) {
-    struct job *job;
-
-    while (p->qhead == NULL && !p->stop)
-      pthread_cond_wait (&p->cond, &p->lock);
-    if (p->qhead == NULL)
-      break;
-    job = p->qhead;
-    p->qhead = job->next_queued;
-    if (p->qhead == NULL)
-      p->qtail = NULL;
-    pthread_mutex_unlock (&p->lock);
-
-    if (dctx == NULL || out == NULL) {
-      ad_error_set (&job->err, ENOMEM, "out of memory for a decoder");
-      job->failed = true;
-    }
-    else
-      count_frame (p, job, dctx, out);
-
-    pthread_mutex_lock (&p->lock);
-    job->done = true;
-    if (job->failed)
-      p->failed = true;
-    pthread_cond_broadcast (&p->cond);
+  if (drop)
+    job->failed = job->abandoned = true;
+  else if (c == NULL) {
+    ad_error_set (&job->err, ENOMEM, "out of memory for a decoder");
+    job->failed = true;
   }
-  pthread_mutex_unlock (&p->lock);
-  free (out);
-  ZSTD_freeDCtx (dctx);
-  return NULL;
+  else
+    count_frame (ctx, job, c->dctx, c->out);
+  job->done = true;
+  return !job->failed;
 }
-
-/* Stop the workers once the queued jobs are done (or at once after a
- * failure) and wait for them.
- */
-static void
-pool_finish (struct pool *p, bool failed)
-{
-  unsigned i;
-
-  pthread_mutex_lock (&p->lock);
-  p->stop = true;
-  if (failed)
-    p->failed = true;
-  pthread_cond_broadcast (&p->cond);
-  pthread_mutex_unlock (&p->lock);
-  for (i = 0; i < p->started; i++)
-    pthread_join (p->threads[i], NULL);
-  p->started = 0;
-}
-
-static int
-pool_start (struct pool *p, struct ad_error *err)
-{
-  unsigned i;
-  int e;
-
-  p->threads = calloc (p->nthreads, sizeof *p->threads);
-  if (p->threads == NULL)
-    return ad_error_set (err, ENOMEM, "calloc: %m");
-  for (i = 0; i < p->nthreads; i++) {
-    e = pthread_create (&p->threads[i], NULL, worker, p);
-    if (e != 0) {
-      if (p->started > 0)
-        break;                  /* Fewer workers will do. */
-      return ad_error_set (err, e, "pthread_create: %s", strerror (e));
-    }
-    p->started++;
-  }
-  return 0;
-}
-
-/* The walk over the frames, reading the file in sequential chunks. */
-struct walk_frame {
-  uint64_t coff, csize, usize;
-  bool checksum;
-  struct job *job;              /* If the size is learnt by decoding. */
-};
-
-struct walker {
-  struct ad_source *src;
-  struct buffer *cur;           /* The buffer being walked, or NULL. */
-  unsigned char *buf;           /* Its data. */
-  size_t alloc;                 /* Its size. */
-  uint64_t start;               /* File offset of buf[0]. */
-  size_t len;                   /* Bytes valid in buf. */
-  struct pool *pool;
-  struct job *job;              /* Frame whose bytes are being queued... */
-  uint64_t copied;              /* ...up to here. */
-};
 
 /* Queue the bytes [w->copied, upto) of the buffer on the current job. */
 static int
 walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
 {
-  struct pool *p = w->pool;
+  struct ad_batch *b = w->batch;
   struct chunk *c;
 
   if (upto <= w->copied)
@@ -325,24 +243,24 @@ walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
   if (c == NULL)
     return ad_error_set (err, ENOMEM, "malloc: %m");
   c->next = NULL;
-  c->buffer = w->cur;
+  c->buffer = w->buf;
   c->data = w->buf + (w->copied - w->start);
   c->len = upto - w->copied;
 
-  pthread_mutex_lock (&p->lock);
-  if (p->failed) {
-    pthread_mutex_unlock (&p->lock);
+  ad_batch_lock (b);
+  if (ad_batch_failed (b)) {
+    ad_batch_unlock (b);
     free (c);
     return ad_error_set (err, EIO, "parallel decoding failed");
   }
-  w->cur->refs++;
+  ad_batch_buffer_hold (w->buf);
   if (w->job->tail)
     w->job->tail->next = c;
   else
     w->job->head = c;
   w->job->tail = c;
-  pthread_cond_broadcast (&p->cond);
-  pthread_mutex_unlock (&p->lock);
+  ad_batch_wake (b);
+  ad_batch_unlock (b);
   w->copied = upto;
   return 0;
 }
@@ -366,7 +284,7 @@ walk_need (struct walker *w, uint64_t pos, size_t n, struct ad_error *err)
     uint64_t end = w->start + w->len;
     uint64_t ns = pos;
     size_t keep = 0, want;
-    struct buffer *nb;
+    unsigned char *nb;
 
     if (w->job) {
       if (walk_flush (w, end, err) == -1)
@@ -374,16 +292,15 @@ walk_need (struct walker *w, uint64_t pos, size_t n, struct ad_error *err)
       if (ns > end)
         ns = end;
     }
-    nb = buffer_get (w->pool, err);
+    nb = ad_batch_buffer_get (w->batch, err);
     if (nb == NULL)
       return -1;
-    if (w->cur && ns >= w->start && ns < end) {
+    if (w->buf && ns >= w->start && ns < end) {
       keep = end - ns;
-      memcpy (nb->data, w->buf + (ns - w->start), keep);
+      memcpy (nb, w->buf + (ns - w->start), keep);
     }
-    buffer_put (w->pool, w->cur);
-    w->cur = nb;
-    w->buf = nb->data;
+    ad_batch_buffer_put (w->batch, w->buf);
+    w->buf = nb;
     w->start = ns;
     w->len = keep;
     want = w->alloc - keep;
@@ -430,27 +347,17 @@ walk_frame (struct walker *w, struct ad_index *idx, uint64_t pos,
   f->job = NULL;
   if (!h.has_fcs || h.fcs == 0) {
     /* Decode it to learn (or check) its size. */
-    struct pool *pl = w->pool;
     struct job *job = calloc (1, sizeof *job);
 
     if (job == NULL)
       return ad_error_set (err, ENOMEM, "calloc: %m");
     job->coff = pos;
     job->wlog = log;
-    f->job = job;
-    if (pl->started == 0 && pool_start (pl, err) == -1) {
+    if (ad_batch_push (w->batch, job, err) == -1) {
       free (job);
-      f->job = NULL;
       return -1;
     }
-    pthread_mutex_lock (&pl->lock);
-    if (pl->qtail)
-      pl->qtail->next_queued = job;
-    else
-      pl->qhead = job;
-    pl->qtail = job;
-    pthread_cond_broadcast (&pl->cond);
-    pthread_mutex_unlock (&pl->lock);
+    f->job = job;
     w->job = job;
     w->copied = pos;
   }
@@ -500,14 +407,12 @@ walk_frame (struct walker *w, struct ad_index *idx, uint64_t pos,
   f->csize = p - pos;
 
   if (w->job) {
-    struct pool *pl = w->pool;
-
     if (walk_need (w, p - 1, 1, err) == -1 || walk_flush (w, p, err) == -1)
       return -1;
-    pthread_mutex_lock (&pl->lock);
+    ad_batch_lock (w->batch);
     w->job->complete = true;
-    pthread_cond_broadcast (&pl->cond);
-    pthread_mutex_unlock (&pl->lock);
+    ad_batch_wake (w->batch);
+    ad_batch_unlock (w->batch);
     w->job = NULL;
   }
   return 0;
@@ -517,31 +422,25 @@ int
 zstd_open_walk (struct ad_index *idx, struct ad_source *src,
                 struct ad_error *err)
 {
-  struct walker w = { .src = src };
-  struct pool pool = { .started = 0 };
+  struct walker w = { .src = src, .max_frame = idx->opts.max_frame };
+  unsigned threads = ad_batch_threads_for (idx->opts.threads, MAX_THREADS);
+  struct ad_batch_spec spec = {
+    .worker_new = counter_new, .worker_free = counter_free,
+    .run = count_job, .threads = threads, .max_buffers = threads + 3,
+  };
   struct walk_frame *frames = NULL;
   size_t nframes = 0, frames_alloc = 0, i;
   uint64_t pos = 0, total = 0, uoff = 0;
-  unsigned threads = idx->opts.threads;
   int r = -1;
   bool walk_ok = false;
 
-  if (threads == 0) {
-    long n = sysconf (_SC_NPROCESSORS_ONLN);
-    threads = n > 0 ? n : 1;
-  }
-  if (threads > MAX_THREADS)
-    threads = MAX_THREADS;
-  pthread_mutex_init (&pool.lock, NULL);
-  pthread_cond_init (&pool.cond, NULL);
-  pool.nthreads = threads;
-  pool.max_frame = idx->opts.max_frame;
   w.alloc = src->size < WALK_CHUNK ? src->size : WALK_CHUNK;
   if (w.alloc < 64)
     w.alloc = 64;
-  pool.buffer_size = w.alloc;
-  pool.max_buffers = threads + 3;
-  w.pool = &pool;
+  spec.buffer_size = w.alloc;
+  w.batch = ad_batch_new (&spec, &w, err);
+  if (w.batch == NULL)
+    return -1;
 
   while (pos < src->size) {
     uint32_t magic;
@@ -594,7 +493,7 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
   walk_ok = true;
 
  out:
-  pool_finish (&pool, !walk_ok);
+  ad_batch_finish (w.batch, !walk_ok);
   /* An error in a worker explains a failed walk better. */
   for (i = 0; i < nframes; i++) {
     struct job *job = frames[i].job;
@@ -650,21 +549,14 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
       while (job->head) {
         struct chunk *c = job->head;
         job->head = c->next;
-        buffer_put (&pool, c->buffer);
+        ad_batch_buffer_put (w.batch, c->buffer);
         free (c);
       }
       free (job);
     }
   }
   free (frames);
-  buffer_put (&pool, w.cur);
-  while (pool.free_buffers) {
-    struct buffer *b = pool.free_buffers;
-    pool.free_buffers = b->next_free;
-    free (b);
-  }
-  free (pool.threads);
-  pthread_mutex_destroy (&pool.lock);
-  pthread_cond_destroy (&pool.cond);
+  ad_batch_buffer_put (w.batch, w.buf);
+  ad_batch_free (w.batch);
   return r;
 }
