@@ -19,20 +19,28 @@
 
 #include "export-int.h"
 
-/* How far ahead of a reader to decode, for frames of usize bytes:
- * enough to keep every worker busy with a job while the reader
- * consumes one more, and at most exp->readahead.  More would only
- * hold decoded frames that nobody reads yet: memory that is touched
- * for the first time (slow on some VMs) and taken from the cache
- * (nbdcopy reads through four connections, each its own reader).
+/* How far ahead of a reader to decode, for frames of usize bytes, when
+ * it has read run bytes in a row: enough to keep every worker busy with
+ * a job while the reader consumes one more, and at most exp->readahead.
+ * More would only hold decoded frames that nobody reads yet: memory
+ * that is touched for the first time (slow on some VMs) and taken from
+ * the cache (nbdcopy reads through four connections, each its own
+ * reader).  Nor more than the reader has read in a row, but at least
+ * one frame: a short run of reads (a file that a booting guest reads)
+ * then decodes and fetches little that it does not use, while a long
+ * one (a copy) soon has the whole window.
  */
 static uint64_t
-readahead_window (const struct ad_export *exp, uint64_t usize)
+readahead_window (const struct ad_export *exp, uint64_t usize, uint64_t run)
 {
   uint64_t unit = usize > JOB_MAX_OUTPUT ? usize : JOB_MAX_OUTPUT;
   uint64_t window = (ad_pool_threads (exp->pool) + 2) * unit;
 
-  return window < exp->readahead ? window : exp->readahead;
+  if (window > exp->readahead)
+    window = exp->readahead;
+  if (run < usize)
+    run = usize;
+  return window < run ? window : run;
 }
 
 /* Is frame f within the read-ahead window that starts at uoff (and
@@ -40,20 +48,21 @@ readahead_window (const struct ad_export *exp, uint64_t usize)
  */
 static bool
 wanted_ahead (const struct ad_export *exp, const struct ad_frame *f,
-              uint64_t uoff)
+              uint64_t uoff, uint64_t run)
 {
-  return f->uoff < uoff + readahead_window (exp, f->usize) &&
+  return f->uoff < uoff + readahead_window (exp, f->usize, run) &&
     f->usize <= AD_LARGE_FRAME;
 }
 
-/* Decode frames ahead of a sequential reader, from frame_no on, until
- * the read-ahead window past uoff is covered, limit is reached (see
+/* Decode frames ahead of a sequential reader that has read run bytes in
+ * a row, from frame_no on, until the read-ahead window past uoff is
+ * covered, limit is reached (see
  * other_reader_start) or no slot is free.
  * Returns the first frame not yet started.
  */
 static size_t
 read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
-            uint64_t uoff, uint64_t limit)
+            uint64_t uoff, uint64_t run, uint64_t limit)
 {
   size_t nframes = ad_index_nframes (exp->idx);
 
@@ -64,7 +73,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
     bool created;
 
     ad_index_get_frame (exp->idx, frame_no, &f);
-    if (!wanted_ahead (exp, &f, uoff) || f.uoff >= limit)
+    if (!wanted_ahead (exp, &f, uoff, run) || f.uoff >= limit)
       break;
     if (!ad_pool_acquire (exp->pool, false))
       break;
@@ -79,7 +88,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
       struct ad_cache_entry *e;
 
       ad_index_get_frame (exp->idx, frame_no, &f);
-      if (!wanted_ahead (exp, &f, uoff) || f.uoff >= limit ||
+      if (!wanted_ahead (exp, &f, uoff, run) || f.uoff >= limit ||
           (job->n > 0 && !export_fits_job (job, &f)))
         break;
       e = ad_cache_acquire (exp->cache, exp, frame_no, f.usize, &created,
@@ -132,18 +141,110 @@ other_reader_start (struct ad_export *exp, const struct ad_reader *reader,
   return limit;
 }
 
+/* Look ahead of a read of reader that ended at end: decode the frames
+ * that follow, then fetch the next compressed bytes while they decode.
+ * Called with reader->ahead_lock held.
+ */
+static void
+look_ahead (struct ad_export *exp, struct ad_reader *reader,
+            struct ad_source *src, uint64_t offset, uint64_t end)
+{
+  uint64_t start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
+  size_t from, next, ahead;
+  struct ad_frame f;
+  struct ad_error err;
+
+  /* Start after the frame holding the end of this read, if the index
+   * already knows it (read-ahead never extends the index).
+   */
+  ad_error_clear (&err);
+  pthread_mutex_lock (&exp->idx->lock);
+  if (end >= exp->idx->indexed)
+    end = exp->size;
+  pthread_mutex_unlock (&exp->idx->lock);
+  if (end >= exp->size ||
+      ad_index_find (exp->idx, src, end, &f, &from, NULL, NULL, &err) == -1)
+    return;
+  ahead = __atomic_load_n (&reader->ahead, __ATOMIC_RELAXED);
+  if (ahead > from)
+    from = ahead;
+  next = read_ahead (exp, src, from, end, end > start ? end - start : 0,
+                     other_reader_start (exp, reader, offset));
+  if (next > ahead)
+    __atomic_store_n (&reader->ahead, next, __ATOMIC_RELAXED);
+  ad_fetch_ahead (src);
+}
+
+/* The read-ahead thread of a reader (see ad_reader_set_background). */
+static void *
+ahead_thread (void *arg)
+{
+  struct ad_reader *reader = arg;
+
+  pthread_mutex_lock (&reader->lock);
+  for (;;) {
+    struct ad_fetch_source fs;
+    struct ad_source *src;
+    uint64_t offset, end;
+
+    while (!reader->pending && !reader->quit)
+      pthread_cond_wait (&reader->cond, &reader->lock);
+    if (reader->quit)
+      break;
+    reader->pending = false;
+    offset = reader->pending_offset;
+    end = reader->pending_end;
+    pthread_mutex_unlock (&reader->lock);
+
+    src = ad_fetch_wrap_reader (&fs, reader->exp->fetch, reader->bg, reader,
+                                true);
+    fs.horizon = export_fetch_horizon (reader->exp, reader, reader->bg,
+                                       offset);
+    pthread_mutex_lock (&reader->ahead_lock);
+    look_ahead (reader->exp, reader, src, offset, end);
+    pthread_mutex_unlock (&reader->ahead_lock);
+    pthread_mutex_lock (&reader->lock);
+  }
+  pthread_mutex_unlock (&reader->lock);
+  return NULL;
+}
+
+void
+ad_reader_set_background (struct ad_reader *reader, struct ad_source *bg)
+{
+  pthread_mutex_lock (&reader->lock);
+  if (!reader->thread_started)
+    reader->bg = bg;
+  pthread_mutex_unlock (&reader->lock);
+}
+
+void
+ad_reader_stop_background (struct ad_reader *reader)
+{
+  bool started;
+
+  pthread_mutex_lock (&reader->lock);
+  reader->quit = true;
+  started = reader->thread_started;
+  pthread_cond_signal (&reader->cond);
+  pthread_mutex_unlock (&reader->lock);
+  if (started)
+    pthread_join (reader->thread, NULL);
+  pthread_mutex_lock (&reader->lock);
+  reader->thread_started = false;
+  reader->bg = NULL;
+  pthread_mutex_unlock (&reader->lock);
+}
+
 void
 export_note_read (struct ad_export *exp, struct ad_reader *reader,
                   struct ad_source *src, uint64_t offset, size_t count)
 {
   uint64_t end = offset + count;
-  size_t from, next;
-  struct ad_frame f;
-  struct ad_error err;
 
   if (reader == NULL || exp->pool == NULL || exp->readahead == 0)
     return;
-  /* Another request of this reader is looking ahead already. */
+  /* Another request of this reader is noting its read already. */
   if (pthread_mutex_trylock (&reader->lock) != 0)
     return;
   if (reader->exp == NULL) {
@@ -165,36 +266,64 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
   else {
     __atomic_store_n (&reader->streak, 0, __ATOMIC_RELAXED);
     __atomic_store_n (&reader->start, offset, __ATOMIC_RELAXED);
-    reader->ahead = 0;
+    __atomic_store_n (&reader->ahead, 0, __ATOMIC_RELAXED);
   }
   if (end > reader->end || reader->streak == 0)
-    reader->end = end;
+    __atomic_store_n (&reader->end, end, __ATOMIC_RELAXED);
   if (reader->streak < SEQ_STREAK) {
     pthread_mutex_unlock (&reader->lock);
     return;
   }
-  /* Start after the frame holding the end of this read, if the index
-   * already knows it (read-ahead never extends the index).
-   */
-  ad_error_clear (&err);
-  pthread_mutex_lock (&exp->idx->lock);
-  if (end >= exp->idx->indexed)
-    end = exp->size;
-  pthread_mutex_unlock (&exp->idx->lock);
-  if (end >= exp->size ||
-      ad_index_find (exp->idx, src, end, &f, &from, NULL, NULL, &err) == -1) {
+  /* Hand the looking ahead to the reader's thread, if it has one. */
+  if (reader->bg && !reader->quit && !reader->thread_started &&
+      pthread_create (&reader->thread, NULL, ahead_thread, reader) == 0)
+    reader->thread_started = true;
+  if (reader->thread_started) {
+    reader->pending = true;
+    reader->pending_offset = offset;
+    reader->pending_end = end;
+    pthread_cond_signal (&reader->cond);
     pthread_mutex_unlock (&reader->lock);
     return;
   }
-  if (reader->ahead > from)
-    from = reader->ahead;
-  next = read_ahead (exp, src, from, end,
-                     other_reader_start (exp, reader, offset));
-  if (next > reader->ahead)
-    reader->ahead = next;
   pthread_mutex_unlock (&reader->lock);
-  /* With the decodes started, fetch the next compressed bytes while
-   * they run.
+  /* Another request of this reader is looking ahead already. */
+  if (pthread_mutex_trylock (&reader->ahead_lock) != 0)
+    return;
+  look_ahead (exp, reader, src, offset, end);
+  pthread_mutex_unlock (&reader->ahead_lock);
+}
+
+uint64_t
+export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
+                      struct ad_source *src, uint64_t offset)
+{
+  uint64_t start, end, target, indexed;
+  struct ad_frame f;
+  struct ad_error err;
+  size_t frame_no;
+
+  if (reader == NULL)
+    return UINT64_MAX;
+  if (__atomic_load_n (&reader->streak, __ATOMIC_RELAXED) < SEQ_STREAK)
+    return 0;
+  start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
+  /* With many requests in flight (nbdcopy), the run reaches as far as
+   * the furthest of them.
    */
-  ad_fetch_ahead (src);
+  end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
+  if (end < offset + 1)
+    end = offset + 1;
+  target = end > start ? end + 8 * (end - start) : end;
+  if (target > exp->size)
+    target = exp->size;
+  pthread_mutex_lock (&exp->idx->lock);
+  indexed = exp->idx->indexed;
+  pthread_mutex_unlock (&exp->idx->lock);
+  ad_error_clear (&err);
+  if (target > indexed ||
+      ad_index_find (exp->idx, src, target - 1, &f, &frame_no, NULL, NULL,
+                     &err) == -1)
+    return UINT64_MAX;
+  return f.coff + f.csize;
 }

@@ -89,6 +89,14 @@ extern int export_start_pieces (struct ad_export *exp, struct ad_source *src,
 #define SEQ_SLACK (8 * 1024 * 1024ULL)
 #define SEQ_STREAK 3
 
+/* Where the compressed bytes end that reader will read if its run of
+ * reads, up to the furthest of them, goes on for eight times as long
+ * again (see ad_fetch_source.horizon; 0 if it reads at random).
+ */
+extern uint64_t export_fetch_horizon (struct ad_export *exp,
+                                      struct ad_reader *reader,
+                                      struct ad_source *src,
+                                      uint64_t offset);
 extern void export_note_read (struct ad_export *exp,
                               struct ad_reader *reader,
                               struct ad_source *src, uint64_t offset,

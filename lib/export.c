@@ -153,6 +153,8 @@ ad_reader_init (struct ad_reader *reader)
 {
   memset (reader, 0, sizeof *reader);
   pthread_mutex_init (&reader->lock, NULL);
+  pthread_mutex_init (&reader->ahead_lock, NULL);
+  pthread_cond_init (&reader->cond, NULL);
 }
 
 void
@@ -161,6 +163,7 @@ ad_reader_destroy (struct ad_reader *reader)
   struct ad_export *exp = reader->exp;
   struct ad_reader **p;
 
+  ad_reader_stop_background (reader);
   if (exp) {
     ad_fetch_forget (exp->fetch, reader);
     pthread_mutex_lock (&exp->lock);
@@ -171,6 +174,8 @@ ad_reader_destroy (struct ad_reader *reader)
       }
     pthread_mutex_unlock (&exp->lock);
   }
+  pthread_cond_destroy (&reader->cond);
+  pthread_mutex_destroy (&reader->ahead_lock);
   pthread_mutex_destroy (&reader->lock);
 }
 
@@ -334,6 +339,7 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
                               reader && __atomic_load_n (&reader->streak,
                                                          __ATOMIC_RELAXED)
                               >= SEQ_STREAK);
+  fs.horizon = export_fetch_horizon (exp, reader, src, offset);
   return export_read_range (exp, reader, src, buf, count, offset, true, err);
 }
 

@@ -81,13 +81,39 @@ struct ad_reader {
   uint64_t start;               /* Where its sequential reads began. */
   uint64_t end;                 /* Highest end of a recent read. */
   unsigned streak;              /* Reads near end in a row. */
-  size_t ahead;                 /* Read-ahead issued below this frame. */
   struct ad_export *exp;        /* The export it reads, once it has. */
   struct ad_reader *next;       /* In exp->readers. */
+
+  /* Looking ahead (export-ahead.c), by one thread at a time. */
+  pthread_mutex_t ahead_lock;
+  size_t ahead;                 /* Read-ahead issued below this frame. */
+
+  /* The read-ahead thread (see ad_reader_set_background). */
+  struct ad_source *bg;         /* Its source, or NULL: no thread. */
+  pthread_t thread;
+  bool thread_started;
+  pthread_cond_t cond;          /* With lock: work for the thread. */
+  bool pending, quit;
+  uint64_t pending_offset;      /* The read to look ahead of. */
+  uint64_t pending_end;
 };
 
 extern void ad_reader_init (struct ad_reader *reader);
 extern void ad_reader_destroy (struct ad_reader *reader);
+
+/* Look ahead of reader in a thread of its own (started with its first
+ * sequential read), which reads the image through bg: a source that
+ * only that thread uses, such as a second connection to where the
+ * image is, valid until ad_reader_stop_background.  The reader's
+ * requests then only note where they read, and never wait for what
+ * is read ahead of them: over a slow link a booting guest's reads are
+ * answered as soon as their own frames are decoded.  Without it,
+ * requests look ahead themselves, through their own source.
+ */
+extern void ad_reader_set_background (struct ad_reader *reader,
+                                      struct ad_source *bg);
+/* Stop that thread (waiting for what it reads now); bg is then unused. */
+extern void ad_reader_stop_background (struct ad_reader *reader);
 
 /* Detect (format AD_FORMAT_UNKNOWN) or check the forced format, and
  * build the index.  A forced format the data does not match is an

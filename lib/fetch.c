@@ -21,6 +21,7 @@
 #define FETCH_BEHIND (1024 * 1024)  /* A stream continues this far */
 #define FETCH_AHEAD (256 * 1024)    /* before and after its end. */
 #define FETCH_RUN (16 * 1024 * 1024) /* The same for a reader's stream. */
+#define FETCH_MIN (1024 * 1024)    /* The least a run's fetch reads. */
 
 struct slot {
   struct ad_loan loan;          /* What a borrower gives back. */
@@ -189,6 +190,21 @@ note_stream_locked (struct ad_fetch *f, const void *reader, uint64_t offset,
   return lru;
 }
 
+/* How many bytes a fetch from start for fs reads (see fetch.h). */
+static uint64_t
+fetch_size_for (const struct ad_fetch *f, const struct ad_fetch_source *fs,
+                uint64_t start)
+{
+  uint64_t len;
+
+  if (fs->horizon == UINT64_MAX)
+    return f->size;
+  len = fs->horizon > start ? fs->horizon - start : 0;
+  if (len < FETCH_MIN)
+    len = FETCH_MIN;
+  return len < f->size ? len : f->size;
+}
+
 /* The slot holding the byte at offset (loaded or loading), or NULL. */
 static struct slot *
 slot_at_locked (struct ad_fetch *f, uint64_t offset)
@@ -320,9 +336,10 @@ take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
   return best;
 }
 
-/* Fetch into sl the bytes from start, up to fetch_size of them, up to
- * the end of the image and up to the next buffer (so that buffers
- * never hold the same bytes twice), but at least up to need.  A fetch
+/* Fetch into sl the bytes from start, up to want of them (at most
+ * fetch_size), up to the end of the image and up to the next buffer (so
+ * that buffers never hold the same bytes twice), but at least up to
+ * need.  A fetch
  * for the stream own also stops where another reader's sequential
  * stream began, and none starts in what such a stream has read: that
  * reader has read the bytes already (nbdcopy gives each connection its
@@ -335,7 +352,7 @@ take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
  */
 static int
 fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
-              uint64_t start, uint64_t need,
+              uint64_t start, uint64_t need, uint64_t want,
               const struct ad_fetch_stream *own)
 {
   uint64_t limit = inner->size;
@@ -343,8 +360,12 @@ fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
   size_t i;
   int r;
 
-  if (limit - start > f->size)
-    limit = start + f->size;
+  if (want < need - start)
+    want = need - start;
+  if (want > f->size)
+    want = f->size;
+  if (limit - start > want)
+    limit = start + want;
   for (i = 0; i < FETCH_SLOTS; i++) {
     const struct slot *o = &f->slots[i];
 
@@ -469,7 +490,8 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
         start = oend;
     }
   }
-  if (fetch_locked (f, inner, sl, start, end, fs->stream) == -1)
+  if (fetch_locked (f, inner, sl, start, end, fetch_size_for (f, fs, start),
+                    fs->stream) == -1)
     goto exact;
   if (chain_end_locked (f, offset, end, &loading) < end || loading)
     goto exact;
@@ -518,6 +540,7 @@ ad_fetch_wrap_reader (struct ad_fetch_source *fs, struct ad_fetch *f,
   fs->inner = inner;
   fs->reader = reader;
   fs->sequential = sequential;
+  fs->horizon = UINT64_MAX;
   fs->src.pread = fetch_pread;
   fs->src.lend = fetch_lend;
   fs->src.opaque = fs;
@@ -545,7 +568,7 @@ ad_fetch_ahead (struct ad_source *src)
   struct ad_fetch_source *fs;
   struct ad_fetch *f;
   struct slot *sl;
-  uint64_t pos, end;
+  uint64_t pos, end, want;
   bool loading;
 
   if (src->pread != fetch_pread)
@@ -555,16 +578,17 @@ ad_fetch_ahead (struct ad_source *src)
   if (fs->stream == NULL)
     return;
   pthread_mutex_lock (&f->lock);
-  /* The stream's reads are within the buffers, with less than half a
-   * fetch of them left ahead: fetch the next.
+  /* The stream's reads are within the buffers, with less than half of
+   * the next fetch left ahead: fetch that.
    */
   pos = fs->stream->next;
   if (fs->stream->seq && pos > 0 &&
       pos < fs->inner->size && slot_at_locked (f, pos - 1) != NULL) {
     end = chain_end_locked (f, pos - 1, pos + f->size, &loading);
-    if (end - pos < f->size / 2 && end < fs->inner->size &&
+    want = fetch_size_for (f, fs, end);
+    if (end - pos < want / 2 && end < fs->inner->size &&
         (sl = take_slot_locked (f, true, pos - 1)) != NULL &&
-        fetch_locked (f, fs->inner, sl, end, end + 1, fs->stream) == 0)
+        fetch_locked (f, fs->inner, sl, end, end + 1, want, fs->stream) == 0)
       f->ahead++;
   }
   fs->stream = NULL;

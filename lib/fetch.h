@@ -32,6 +32,14 @@
  * at least half of fetch_size are large already and go straight to the
  * source.
  *
+ * Where the export tells (horizon), a reader's fetches stop where the
+ * frames end that it will read if its run of reads goes on for eight
+ * times as long again, but read at least FETCH_MIN (about what a round
+ * trip costs at a web server's rate) and at most fetch_size.  A short
+ * run (a file that a booting guest reads) then fetches a few frames
+ * ahead, and its reads never wait for a long fetch to end, while a
+ * long one (a copy) soon fetches whole buffers.
+ *
  * A sequential reader also fetches ahead (ad_fetch_ahead, called by the
  * export's read-ahead once it has started its decodes): when less than
  * half a fetch of its stream's bytes is left in the buffers, the next
@@ -75,6 +83,8 @@ struct ad_fetch_source {
   struct ad_source *inner;
   const void *reader;           /* Whose reads (NULL: anyone's). */
   bool sequential;              /* Known to be (else judged by its stream). */
+  uint64_t horizon;             /* Where the reader's fetches stop */
+                                /* (UINT64_MAX: after fetch_size). */
   struct ad_fetch_stream *stream; /* Of the last read, if sequential. */
 };
 

@@ -42,6 +42,12 @@ static struct ad_options options;
 static bool progressive = false;
 static bool verify_offsets = false;
 static int64_t readahead = -1;          /* -1: from the cache size. */
+/* May a connection's read-ahead thread read from the plugin below (see
+ * open_background)?  Not if the plugin serves one connection or one
+ * request of all connections at a time; and if it serves one request
+ * of each connection at a time, the connection's reads take turns.
+ */
+static bool background_ok, background_turns;
 static char *index_path;                /* autodecomp-index. */
 
 /* The frame cache and the decode workers, shared by every connection
@@ -108,10 +114,26 @@ static bool failing_at_once (struct named_export *e, const char *name);
 static void failed_below (struct named_export *e, const char *name,
                           const char *why);
 
+/* The plugin below as a source: its context, and the lock that its
+ * reads take turns on, or NULL.
+ */
+struct next_source {
+  nbdkit_next *next;
+  pthread_mutex_t *turns;
+};
+
 struct handle {
   char *exportname;
   struct named_export *export;  /* Set in prepare. */
   struct ad_reader reader;      /* This connection's access pattern. */
+
+  /* The read-ahead thread's way to the plugin (see open_background). */
+  pthread_mutex_t bg_lock;
+  bool bg_tried;
+  bool bg_started;
+  pthread_mutex_t turns;        /* Reads below take turns (if used). */
+  struct next_source bg_ns;
+  struct ad_source bg_src;
 };
 
 static void
@@ -313,6 +335,8 @@ autodecomp_thread_model (void)
 static int
 autodecomp_get_ready (int thread_model)
 {
+  background_ok = thread_model >= NBDKIT_THREAD_MODEL_SERIALIZE_REQUESTS;
+  background_turns = thread_model == NBDKIT_THREAD_MODEL_SERIALIZE_REQUESTS;
   cache = ad_cache_new (cache_size);
   if (cache == NULL) {
     nbdkit_error ("autodecomp: cannot allocate the cache: %m");
@@ -379,7 +403,21 @@ autodecomp_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     return NULL;
   }
   ad_reader_init (&h->reader);
+  pthread_mutex_init (&h->bg_lock, NULL);
+  pthread_mutex_init (&h->turns, NULL);
   return h;
+}
+
+/* The read-ahead thread reads through the connection's context, which
+ * is valid until the connection is finalized: it stops before.
+ */
+static int
+autodecomp_finalize (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+
+  ad_reader_stop_background (&h->reader);
+  return 0;
 }
 
 static void
@@ -387,6 +425,9 @@ autodecomp_close (void *handle)
 {
   struct handle *h = handle;
 
+  ad_reader_stop_background (&h->reader);
+  pthread_mutex_destroy (&h->turns);
+  pthread_mutex_destroy (&h->bg_lock);
   ad_reader_destroy (&h->reader);
   if (h->export)
     release_export (h->export);
@@ -399,14 +440,20 @@ static int
 next_pread (void *opaque, void *buf, size_t count, uint64_t offset,
             struct ad_error *err)
 {
-  nbdkit_next *next = opaque;
+  const struct next_source *ns = opaque;
+  nbdkit_next *next = ns->next;
   char *p = buf;
 
   while (count > 0) {
     uint32_t n = count > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : count;
-    int errnum = 0;
+    int errnum = 0, r;
 
-    if (next->pread (next, p, n, offset, 0, &errnum) == -1)
+    if (ns->turns)
+      pthread_mutex_lock (ns->turns);
+    r = next->pread (next, p, n, offset, 0, &errnum);
+    if (ns->turns)
+      pthread_mutex_unlock (ns->turns);
+    if (r == -1)
       return ad_error_set (err, errnum ? errnum : EIO,
                            "read of %" PRIu32 " bytes at compressed offset %"
                            PRIu64 " from the plugin failed: %s", n, offset,
@@ -419,12 +466,29 @@ next_pread (void *opaque, void *buf, size_t count, uint64_t offset,
 }
 
 static void
-source_of_next (struct ad_source *src, nbdkit_next *next, uint64_t size)
+source_of_next (struct ad_source *src, struct next_source *ns,
+                nbdkit_next *next, pthread_mutex_t *turns, uint64_t size)
 {
+  ns->next = next;
+  ns->turns = turns;
   memset (src, 0, sizeof *src);
   src->pread = next_pread;
-  src->opaque = next;
+  src->opaque = ns;
   src->size = size;
+}
+
+/* The connection's reads below, which take turns with its read-ahead
+ * thread's where the plugin needs that.
+ */
+static void
+source_of_connection (struct ad_source *src, struct next_source *ns,
+                      nbdkit_next *next, struct handle *h)
+{
+  bool turns = background_turns &&
+    __atomic_load_n (&h->bg_started, __ATOMIC_ACQUIRE);
+
+  source_of_next (src, ns, next, turns ? &h->turns : NULL,
+                  h->export->compressed_size);
 }
 
 static void
@@ -481,11 +545,12 @@ warn_if_not_seekable (struct named_export *e)
 static int
 open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
 {
+  struct next_source ns;
   struct ad_source src;
   struct ad_error err;
 
   e->compressed_size = size;
-  source_of_next (&src, next, size);
+  source_of_next (&src, &ns, next, NULL, size);
   ad_error_clear (&err);
   e->exp = ad_export_open (&src, format_param, &options, cache, &err);
   if (e->exp == NULL) {
@@ -810,18 +875,43 @@ report (struct handle *h, struct ad_error *e, int *err)
   return -1;
 }
 
+/* Let the connection's read-ahead run in a thread of its own, which
+ * reads through the connection's context below, once, on its first
+ * read: the connection's requests then never wait for what is read
+ * ahead of them (except for their turn, with a plugin that serves one
+ * request of a connection at a time).  Without it, the requests read
+ * ahead themselves.
+ */
+static void
+open_background (struct handle *h, nbdkit_next *next)
+{
+  pthread_mutex_lock (&h->bg_lock);
+  if (!h->bg_tried && background_ok) {
+    source_of_next (&h->bg_src, &h->bg_ns, next,
+                    background_turns ? &h->turns : NULL,
+                    h->export->compressed_size);
+    __atomic_store_n (&h->bg_started, true, __ATOMIC_RELEASE);
+    ad_reader_set_background (&h->reader, &h->bg_src);
+  }
+  __atomic_store_n (&h->bg_tried, true, __ATOMIC_RELEASE);
+  pthread_mutex_unlock (&h->bg_lock);
+}
+
 static int
 autodecomp_pread (nbdkit_next *next, void *handle, void *buf,
                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
   struct handle *h = handle;
+  struct next_source ns;
   struct ad_source src;
   struct ad_error e;
 
   if (is_raw (h))
     return next->pread (next, buf, count, offset, flags, err);
 
-  source_of_next (&src, next, h->export->compressed_size);
+  if (!__atomic_load_n (&h->bg_tried, __ATOMIC_ACQUIRE))
+    open_background (h, next);
+  source_of_connection (&src, &ns, next, h);
   ad_error_clear (&e);
   if (ad_export_read (h->export->exp, &h->reader, &src, buf, count, offset,
                       &e) == -1)
@@ -845,13 +935,14 @@ autodecomp_extents (nbdkit_next *next, void *handle, uint32_t count,
                     struct nbdkit_extents *extents, int *err)
 {
   struct handle *h = handle;
+  struct next_source ns;
   struct ad_source src;
   struct ad_error e;
 
   if (is_raw (h))
     return next->extents (next, count, offset, flags, extents, err);
 
-  source_of_next (&src, next, h->export->compressed_size);
+  source_of_connection (&src, &ns, next, h);
   ad_error_clear (&e);
   if (ad_export_extents (h->export->exp, &src, count, offset, add_extent,
                          extents, &e) == -1)
@@ -864,13 +955,14 @@ autodecomp_cache (nbdkit_next *next, void *handle, uint32_t count,
                   uint64_t offset, uint32_t flags, int *err)
 {
   struct handle *h = handle;
+  struct next_source ns;
   struct ad_source src;
   struct ad_error e;
 
   if (is_raw (h))
     return next->cache (next, count, offset, flags, err);
 
-  source_of_next (&src, next, h->export->compressed_size);
+  source_of_connection (&src, &ns, next, h);
   ad_error_clear (&e);
   if (ad_export_prefetch (h->export->exp, &src, count, offset, &e) == -1)
     return report (h, &e, err);
@@ -891,6 +983,7 @@ static struct nbdkit_filter filter = {
   .open               = autodecomp_open,
   .close              = autodecomp_close,
   .prepare            = autodecomp_prepare,
+  .finalize           = autodecomp_finalize,
   .get_size           = autodecomp_get_size,
   .can_write          = autodecomp_can_write,
   .can_extents        = autodecomp_can_extents,
