@@ -103,12 +103,13 @@ extern void ad_reader_destroy (struct ad_reader *reader);
 
 /* Look ahead of reader in a thread of its own (started with its first
  * sequential read), which reads the image through bg: a source that
- * only that thread uses, such as a second connection to where the
- * image is, valid until ad_reader_stop_background.  The reader's
- * requests then only note where they read, and never wait for what
- * is read ahead of them: over a slow link a booting guest's reads are
- * answered as soon as their own frames are decoded.  Without it,
- * requests look ahead themselves, through their own source.
+ * this thread uses while the reader's requests use theirs (the caller
+ * makes them take turns if the image needs it), valid until
+ * ad_reader_stop_background.  The reader's requests then only note
+ * where they read, and never wait for what is decoded ahead of them:
+ * over a slow link a booting guest's reads are answered as soon as
+ * their own frames are decoded.  Without it, requests look ahead
+ * themselves, through their own source.
  */
 extern void ad_reader_set_background (struct ad_reader *reader,
                                       struct ad_source *bg);
