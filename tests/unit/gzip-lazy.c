@@ -6,7 +6,7 @@
  *   gzip-lazy [-s SEED] [-p PERCENT] [-k RUNS] COMPRESSED.gz ORIGINAL
  *
  * COMPRESSED must be a single-member gzip file large enough to be
- * indexed lazily (shape 2 in lib/gzip.c: a few MB or more).
+ * indexed lazily (GZ_LAZY in lib/gzip.c: a few MB or more).
  *
  * 1. Decode once.  A fresh export is read in order, in 256 KiB reads
  *    taken in turn by 4 threads (as nbdcopy does), every byte compared
