@@ -60,8 +60,14 @@ build-asan/test-cache
 n=0
 while read -r comp orig; do
   # Every other image through the decode workers (as the filter reads).
-  if [ $((n % 2)) = 0 ]; then workers=2; else workers=0; fi
-  build-asan/ad-verify -n 150 -w $workers "$comp" "$orig" >/dev/null
+  # Of those, every other one looks ahead in a thread of its own (-b).
+  case $((n % 4)) in
+    0) opt="-w 2" ;;
+    2) opt="-w 2 -b" ;;
+    *) opt="-w 0" ;;
+  esac
+  # shellcheck disable=SC2086
+  build-asan/ad-verify -n 150 $opt "$comp" "$orig" >/dev/null
   n=$((n + 1))
 done < <(pairs)
 echo "check-sanitizers: ASan + UBSan: $n images verified"
@@ -94,11 +100,11 @@ build-tsan/test-cache
 n=0
 for f in disk.img.xz disk-1block.img.xz disk-seekable.img.zst disk.img.zst \
          disk.img.gz disk.img.bgz disk.img.bz2 disk.img.lz disk-1member.img.lz; do
-  build-tsan/ad-verify -t 4 -c 8000000 -n 120 -w 2 -p "$CORPUS/$f" \
+  build-tsan/ad-verify -t 4 -c 8000000 -n 120 -w 2 -p -b "$CORPUS/$f" \
     "$CORPUS/disk.img" >/dev/null
   n=$((n + 1))
 done
-echo "check-sanitizers: TSan: $n images verified with 4 threads and 2 decode workers"
+echo "check-sanitizers: TSan: $n images verified with 4 threads, 2 decode workers and a read-ahead thread"
 # The tool's compressing threads beside the library's decode workers.
 out=$(mktemp -d)
 for spec in "zstd disk.img.xz" "bgzf disk.img.bgz"; do

@@ -172,7 +172,9 @@ int
 main (int argc, char *argv[])
 {
   unsigned long reads = 2000, threads = 1, workers = 0;
-  bool progressive = false;
+  bool progressive = false, background = false;
+  struct ad_source bg_src;
+  int bg_fd = -1;
   struct ad_pool *pool = NULL;
   struct ad_reader reader;
   uint64_t seed = 1, s, cache_size = 64 << 20;
@@ -191,7 +193,7 @@ main (int argc, char *argv[])
   unsigned long i;
 
   ad_options_init (&opts);
-  while ((c = getopt (argc, argv, "n:s:f:g:t:c:w:k:p")) != -1) {
+  while ((c = getopt (argc, argv, "n:s:f:g:t:c:w:k:pb")) != -1) {
     switch (c) {
     case 't': threads = strtoul (optarg, NULL, 0); break;
     case 'c': cache_size = strtoull (optarg, NULL, 0); break;
@@ -202,6 +204,7 @@ main (int argc, char *argv[])
     case 'w': workers = strtoul (optarg, NULL, 0); break;
     case 'k': opts.keep_size = strtoull (optarg, NULL, 0); break;
     case 'p': progressive = true; break;
+    case 'b': background = true; break;
     default: goto usage;
     }
   }
@@ -211,7 +214,7 @@ main (int argc, char *argv[])
   usage:
     fprintf (stderr, "usage: ad-verify [-n READS] [-s SEED] [-t THREADS] "
              "[-c CACHE] [-f MAX-FRAME] [-g GZIP-SPAN] [-w WORKERS] [-k KEEP] "
-             "[-p] "
+             "[-p] [-b] "
              "COMPRESSED ORIGINAL\n");
     return 2;
   }
@@ -276,6 +279,18 @@ main (int argc, char *argv[])
   }
   s = seed;
   ad_reader_init (&reader);
+  /* With -b the sequential reader looks ahead in a thread of its own,
+   * through a source of its own (as the filter's connections do).
+   */
+  if (background) {
+    bg_fd = open (argv[optind], O_RDONLY);
+    if (bg_fd == -1) {
+      perror ("open");
+      return 2;
+    }
+    ad_source_init_fd (&bg_src, bg_fd, src.size);
+    ad_reader_set_background (&reader, &bg_src);
+  }
   for (off = 0; off < osize; ) {
     uint64_t len = 1 + rnd (&s) % maxlen;
     if (len > osize - off)
@@ -285,6 +300,8 @@ main (int argc, char *argv[])
     off += len;
   }
   ad_reader_destroy (&reader);
+  if (bg_fd != -1)
+    close (bg_fd);
   /* Let read-ahead still in flight finish before counting. */
   ad_pool_free (pool);
   pool = NULL;
