@@ -719,7 +719,7 @@ decode_one (struct run *r, const struct ad_frame *f, size_t frame_no)
   if (r1 == -1)
     check_err (&err1, "ad_index_decode_frame");
   /* bzip2's sizing pass decoded every block and checked its CRC, with
-   * libbz2 or with lib/bzip2-size.c, which must agree with libbz2: so
+   * libbz2 or with lib/bzip2-decode.c, which must agree with libbz2: so
    * libbz2 must now decode the frame to the size the pass found.
    */
   if (r1 == -1 && r->idx->format == AD_FORMAT_BZIP2 && err1.errnum != ENOMEM)

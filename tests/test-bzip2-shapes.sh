@@ -4,7 +4,7 @@
 #
 # bzip2 images of unusual shapes through lib/ (ad-verify: size, a
 # sequential read and random reads, every byte compared), so that the
-# sizing pass's own block decoder (lib/bzip2-size.c) meets what real
+# sizing pass's own block decoder (lib/bzip2-decode.c) meets what real
 # compressors write: every level 1..9, runs of every length around the
 # RLE1 limits (3, 4, 5, 255, 259, 260 equal bytes), a block that ends
 # in a run, all 256 byte values, zeros, data that does not compress,

@@ -1,7 +1,8 @@
 /* Copyright (C) 2026 The nbdkit-autodecomp authors
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * autodecomp: sizing bzip2 blocks without libbz2.
+ * autodecomp: a bzip2 block decoder, without libbz2, that sizes the
+ * blocks at open and serves reads of whole blocks.
  *
  * Opening a bzip2 image decodes every block once, only to learn how
  * many bytes it holds (bzip2 records no sizes) and that its CRC
@@ -40,8 +41,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 
-#include "bzip2-size.h"
+#include "bzip2-decode.h"
 
 #define MAX_GROUPS 6
 #define MAX_ALPHA 258
@@ -259,6 +261,15 @@ ad_bz2_sizer_free (struct ad_bz2_sizer *s)
   s->tt_len = 0;
 }
 
+/* Decoders' memory kept for the next ad_bz2_block_decode_spare, of
+ * any image: at most SPARE_SIZERS in the process, however many images
+ * are open.
+ */
+#define SPARE_SIZERS 4
+static pthread_mutex_t sizers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ad_bz2_sizer spare_sizers[SPARE_SIZERS];
+static size_t nspare_sizers;
+
 static bool block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
                           uint64_t nbits, int level, unsigned char *dst,
                           size_t dst_len, bool *fit, uint64_t *usize,
@@ -289,24 +300,325 @@ ad_bz2_block_decode_some (struct ad_bz2_sizer *s, const unsigned char *p,
   return block_decode (s, p, nbits, level, out, out_len, fit, usize, zero);
 }
 
-/* dst NULL: count only.  fit NULL: fail if the bytes do not fit in
- * dst; else stop writing when they do not, clear *fit and count on.
+bool
+ad_bz2_block_decode_spare (const unsigned char *p, uint64_t nbits,
+                           int level, unsigned char *out, size_t out_len,
+                           uint64_t *usize, bool *zero)
+{
+  struct ad_bz2_sizer s;
+  bool ok;
+
+  pthread_mutex_lock (&sizers_lock);
+  if (nspare_sizers > 0)
+    s = spare_sizers[--nspare_sizers];
+  else
+    ad_bz2_sizer_init (&s);
+  pthread_mutex_unlock (&sizers_lock);
+
+  ok = ad_bz2_block_decode (&s, p, nbits, level, out, out_len, usize,
+                            zero);
+
+  pthread_mutex_lock (&sizers_lock);
+  if (nspare_sizers < SPARE_SIZERS)
+    spare_sizers[nspare_sizers++] = s;
+  else
+    ad_bz2_sizer_free (&s);
+  pthread_mutex_unlock (&sizers_lock);
+  return ok;
+}
+
+/* A block being decoded: what its phases pass on. */
+struct block {
+  struct bits b;
+  uint32_t stored_crc, orig_ptr, nblock_max;
+  uint32_t nblock;                    /* Bytes of BWT data in tt. */
+  uint32_t *tt;
+  unsigned n_in_use, alpha, n_groups, n_selectors;
+  unsigned char seq_to_unseq[256];
+  unsigned char *selectors;
+  struct code *codes;
+  uint32_t unzftab[256];              /* Count of each byte in tt. */
+};
+
+/* Phase 1: the block header and the map of bytes used.  False if the
+ * block is randomised (libbz2's) or uses no byte.
+ */
+static bool
+read_header (struct block *k)
+{
+  struct bits *b = &k->b;
+  uint32_t in_use16;
+  unsigned i, j;
+
+  get (b, 24);                  /* The magic, checked by the caller. */
+  get (b, 24);
+  k->stored_crc = get (b, 32);
+  if (get (b, 1))
+    return false;               /* Randomised (bzip2 0.9.0): libbz2's. */
+  k->orig_ptr = get (b, 24);
+
+  /* The bytes used. */
+  in_use16 = get (b, 16);
+  for (i = 0; i < 16; i++)
+    if (in_use16 & (0x8000 >> i)) {
+      uint32_t bits16 = get (b, 16);
+
+      for (j = 0; j < 16; j++)
+        if (bits16 & (0x8000 >> j))
+          k->seq_to_unseq[k->n_in_use++] = i * 16 + j;
+    }
+  if (k->n_in_use == 0)
+    return false;
+  k->alpha = k->n_in_use + 2;
+  return true;
+}
+
+/* Phase 2: the selectors and the Huffman code of each group, into
+ * k->selectors and k->codes (which the caller frees).
+ */
+static bool
+read_tables (struct block *k)
+{
+  struct bits *b = &k->b;
+  unsigned char sel_mtf[MAX_GROUPS];
+  uint8_t len[MAX_ALPHA];
+  unsigned n_groups, i, t;
+
+  n_groups = k->n_groups = get (b, 3);
+  k->n_selectors = get (b, 15);
+  if (n_groups < 2 || n_groups > MAX_GROUPS || k->n_selectors < 1)
+    return false;
+  k->selectors = malloc (k->n_selectors);
+  k->codes = malloc (n_groups * sizeof *k->codes);
+  if (k->selectors == NULL || k->codes == NULL)
+    return false;
+  for (i = 0; i < n_groups; i++)
+    sel_mtf[i] = i;
+  for (i = 0; i < k->n_selectors; i++) {
+    unsigned m = 0;
+    unsigned char v;
+
+    while (get (b, 1)) {
+      if (++m >= n_groups)
+        return false;
+    }
+    if (b->pos > b->limit)
+      return false;
+    v = sel_mtf[m];
+    memmove (sel_mtf + 1, sel_mtf, m);
+    sel_mtf[0] = v;
+    k->selectors[i] = v;
+  }
+  if (k->n_selectors > MAX_SELECTORS)
+    k->n_selectors = MAX_SELECTORS;
+
+  /* The code lengths of each group. */
+  for (t = 0; t < n_groups; t++) {
+    int curr = get (b, 5);
+
+    for (i = 0; i < k->alpha; i++) {
+      for (;;) {
+        if (curr < 1 || curr > MAX_CODE_LEN || b->pos > b->limit)
+          return false;
+        if (!get (b, 1))
+          break;
+        curr += get (b, 1) ? -1 : 1;
+      }
+      len[i] = curr;
+    }
+    if (!build_code (&k->codes[t], len, k->alpha))
+      return false;
+  }
+  return true;
+}
+
+/* Phase 3: the symbols, move-to-front indices and runs of the front
+ * byte, up to the end of block, into k->tt and k->unzftab.  The loop
+ * works on local copies of the bit reader and the counters, written
+ * back at the end.
+ */
+static bool
+read_symbols (struct block *k)
+{
+  struct bits b = k->b;
+  uint32_t *tt = k->tt, nblock_max = k->nblock_max, nblock = 0;
+  unsigned char mtf[256];
+  const unsigned char *selectors = k->selectors;
+  const struct code *codes = k->codes;
+  unsigned n_selectors = k->n_selectors, alpha = k->alpha;
+  unsigned eob = k->n_in_use + 1, group_no = 0, group_left = 0, sym, i;
+  const struct code *c = NULL;
+
+  for (i = 0; i < 256; i++)
+    mtf[i] = i;
+  memset (k->unzftab, 0, sizeof k->unzftab);
+
+#define NEXT_SYMBOL()                                           \
+  do {                                                          \
+    if (group_left == 0) {                                      \
+      if (group_no >= n_selectors || b.pos > b.limit)           \
+        return false;                                           \
+      c = &codes[selectors[group_no++]];                        \
+      group_left = GROUP_SIZE;                                  \
+    }                                                           \
+    group_left--;                                               \
+    sym = decode_symbol (&b, c);                                \
+    if (sym >= alpha)                                           \
+      return false;                                             \
+  } while (0)
+
+  NEXT_SYMBOL ();
+  for (;;) {
+    if (sym == eob)
+      break;
+    if (sym == RUNA || sym == RUNB) {
+      uint32_t es = 0, n = 1;
+      unsigned char uc;
+
+      do {
+        if (n >= 2 * 1024 * 1024)
+          return false;
+        es += (sym == RUNA ? 1 : 2) * n;
+        n *= 2;
+        NEXT_SYMBOL ();
+      } while (sym == RUNA || sym == RUNB);
+      uc = k->seq_to_unseq[mtf[0]];
+      if (es > nblock_max - nblock)
+        return false;
+      k->unzftab[uc] += es;
+      while (es-- > 0)
+        tt[nblock++] = uc;
+      continue;
+    }
+    else {
+      unsigned nn = sym - 1;
+      unsigned char v, uc;
+
+      if (nblock >= nblock_max)
+        return false;
+      v = mtf[nn];
+      memmove (mtf + 1, mtf, nn);
+      mtf[0] = v;
+      uc = k->seq_to_unseq[v];
+      k->unzftab[uc]++;
+      tt[nblock++] = uc;
+      NEXT_SYMBOL ();
+    }
+  }
+#undef NEXT_SYMBOL
+  k->b = b;
+  k->nblock = nblock;
+  return true;
+}
+
+/* Phase 4: the inverse BWT, as libbz2 builds it: tt[i] keeps the byte
+ * in its low 8 bits and gets the index of its successor above them.
+ */
+static void
+undo_bwt (struct block *k)
+{
+  uint32_t cftab[257], *tt = k->tt, nblock = k->nblock, i;
+
+  cftab[0] = 0;
+  for (i = 0; i < 256; i++)
+    cftab[i + 1] = cftab[i] + k->unzftab[i];
+  for (i = 0; i < nblock; i++) {
+    unsigned char uc = tt[i] & 0xff;
+
+    tt[cftab[uc]] |= i << 8;
+    cftab[uc]++;
+  }
+}
+
+/* Phase 5: walk the inverse BWT and undo RLE1 exactly as libbz2's
+ * unRLE_obuf_to_output_FAST does, counting (and writing to dst, see
+ * block_decode) instead of copying out: after four equal bytes comes a
+ * count of further copies.  The walk reads one byte ahead; the block
+ * ends when that read is one past the end.  Then check the CRC.
+ */
+static bool
+undo_rle1 (const struct block *k, unsigned char *dst, size_t dst_len,
+           bool *fit, uint64_t *usize, bool *zero)
+{
+  const uint32_t *tt = k->tt;
+  uint32_t nblock = k->nblock;
+  uint32_t tpos = tt[k->orig_ptr] >> 8, used = 0, crc = 0xffffffff;
+  uint64_t total = 0;
+  bool all_zero = true;
+  unsigned k0, k1, run;
+
+#define GET_BYTE(c)                                     \
+  do {                                                  \
+    if (tpos >= nblock)                                 \
+      return false;                                     \
+    tpos = tt[tpos];                                    \
+    (c) = tpos & 0xff;                                  \
+    tpos >>= 8;                                         \
+    used++;                                             \
+  } while (0)
+
+  GET_BYTE (k0);
+  for (;;) {
+    unsigned ch;
+
+    if (used == nblock + 1)
+      break;
+    if (used > nblock + 1)
+      return false;             /* Four equal bytes and no count. */
+    ch = k0;
+    run = 1;
+    GET_BYTE (k1);
+    if (used != nblock + 1 && k1 == k0) {
+      run = 2;
+      GET_BYTE (k1);
+      if (used != nblock + 1 && k1 == k0) {
+        run = 3;
+        GET_BYTE (k1);
+        if (used != nblock + 1 && k1 == k0) {
+          GET_BYTE (k1);
+          run = k1 + 4;
+          GET_BYTE (k1);
+        }
+      }
+    }
+    k0 = k1;
+    if (dst && run > dst_len - total) {
+      if (fit == NULL)
+        return false;
+      *fit = false;
+      dst = NULL;
+    }
+    if (dst) {
+      if (run == 1)
+        dst[total] = ch;
+      else
+        memset (dst + total, ch, run);
+    }
+    total += run;
+    if (ch != 0)
+      all_zero = false;
+    crc = run == 1 ? crc_bytes (crc, ch, 1) : ad_bz2_crc_run (crc, ch, run);
+  }
+#undef GET_BYTE
+  if (~crc != k->stored_crc)
+    return false;
+  *usize = total;
+  *zero = all_zero;
+  return true;
+}
+
+/* Decode the block in the phases above.  dst NULL: count only.  fit
+ * NULL: fail if the bytes do not fit in dst; else stop writing when
+ * they do not, clear *fit and count on.
  */
 static bool
 block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
               uint64_t nbits, int level, unsigned char *dst, size_t dst_len,
               bool *fit, uint64_t *usize, bool *zero)
 {
-  struct bits b = { .p = p, .nbytes = (nbits + 7) / 8, .limit = nbits };
-  uint32_t stored_crc, orig_ptr, nblock_max, nblock = 0;
-  unsigned char seq_to_unseq[256], mtf[256], sel_mtf[MAX_GROUPS];
-  unsigned char *selectors = NULL;
-  uint32_t unzftab[256], cftab[257];
-  unsigned n_in_use = 0, alpha, n_groups, n_selectors, i, j, t;
-  struct code *codes = NULL;
-  uint8_t len[MAX_ALPHA];
-  uint32_t *tt;
-  bool ok = false;
+  struct block k;
+  uint32_t nblock_max;
+  bool ok;
 
   if (level < 1 || level > 9 || nbits < 48 + 32 + 1 + 24 + 16)
     return false;
@@ -319,231 +631,26 @@ block_decode (struct ad_bz2_sizer *s, const unsigned char *p,
       return false;
     s->tt_len = nblock_max;
   }
-  tt = s->tt;
 
-  get (&b, 24);                 /* The magic, checked by the caller. */
-  get (&b, 24);
-  stored_crc = get (&b, 32);
-  if (get (&b, 1))
-    return false;               /* Randomised (bzip2 0.9.0): libbz2's. */
-  orig_ptr = get (&b, 24);
+  memset (&k.b, 0, sizeof k.b);
+  k.b.p = p;
+  k.b.nbytes = (nbits + 7) / 8;
+  k.b.limit = nbits;
+  k.nblock_max = nblock_max;
+  k.nblock = 0;
+  k.tt = s->tt;
+  k.n_in_use = 0;
+  k.selectors = NULL;
+  k.codes = NULL;
 
-  /* The bytes used. */
-  {
-    uint32_t in_use16 = get (&b, 16);
-
-    for (i = 0; i < 16; i++)
-      if (in_use16 & (0x8000 >> i)) {
-        uint32_t bits16 = get (&b, 16);
-
-        for (j = 0; j < 16; j++)
-          if (bits16 & (0x8000 >> j))
-            seq_to_unseq[n_in_use++] = i * 16 + j;
-      }
+  ok = read_header (&k) && read_tables (&k) && read_symbols (&k) &&
+    /* The block must end exactly where the next magic starts. */
+    k.b.pos == k.b.limit && k.orig_ptr < k.nblock;
+  if (ok) {
+    undo_bwt (&k);
+    ok = undo_rle1 (&k, dst, dst_len, fit, usize, zero);
   }
-  if (n_in_use == 0)
-    return false;
-  alpha = n_in_use + 2;
-
-  n_groups = get (&b, 3);
-  n_selectors = get (&b, 15);
-  if (n_groups < 2 || n_groups > MAX_GROUPS || n_selectors < 1)
-    return false;
-  selectors = malloc (n_selectors);
-  codes = malloc (n_groups * sizeof *codes);
-  if (selectors == NULL || codes == NULL)
-    goto out;
-  for (i = 0; i < n_groups; i++)
-    sel_mtf[i] = i;
-  for (i = 0; i < n_selectors; i++) {
-    unsigned k = 0;
-    unsigned char v;
-
-    while (get (&b, 1)) {
-      if (++k >= n_groups)
-        goto out;
-    }
-    if (b.pos > b.limit)
-      goto out;
-    v = sel_mtf[k];
-    memmove (sel_mtf + 1, sel_mtf, k);
-    sel_mtf[0] = v;
-    selectors[i] = v;
-  }
-  if (n_selectors > MAX_SELECTORS)
-    n_selectors = MAX_SELECTORS;
-
-  /* The code lengths of each group. */
-  for (t = 0; t < n_groups; t++) {
-    int curr = get (&b, 5);
-
-    for (i = 0; i < alpha; i++) {
-      for (;;) {
-        if (curr < 1 || curr > MAX_CODE_LEN || b.pos > b.limit)
-          goto out;
-        if (!get (&b, 1))
-          break;
-        curr += get (&b, 1) ? -1 : 1;
-      }
-      len[i] = curr;
-    }
-    if (!build_code (&codes[t], len, alpha))
-      goto out;
-  }
-
-  /* The symbols: move-to-front indices and runs of the front byte. */
-  {
-    unsigned eob = n_in_use + 1, group_no = 0, group_left = 0, sym;
-    const struct code *c = NULL;
-
-    for (i = 0; i < 256; i++)
-      mtf[i] = i;
-    memset (unzftab, 0, sizeof unzftab);
-
-#define NEXT_SYMBOL()                                           \
-    do {                                                        \
-      if (group_left == 0) {                                    \
-        if (group_no >= n_selectors || b.pos > b.limit)         \
-          goto out;                                             \
-        c = &codes[selectors[group_no++]];                      \
-        group_left = GROUP_SIZE;                                \
-      }                                                         \
-      group_left--;                                             \
-      sym = decode_symbol (&b, c);                              \
-      if (sym >= alpha)                                         \
-        goto out;                                               \
-    } while (0)
-
-    NEXT_SYMBOL ();
-    for (;;) {
-      if (sym == eob)
-        break;
-      if (sym == RUNA || sym == RUNB) {
-        uint32_t es = 0, n = 1;
-        unsigned char uc;
-
-        do {
-          if (n >= 2 * 1024 * 1024)
-            goto out;
-          es += (sym == RUNA ? 1 : 2) * n;
-          n *= 2;
-          NEXT_SYMBOL ();
-        } while (sym == RUNA || sym == RUNB);
-        uc = seq_to_unseq[mtf[0]];
-        if (es > nblock_max - nblock)
-          goto out;
-        unzftab[uc] += es;
-        while (es-- > 0)
-          tt[nblock++] = uc;
-        continue;
-      }
-      else {
-        unsigned nn = sym - 1;
-        unsigned char v, uc;
-
-        if (nblock >= nblock_max)
-          goto out;
-        v = mtf[nn];
-        memmove (mtf + 1, mtf, nn);
-        mtf[0] = v;
-        uc = seq_to_unseq[v];
-        unzftab[uc]++;
-        tt[nblock++] = uc;
-        NEXT_SYMBOL ();
-      }
-    }
-#undef NEXT_SYMBOL
-  }
-  /* The block must end exactly where the next magic starts. */
-  if (b.pos != b.limit || orig_ptr >= nblock)
-    goto out;
-
-  /* The inverse BWT, as libbz2 builds it: tt[i] keeps the byte in its
-   * low 8 bits and gets the index of its successor above them.
-   */
-  cftab[0] = 0;
-  for (i = 0; i < 256; i++)
-    cftab[i + 1] = cftab[i] + unzftab[i];
-  for (i = 0; i < nblock; i++) {
-    unsigned char uc = tt[i] & 0xff;
-
-    tt[cftab[uc]] |= i << 8;
-    cftab[uc]++;
-  }
-
-  /* Walk it and undo RLE1 exactly as libbz2's unRLE_obuf_to_output_FAST
-   * does, counting instead of writing: after four equal bytes comes a
-   * count of further copies.  The walk reads one byte ahead; the block
-   * ends when that read is one past the end.
-   */
-  {
-    uint32_t tpos = tt[orig_ptr] >> 8, used = 0, crc = 0xffffffff;
-    uint64_t total = 0;
-    bool all_zero = true;
-    unsigned k0, k1, run;
-
-#define GET_BYTE(c)                                     \
-    do {                                                \
-      if (tpos >= nblock)                               \
-        goto out;                                       \
-      tpos = tt[tpos];                                  \
-      (c) = tpos & 0xff;                                \
-      tpos >>= 8;                                       \
-      used++;                                           \
-    } while (0)
-
-    GET_BYTE (k0);
-    for (;;) {
-      unsigned ch;
-
-      if (used == nblock + 1)
-        break;
-      if (used > nblock + 1)
-        goto out;               /* Four equal bytes and no count. */
-      ch = k0;
-      run = 1;
-      GET_BYTE (k1);
-      if (used != nblock + 1 && k1 == k0) {
-        run = 2;
-        GET_BYTE (k1);
-        if (used != nblock + 1 && k1 == k0) {
-          run = 3;
-          GET_BYTE (k1);
-          if (used != nblock + 1 && k1 == k0) {
-            GET_BYTE (k1);
-            run = k1 + 4;
-            GET_BYTE (k1);
-          }
-        }
-      }
-      k0 = k1;
-      if (dst && run > dst_len - total) {
-        if (fit == NULL)
-          goto out;
-        *fit = false;
-        dst = NULL;
-      }
-      if (dst) {
-        if (run == 1)
-          dst[total] = ch;
-        else
-          memset (dst + total, ch, run);
-      }
-      total += run;
-      if (ch != 0)
-        all_zero = false;
-      crc = run == 1 ? crc_bytes (crc, ch, 1) : ad_bz2_crc_run (crc, ch, run);
-    }
-#undef GET_BYTE
-    if (~crc != stored_crc)
-      goto out;
-    *usize = total;
-    *zero = all_zero;
-    ok = true;
-  }
-
- out:
-  free (selectors);
-  free (codes);
+  free (k.selectors);
+  free (k.codes);
   return ok;
 }

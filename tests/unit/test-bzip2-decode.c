@@ -1,7 +1,7 @@
 /* Copyright (C) 2026 The nbdkit-autodecomp authors
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * Unit test of lib/bzip2-size.c, the bzip2 block decoder of the sizing
+ * Unit test of lib/bzip2-decode.c, the bzip2 block decoder of the sizing
  * pass and of whole-block reads.
  *
  * It falls back to libbz2 whenever it does not accept a block, so a
@@ -22,7 +22,7 @@
 
 #include <bzlib.h>
 
-#include "bzip2-size.h"
+#include "bzip2-decode.h"
 #include "splitmix.h"
 
 static unsigned failures;
@@ -30,7 +30,7 @@ static unsigned failures;
 #define CHECK(cond, ...)                                        \
   do {                                                          \
     if (!(cond)) {                                              \
-      fprintf (stderr, "test-bzip2-size: FAIL: " __VA_ARGS__);  \
+      fprintf (stderr, "test-bzip2-decode: FAIL: " __VA_ARGS__);  \
       fprintf (stderr, "\n");                                   \
       failures++;                                               \
     }                                                           \
@@ -82,7 +82,7 @@ one_block (const unsigned char *data, unsigned len, int level,
   if (comp == NULL ||
       BZ2_bzBuffToBuffCompress ((char *) comp, &clen, (char *) data, len,
                                 level, 0, 0) != BZ_OK) {
-    fprintf (stderr, "test-bzip2-size: compressing failed\n");
+    fprintf (stderr, "test-bzip2-decode: compressing failed\n");
     exit (EXIT_FAILURE);
   }
   /* The eos magic and the 32-bit combined CRC end the stream, then up
@@ -99,7 +99,7 @@ one_block (const unsigned char *data, unsigned len, int level,
       return comp;
     }
   }
-  fprintf (stderr, "test-bzip2-size: no end-of-stream magic\n");
+  fprintf (stderr, "test-bzip2-decode: no end-of-stream magic\n");
   exit (EXIT_FAILURE);
 }
 
@@ -201,9 +201,9 @@ main (void)
 
   free (data);
   if (failures) {
-    fprintf (stderr, "test-bzip2-size: %u failures\n", failures);
+    fprintf (stderr, "test-bzip2-decode: %u failures\n", failures);
     return EXIT_FAILURE;
   }
-  printf ("test-bzip2-size: ok\n");
+  printf ("test-bzip2-decode: ok\n");
   return EXIT_SUCCESS;
 }

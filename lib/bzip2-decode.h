@@ -1,10 +1,10 @@
 /* Copyright (C) 2026 The nbdkit-autodecomp authors
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * autodecomp: sizing bzip2 blocks without libbz2 (see bzip2-size.c).
+ * autodecomp: a bzip2 block decoder without libbz2 (see bzip2-decode.c).
  */
-#ifndef AUTODECOMP_BZIP2_SIZE_H
-#define AUTODECOMP_BZIP2_SIZE_H
+#ifndef AUTODECOMP_BZIP2_DECODE_H
+#define AUTODECOMP_BZIP2_DECODE_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -59,9 +59,17 @@ extern bool ad_bz2_block_decode_some (struct ad_bz2_sizer *s,
                                       bool *fit, uint64_t *usize,
                                       bool *zero);
 
+/* ad_bz2_block_decode with a decoder's memory (up to 3.6 MB) taken
+ * from a few kept in the process for any thread, or new.
+ */
+extern bool ad_bz2_block_decode_spare (const unsigned char *p,
+                                       uint64_t nbits, int level,
+                                       unsigned char *out, size_t out_len,
+                                       uint64_t *usize, bool *zero);
+
 /* The bzip2 CRC (not reflected) crc after n more bytes ch.  The
  * decoder uses it for every run; exported for the unit test.
  */
 extern uint32_t ad_bz2_crc_run (uint32_t crc, unsigned ch, unsigned n);
 
-#endif /* AUTODECOMP_BZIP2_SIZE_H */
+#endif /* AUTODECOMP_BZIP2_DECODE_H */
