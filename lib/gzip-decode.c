@@ -250,12 +250,6 @@ gz_decoder_read (void *decoder, struct ad_source *src, void *out,
   return r;
 }
 
-/* A whole member decoded in one call into the caller's buffer, by
- * libdeflate (about twice as fast as zlib's inflate: see gzip.c).
- * Returns 1 if it worked and every check passed (the frame is done),
- * 0 if the caller should decode it with zlib instead (which then finds
- * and describes whatever is wrong), -1 on a read error.
- */
 /* A libdeflate decompressor of the image's pool (they hold no state
  * between calls, and making one per member costs page faults), or a
  * new one; NULL if memory ran out.
@@ -285,6 +279,13 @@ ld_put (struct gz_priv *priv, struct libdeflate_decompressor *ld)
     libdeflate_free_decompressor (ld);
 }
 
+/* A whole member decoded in one call into the caller's buffer, by
+ * libdeflate (about twice as fast as zlib's inflate: see gzip.c).
+ * Returns 1 if it worked and every check passed (the frame is done),
+ * 0 if the caller should decode it again with ISA-L from a clean state
+ * (which then finds and describes whatever is wrong), -1 on a read
+ * error.
+ */
 static int
 dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
                 struct ad_error *err)
