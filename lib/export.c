@@ -192,6 +192,111 @@ get_spill (struct ad_export *exp, struct ad_error *err)
   return spill;
 }
 
+/* Find the frames of [offset, offset + count) and take their cache
+ * entries, creating those that are missing: one piece per frame, in
+ * *pieces (which starts as stack, of alloc, and grows on the heap).
+ * Returns 0, or -1 with err, with *n the pieces taken either way.
+ */
+static int
+find_pieces (struct ad_export *exp, struct ad_source *src, char *buf,
+             size_t count, uint64_t offset, struct piece **pieces,
+             size_t alloc, size_t *n, struct ad_error *err)
+{
+  struct piece *stack = *pieces;
+  uint64_t pos = offset;
+  size_t left = count;
+
+  *n = 0;
+  while (left > 0) {
+    struct piece *p;
+    size_t len;
+
+    if (*n == alloc) {
+      struct piece *more = malloc (2 * alloc * sizeof *more);
+      if (more == NULL)
+        return ad_error_set (err, ENOMEM, "out of memory");
+      memcpy (more, *pieces, *n * sizeof *more);
+      if (*pieces != stack)
+        free (*pieces);
+      *pieces = more;
+      alloc *= 2;
+    }
+    p = &(*pieces)[*n];
+    memset (p, 0, sizeof *p);
+    if (ad_index_find (exp->idx, src, pos, &p->frame, &p->frame_no,
+                       emit_to_cache, exp, err) == -1)
+      return -1;
+    len = p->frame.uoff + p->frame.usize - pos;
+    if (len > left)
+      len = left;
+    p->offset = pos;
+    p->count = len;
+    p->buf = buf ? buf + (pos - offset) : NULL;
+    if (p->frame.usize <= AD_LARGE_FRAME) {
+      wait_for_emit (exp, p->frame_no);
+      p->entry = ad_cache_acquire (exp->cache, exp, p->frame_no,
+                                   p->frame.usize, &p->created, err);
+      if (p->entry == NULL)
+        return -1;
+    }
+    (*n)++;
+    pos += len;
+    left -= len;
+  }
+  return 0;
+}
+
+/* Wait for a piece and copy it out (into p->buf, if any), then let its
+ * entry go (r: whether the read has failed already, when it only lets
+ * the entry go).  Returns r, or -1 with err.
+ */
+static int
+copy_piece (struct ad_export *exp, struct ad_source *src, struct piece *p,
+            bool sequential, int r, struct ad_error *err)
+{
+  uint64_t in_frame = p->offset - p->frame.uoff;
+
+  if (r == 0 && p->entry == NULL) {
+    struct ad_spill *spill = get_spill (exp, err);
+    char scratch[1];
+    char *to = p->buf;
+    size_t cnt = p->count;
+
+    if (to == NULL) {
+      /* Decoding up to the end of the range is what is wanted. */
+      in_frame += cnt - 1;
+      cnt = 1;
+      to = scratch;
+    }
+    if (spill == NULL ||
+        ad_spill_read (spill, src, &p->frame, p->frame_no, to, cnt,
+                       in_frame, err) == -1)
+      r = -1;
+    else if (ad_spill_frontier (spill, p->frame_no) >= p->frame.usize)
+      export_mark_decoded (exp, p->frame_no);
+  }
+  else if (p->entry) {
+    struct ad_cache_entry *e = p->entry;
+    bool zero = false;
+
+    if (r == 0 &&
+        ad_cache_wait (exp->cache, e, in_frame + p->count, &zero,
+                       err) == -1)
+      r = -1;
+    if (r == 0 && p->buf) {
+      if (zero)
+        memset (p->buf, 0, p->count);
+      else
+        memcpy (p->buf, e->data + in_frame, p->count);
+    }
+    if (sequential && r == 0 && p->buf)
+      ad_cache_put_consumed (exp->cache, e, p->count);
+    else
+      ad_cache_put (exp->cache, e);
+  }
+  return r;
+}
+
 /* Serve [offset, offset + count) (buf NULL: only bring it into the
  * cache or the spill).
  */
@@ -201,11 +306,9 @@ export_read_range (struct ad_export *exp, struct ad_reader *reader,
                    uint64_t offset, bool prove, struct ad_error *err)
 {
   struct piece stack_pieces[16], *pieces = stack_pieces;
-  size_t n = 0, alloc = 16, i;
+  size_t n = 0, i;
   bool sequential;
-  uint64_t pos = offset;
-  size_t left = count;
-  int r = 0;
+  int r;
 
   if (offset > exp->size || count > exp->size - offset)
     return ad_error_set (err, EINVAL, "read of %zu bytes at offset %"
@@ -225,51 +328,8 @@ export_read_range (struct ad_export *exp, struct ad_reader *reader,
       return -1;
   }
 
-  /* 1. Find the frames and take their cache entries, creating those
-   * that are missing.
-   */
-  while (left > 0) {
-    struct piece *p;
-    size_t len;
-
-    if (n == alloc) {
-      struct piece *more = malloc (2 * alloc * sizeof *more);
-      if (more == NULL) {
-        r = ad_error_set (err, ENOMEM, "out of memory");
-        break;
-      }
-      memcpy (more, pieces, n * sizeof *more);
-      if (pieces != stack_pieces)
-        free (pieces);
-      pieces = more;
-      alloc *= 2;
-    }
-    p = &pieces[n];
-    memset (p, 0, sizeof *p);
-    if (ad_index_find (exp->idx, src, pos, &p->frame, &p->frame_no,
-                       emit_to_cache, exp, err) == -1) {
-      r = -1;
-      break;
-    }
-    len = p->frame.uoff + p->frame.usize - pos;
-    if (len > left)
-      len = left;
-    p->offset = pos;
-    p->count = len;
-    p->buf = buf ? buf + (pos - offset) : NULL;
-    if (p->frame.usize <= AD_LARGE_FRAME) {
-      wait_for_emit (exp, p->frame_no);
-      p->entry = ad_cache_acquire (exp->cache, exp, p->frame_no,
-                                   p->frame.usize, &p->created, err);
-      if (p->entry == NULL) {
-        r = -1;
-        break;
-      }
-    }
-    n++;
-    pos += len;
-    left -= len;
-  }
+  /* 1. Find the frames and take their cache entries. */
+  r = find_pieces (exp, src, buf, count, offset, &pieces, 16, &n, err);
 
   /* 2. Start decoding what we created, and read ahead. */
   sequential = reader &&
@@ -280,49 +340,8 @@ export_read_range (struct ad_export *exp, struct ad_reader *reader,
     export_note_read (exp, reader, src, offset, count);
 
   /* 3. Wait for each piece and copy it. */
-  for (i = 0; i < n; i++) {
-    struct piece *p = &pieces[i];
-    uint64_t in_frame = p->offset - p->frame.uoff;
-
-    if (r == 0 && p->entry == NULL) {
-      struct ad_spill *spill = get_spill (exp, err);
-      char scratch[1];
-      char *to = p->buf;
-      size_t cnt = p->count;
-
-      if (to == NULL) {
-        /* Decoding up to the end of the range is what is wanted. */
-        in_frame += cnt - 1;
-        cnt = 1;
-        to = scratch;
-      }
-      if (spill == NULL ||
-          ad_spill_read (spill, src, &p->frame, p->frame_no, to, cnt,
-                         in_frame, err) == -1)
-        r = -1;
-      else if (ad_spill_frontier (spill, p->frame_no) >= p->frame.usize)
-        export_mark_decoded (exp, p->frame_no);
-    }
-    else if (p->entry) {
-      struct ad_cache_entry *e = p->entry;
-      bool zero = false;
-
-      if (r == 0 &&
-          ad_cache_wait (exp->cache, e, in_frame + p->count, &zero,
-                         err) == -1)
-        r = -1;
-      if (r == 0 && p->buf) {
-        if (zero)
-          memset (p->buf, 0, p->count);
-        else
-          memcpy (p->buf, e->data + in_frame, p->count);
-      }
-      if (sequential && r == 0 && p->buf)
-        ad_cache_put_consumed (exp->cache, e, p->count);
-      else
-        ad_cache_put (exp->cache, e);
-    }
-  }
+  for (i = 0; i < n; i++)
+    r = copy_piece (exp, src, &pieces[i], sequential, r, err);
   if (pieces != stack_pieces)
     free (pieces);
   return r;
