@@ -348,20 +348,22 @@ parse_stream (struct window *w, uint64_t *pos, uint64_t padding,
   return -1;
 }
 
+/* Read the index of every Stream, walking back from the end of the
+ * file, and join them into one (*combined), checking that they tile
+ * the file.  Returns 0, or -1 with err.
+ */
 static int
-xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
+read_indexes (struct window *w, struct ad_source *src,
+              lzma_index **combined, struct ad_error *err)
 {
-  struct window w = { .src = src };
-  lzma_index *combined = NULL, *index;
+  lzma_index *index;
   lzma_index **streams = NULL;  /* Last Stream of the file first. */
   size_t nstreams = 0, streams_alloc = 0, i;
-  lzma_index_iter iter;
   uint64_t pos = src->size, padding;
-
-  idx->index_from = "the stream indexes";
   lzma_ret r;
   int ret = -1;
 
+  *combined = NULL;
   /* Streams and Stream Padding are all multiples of four bytes. */
   if (src->size % 4 != 0) {
     ad_error_set (err, EIO, "file size %" PRIu64 " is not a multiple of "
@@ -373,7 +375,7 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
    * can be.
    */
   do {
-    if (skip_stream_padding (&w, &pos, &padding, err) == -1)
+    if (skip_stream_padding (w, &pos, &padding, err) == -1)
       goto out;
     if (pos == 0) {
       ad_error_set (err, EIO, "%s",
@@ -391,7 +393,7 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
       streams = p;
       streams_alloc = n;
     }
-    if (parse_stream (&w, &pos, padding, &index, err) == -1)
+    if (parse_stream (w, &pos, padding, &index, err) == -1)
       goto out;
     streams[nstreams++] = index;
   } while (pos > 0);
@@ -399,13 +401,13 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   /* Join the indexes first to last, so that each lzma_index_cat only
    * walks the one Stream it appends.
    */
-  combined = streams[--nstreams];
+  *combined = streams[--nstreams];
   while (nstreams > 0) {
-    r = lzma_index_cat (combined, streams[nstreams - 1], NULL);
+    r = lzma_index_cat (*combined, streams[nstreams - 1], NULL);
     if (r != LZMA_OK) {
       ad_error_set (err, lzma_errno (r), "cannot join the index of the "
                     "stream at offset %" PRIu64 " with the streams before "
-                    "it: %s", (uint64_t) lzma_index_file_size (combined),
+                    "it: %s", (uint64_t) lzma_index_file_size (*combined),
                     lzma_ret_string (r));
       goto out;
     }
@@ -415,13 +417,32 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   /* Walking back from the end reached offset 0 exactly, so the Streams
    * tile the file; check it anyway since the frames trust it.
    */
-  if (lzma_index_file_size (combined) != src->size) {
+  if (lzma_index_file_size (*combined) != src->size) {
     ad_error_set (err, EIO, "streams add up to %" PRIu64 " bytes, but the "
                   "file is %" PRIu64, (uint64_t) lzma_index_file_size
-                  (combined), src->size);
+                  (*combined), src->size);
     goto out;
   }
+  ret = 0;
 
+ out:
+  for (i = 0; i < nstreams; i++)
+    lzma_index_end (streams[i], NULL);
+  free (streams);
+  return ret;
+}
+
+static int
+xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
+{
+  struct window w = { .src = src };
+  lzma_index *combined = NULL;
+  lzma_index_iter iter;
+  int ret = -1;
+
+  idx->index_from = "the stream indexes";
+  if (read_indexes (&w, src, &combined, err) == -1)
+    goto out;
   idx->size = lzma_index_uncompressed_size (combined);
 
   lzma_index_iter_init (&iter, combined);
@@ -449,9 +470,6 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   ret = 0;
 
  out:
-  for (i = 0; i < nstreams; i++)
-    lzma_index_end (streams[i], NULL);
-  free (streams);
   if (combined)
     lzma_index_end (combined, NULL);
   free (w.buf);
