@@ -54,6 +54,54 @@ trial_member (const unsigned char *p, size_t avail, uint64_t off,
   return ok;
 }
 
+/* Scan the chunk in buf (clen bytes, at file offset coff) from index i
+ * up to lim for the start of another member: the bytes 1f 8b 08, which
+ * a trial decode confirms (from the chunk when its trial input lies in
+ * it, else read into *trial, allocated on first use).  Returns 1 if a
+ * member was found, or too many candidates failed, 0 if none, -1 with
+ * err on a read error.
+ */
+static int
+scan_chunk (struct ad_source *src, const unsigned char *buf, uint64_t coff,
+            size_t clen, size_t lim, size_t i, unsigned char *out,
+            unsigned char **trial, int *failures, struct ad_error *err)
+{
+  uint64_t fsize = src->size;
+
+  while (i < lim) {
+    const unsigned char *q = memchr (buf + i, 0x1f, lim - i);
+    const unsigned char *tp;
+    uint64_t pos;
+    size_t tlen;
+
+    if (q == NULL)
+      break;
+    i = q - buf;
+    pos = coff + i;
+    i++;
+    if (pos + MEMBER_MIN > fsize)
+      break;
+    if (!(q[1] == 0x8b && q[2] == 8 && (q[3] & FLG_RESERVED) == 0))
+      continue;
+    tlen = fsize - pos < TRIAL_INPUT ? fsize - pos : TRIAL_INPUT;
+    if (tlen <= clen - (i - 1))
+      tp = q;                   /* All of it is in this chunk. */
+    else {
+      if (*trial == NULL &&
+          (*trial = malloc (fsize < TRIAL_INPUT ? fsize : TRIAL_INPUT))
+          == NULL)
+        return ad_error_set (err, ENOMEM, "malloc: %m");
+      if (ad_source_pread (src, *trial, tlen, pos, err) == -1)
+        return -1;
+      tp = *trial;
+    }
+    if (trial_member (tp, tlen, pos, out) ||
+        ++*failures > TRIAL_MAX_FAILURES)
+      return 1;
+  }
+  return 0;
+}
+
 /* GZ_LAZY: is the file one member whose trailer gives the size?
  * buf holds the first n bytes of the file (n = min (CHUNK, file size))
  * and is not changed.  Returns 1 (yes, *size set), 0 (no: use GZ_FULL)
@@ -130,40 +178,11 @@ gz_single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
       }
       buf_is_start = coff == 0;
     }
-    while (i < lim) {
-      const unsigned char *q = memchr (buf + i, 0x1f, lim - i);
-      const unsigned char *tp;
-      uint64_t pos;
-      size_t tlen;
-
-      if (q == NULL)
-        break;
-      i = q - buf;
-      pos = coff + i;
-      i++;
-      if (pos + MEMBER_MIN > fsize)
-        break;
-      if (!(q[1] == 0x8b && q[2] == 8 && (q[3] & FLG_RESERVED) == 0))
-        continue;
-      tlen = fsize - pos < TRIAL_INPUT ? fsize - pos : TRIAL_INPUT;
-      if (tlen <= clen - (i - 1))
-        tp = q;                 /* All of it is in this chunk. */
-      else {
-        if (trial == NULL &&
-            (trial = malloc (fsize < TRIAL_INPUT ? fsize : TRIAL_INPUT))
-            == NULL) {
-          r = ad_error_set (err, ENOMEM, "malloc: %m");
-          goto out;
-        }
-        if (ad_source_pread (src, trial, tlen, pos, err) == -1) {
-          r = -1;
-          goto out;
-        }
-        tp = trial;
-      }
-      if (trial_member (tp, tlen, pos, out) ||
-          ++failures > TRIAL_MAX_FAILURES)
-        goto out;               /* r = 0: several members, GZ_FULL. */
+    r = scan_chunk (src, buf, coff, clen, lim, i, out, &trial, &failures,
+                    err);
+    if (r != 0) {
+      r = r == 1 ? 0 : -1;      /* r = 0: several members, GZ_FULL. */
+      goto out;
     }
   }
   *size = isize;
