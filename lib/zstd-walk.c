@@ -322,10 +322,12 @@ walk_ptr (struct walker *w, uint64_t pos)
   return w->buf + (pos - w->start);
 }
 
-/* Walk one zstd frame starting at pos; fill *f. */
+/* Walk zstd frame number frame_no (counting from 0), starting at pos;
+ * fill *f.
+ */
 static int
-walk_frame (struct walker *w, struct ad_index *idx, uint64_t pos,
-            struct walk_frame *f, struct ad_error *err)
+walk_frame (struct walker *w, struct ad_index *idx, size_t frame_no,
+            uint64_t pos, struct walk_frame *f, struct ad_error *err)
 {
   struct frame_header h;
   uint64_t p, size = w->src->size, nblocks = 0;
@@ -382,6 +384,21 @@ walk_frame (struct walker *w, struct ad_index *idx, uint64_t pos,
       return ad_error_set (err, EIO, "block at offset %" PRIu64 " is %"
                            PRIu32 " bytes, more than the maximum %d", p,
                            bsize, BLOCK_SIZE_MAX);
+    /* An empty block that is not the frame's last one is legal, but no
+     * encoder writes it (libzstd writes no empty block but an empty
+     * frame's last one), while zeroed bytes read as a run of them.
+     * Without a seek table, the blocks are all that say where a frame
+     * ends: zeroed bytes from a frame's first block header to a later
+     * frame's first block header make one frame of the two, whose
+     * size and content checksum are the later frame's, so every check
+     * passes and the frames in between vanish from the image, shifting
+     * everything after them.  Refusing such blocks catches that.
+     */
+    if (bsize == 0 && !last)
+      return ad_error_set (err, EIO, "frame %zu at offset %" PRIu64 ": "
+                           "block at offset %" PRIu64 " is empty and not "
+                           "the frame's last (zeroed bytes?  No encoder "
+                           "writes one)", frame_no, pos, p);
     content = type == 1 ? 1 : bsize;
     p += BLOCK_HEADER_SIZE;
     if (content > size - p)
@@ -486,7 +503,8 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
     memset (&frames[nframes], 0, sizeof frames[nframes]);
     /* Count it now so that its job is freed whatever happens. */
     nframes++;
-    if (walk_frame (&w, idx, pos, &frames[nframes - 1], err) == -1)
+    if (walk_frame (&w, idx, nframes - 1, pos, &frames[nframes - 1],
+                    err) == -1)
       goto out;
     pos += frames[nframes - 1].csize;
   }

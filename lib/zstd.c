@@ -274,7 +274,10 @@ open_declared (struct ad_index *idx, struct ad_source *src,
     uint32_t bh = buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16);
     uint32_t type = (bh >> 1) & 3, bsize = bh >> 3;
 
-    if (type == 3 || bsize > BLOCK_SIZE_MAX || (bh & 1))
+    /* An empty block (here, not the last) is what zeroed bytes read
+     * as: see walk_frame.
+     */
+    if (type == 3 || bsize > BLOCK_SIZE_MAX || (bh & 1) || bsize == 0)
       goto out;                 /* Bad, or the frame ends early. */
     p += BLOCK_HEADER_SIZE + (type == 1 ? 1 : bsize);
   }
