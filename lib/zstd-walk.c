@@ -435,6 +435,148 @@ walk_frame (struct walker *w, struct ad_index *idx, size_t frame_no,
   return 0;
 }
 
+/* A frame table that grows. */
+struct walk_table {
+  struct walk_frame *frames;
+  size_t n, alloc;
+};
+
+/* Walk the frames from the start of the file into t, each one's decode
+ * (where its header does not give its size) pushed to the batch.
+ * Returns 0, or -1 with err.
+ */
+static int
+walk_frames (struct walker *w, struct ad_index *idx, struct walk_table *t,
+             struct ad_error *err)
+{
+  struct ad_source *src = w->src;
+  uint64_t pos = 0;
+
+  while (pos < src->size) {
+    uint32_t magic;
+
+    if (src->size - pos < 4)
+      return ad_error_set (err, EIO, "%" PRIu64 " stray bytes at the end "
+                           "of the file at offset %" PRIu64, src->size - pos,
+                           pos);
+    if (walk_need (w, pos, 4, err) == -1)
+      return -1;
+    magic = ad_le32 (walk_ptr (w, pos));
+    if (is_skippable (magic)) {
+      uint64_t fsize;
+
+      if (walk_need (w, pos, AD_SKIPPABLE_HEADER_SIZE, err) == -1)
+        return -1;
+      fsize = ad_le32 (walk_ptr (w, pos) + 4);
+      if (fsize > src->size - pos - AD_SKIPPABLE_HEADER_SIZE)
+        return ad_error_set (err, EIO, "truncated: skippable frame at "
+                             "offset %" PRIu64 " (%" PRIu64 " bytes) "
+                             "extends past the end of the file", pos, fsize);
+      pos += AD_SKIPPABLE_HEADER_SIZE + fsize;
+      continue;
+    }
+    if (magic != FRAME_MAGIC)
+      return ad_error_set (err, EIO, "bad magic 0x%08" PRIx32 " at offset %"
+                           PRIu64 " (not a zstd frame)", magic, pos);
+    if (t->n == t->alloc) {
+      size_t n = t->alloc ? t->alloc * 2 : 64;
+      struct walk_frame *nf = realloc (t->frames, n * sizeof *nf);
+      if (nf == NULL)
+        return ad_error_set (err, ENOMEM, "realloc: %m");
+      t->frames = nf;
+      t->alloc = n;
+    }
+    memset (&t->frames[t->n], 0, sizeof t->frames[t->n]);
+    /* Count it now so that its job is freed whatever happens. */
+    t->n++;
+    if (walk_frame (w, idx, t->n - 1, pos, &t->frames[t->n - 1], err) == -1)
+      return -1;
+    pos += t->frames[t->n - 1].csize;
+  }
+  return 0;
+}
+
+/* Once the batch has finished: take the sizes that its jobs found and
+ * add them up in *total.  Returns 0, or -1 with err (an error in a
+ * worker explains a failed walk better than the walk's own).
+ */
+static int
+walk_sizes (struct walk_table *t, bool walk_ok, uint64_t *total,
+            struct ad_error *err)
+{
+  size_t i;
+
+  for (i = 0; i < t->n; i++) {
+    struct job *job = t->frames[i].job;
+    if (job && job->failed && !job->abandoned) {
+      *err = job->err;
+      return -1;
+    }
+  }
+  if (!walk_ok)
+    return -1;
+  *total = 0;
+  for (i = 0; i < t->n; i++) {
+    struct job *job = t->frames[i].job;
+    if (job) {
+      if (!job->done || job->failed)
+        return ad_error_set (err, EIO, "frame at offset %" PRIu64 " was not "
+                             "decoded", job->coff);
+      t->frames[i].usize = job->usize;
+    }
+    if (t->frames[i].usize > INT64_MAX - *total)
+      return ad_error_set (err, EIO, "frames up to offset %" PRIu64 " add "
+                           "up to more than %" PRId64 " bytes",
+                           t->frames[i].coff, INT64_MAX);
+    *total += t->frames[i].usize;
+  }
+  return 0;
+}
+
+/* Append the frames of t to the index (empty ones are skipped). */
+static int
+walk_append (struct ad_index *idx, const struct walk_table *t,
+             struct ad_error *err)
+{
+  uint64_t uoff = 0;
+  size_t i;
+
+  for (i = 0; i < t->n; i++) {
+    struct ad_frame frame = {
+      .uoff = uoff, .usize = t->frames[i].usize,
+      .coff = t->frames[i].coff, .csize = t->frames[i].csize,
+      .aux32 = t->frames[i].checksum ? AUX_CHECKSUM : 0,
+    };
+    if (frame.usize == 0)
+      continue;
+    if (ad_index_append_frame (idx, &frame, err) == -1)
+      return -1;
+    uoff += frame.usize;
+  }
+  return 0;
+}
+
+/* Free the jobs of t and what they still hold, and t's frames. */
+static void
+walk_free (struct walker *w, struct walk_table *t)
+{
+  size_t i;
+
+  for (i = 0; i < t->n; i++) {
+    struct job *job = t->frames[i].job;
+    if (job) {
+      while (job->head) {
+        struct chunk *c = job->head;
+        job->head = c->next;
+        ad_batch_buffer_put (w->batch, c->buffer);
+        free (c);
+      }
+      free (job);
+    }
+  }
+  free (t->frames);
+}
+
 int
 zstd_open_walk (struct ad_index *idx, struct ad_source *src,
                 struct ad_error *err)
@@ -445,11 +587,10 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
     .worker_new = counter_new, .worker_free = counter_free,
     .run = count_job, .threads = threads, .max_buffers = threads + 3,
   };
-  struct walk_frame *frames = NULL;
-  size_t nframes = 0, frames_alloc = 0, i;
-  uint64_t pos = 0, total = 0, uoff = 0;
+  struct walk_table t = { NULL, 0, 0 };
+  uint64_t total = 0;
+  bool walk_ok;
   int r = -1;
-  bool walk_ok = false;
 
   w.alloc = src->size < WALK_CHUNK ? src->size : WALK_CHUNK;
   if (w.alloc < 64)
@@ -459,121 +600,14 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
   if (w.batch == NULL)
     return -1;
 
-  while (pos < src->size) {
-    uint32_t magic;
-
-    if (src->size - pos < 4) {
-      ad_error_set (err, EIO, "%" PRIu64 " stray bytes at the end of the "
-                    "file at offset %" PRIu64, src->size - pos, pos);
-      goto out;
-    }
-    if (walk_need (&w, pos, 4, err) == -1)
-      goto out;
-    magic = ad_le32 (walk_ptr (&w, pos));
-    if (is_skippable (magic)) {
-      uint64_t fsize;
-
-      if (walk_need (&w, pos, AD_SKIPPABLE_HEADER_SIZE, err) == -1)
-        goto out;
-      fsize = ad_le32 (walk_ptr (&w, pos) + 4);
-      if (fsize > src->size - pos - AD_SKIPPABLE_HEADER_SIZE) {
-        ad_error_set (err, EIO, "truncated: skippable frame at offset %"
-                      PRIu64 " (%" PRIu64 " bytes) extends past the end "
-                      "of the file", pos, fsize);
-        goto out;
-      }
-      pos += AD_SKIPPABLE_HEADER_SIZE + fsize;
-      continue;
-    }
-    if (magic != FRAME_MAGIC) {
-      ad_error_set (err, EIO, "bad magic 0x%08" PRIx32 " at offset %" PRIu64
-                    " (not a zstd frame)", magic, pos);
-      goto out;
-    }
-    if (nframes == frames_alloc) {
-      size_t n = frames_alloc ? frames_alloc * 2 : 64;
-      struct walk_frame *nf = realloc (frames, n * sizeof *nf);
-      if (nf == NULL) {
-        ad_error_set (err, ENOMEM, "realloc: %m");
-        goto out;
-      }
-      frames = nf;
-      frames_alloc = n;
-    }
-    memset (&frames[nframes], 0, sizeof frames[nframes]);
-    /* Count it now so that its job is freed whatever happens. */
-    nframes++;
-    if (walk_frame (&w, idx, nframes - 1, pos, &frames[nframes - 1],
-                    err) == -1)
-      goto out;
-    pos += frames[nframes - 1].csize;
-  }
-  walk_ok = true;
-
- out:
+  walk_ok = walk_frames (&w, idx, &t, err) == 0;
   ad_batch_finish (w.batch, !walk_ok);
-  /* An error in a worker explains a failed walk better. */
-  for (i = 0; i < nframes; i++) {
-    struct job *job = frames[i].job;
-    if (job && job->failed && !job->abandoned) {
-      *err = job->err;
-      walk_ok = false;
-      break;
-    }
-  }
-  if (walk_ok) {
-    for (i = 0; i < nframes; i++) {
-      struct job *job = frames[i].job;
-      if (job) {
-        if (!job->done || job->failed) {
-          ad_error_set (err, EIO, "frame at offset %" PRIu64 " was not "
-                        "decoded", job->coff);
-          walk_ok = false;
-          break;
-        }
-        frames[i].usize = job->usize;
-      }
-      if (frames[i].usize > INT64_MAX - total) {
-        ad_error_set (err, EIO, "frames up to offset %" PRIu64 " add up "
-                      "to more than %" PRId64 " bytes", frames[i].coff,
-                      INT64_MAX);
-        walk_ok = false;
-        break;
-      }
-      total += frames[i].usize;
-    }
-  }
-  if (walk_ok) {
+  if (walk_sizes (&t, walk_ok, &total, err) == 0) {
     idx->size = total;
-    for (i = 0; i < nframes; i++) {
-      struct ad_frame frame = {
-        .uoff = uoff, .usize = frames[i].usize,
-        .coff = frames[i].coff, .csize = frames[i].csize,
-        .aux32 = frames[i].checksum ? AUX_CHECKSUM : 0,
-      };
-      if (frame.usize == 0)
-        continue;
-      if (ad_index_append_frame (idx, &frame, err) == -1)
-        break;
-      uoff += frame.usize;
-    }
-    if (i == nframes)
+    if (walk_append (idx, &t, err) == 0)
       r = 0;
   }
-
-  for (i = 0; i < nframes; i++) {
-    struct job *job = frames[i].job;
-    if (job) {
-      while (job->head) {
-        struct chunk *c = job->head;
-        job->head = c->next;
-        ad_batch_buffer_put (w.batch, c->buffer);
-        free (c);
-      }
-      free (job);
-    }
-  }
-  free (frames);
+  walk_free (&w, &t);
   ad_batch_buffer_put (w.batch, w.buf);
   ad_batch_free (w.batch);
   return r;
