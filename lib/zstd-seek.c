@@ -57,6 +57,153 @@ probe_frame (struct zstd_priv *priv, struct ad_source *src,
   return zstd_window_log (&h, priv->max_frame, pos, &log, err);
 }
 
+/* Read the skippable frame that holds the seek table's entries
+ * (table_size bytes with the footer, at table_start), in large chunks
+ * for a huge table, and check its header.  Returns the entries
+ * (malloc'd), or NULL with err.
+ */
+static unsigned char *
+read_seek_table (struct ad_source *src, uint32_t nentries,
+                 uint64_t entries_size, uint64_t table_start,
+                 uint64_t table_size, struct ad_error *err)
+{
+  unsigned char hdr[AD_SKIPPABLE_HEADER_SIZE];
+  unsigned char *table;
+  uint64_t done;
+
+  table = malloc (AD_SKIPPABLE_HEADER_SIZE + entries_size);
+  if (table == NULL) {
+    ad_error_set (err, ENOMEM, "seek table of %" PRIu64 " bytes: %m",
+                  entries_size);
+    return NULL;
+  }
+  for (done = 0; done < AD_SKIPPABLE_HEADER_SIZE + entries_size; ) {
+    uint64_t n = AD_SKIPPABLE_HEADER_SIZE + entries_size - done;
+    if (n > CHUNK_SIZE)
+      n = CHUNK_SIZE;
+    if (ad_source_pread (src, table + done, n, table_start + done,
+                         err) == -1)
+      goto fail;
+    done += n;
+  }
+  memcpy (hdr, table, sizeof hdr);
+  memmove (table, table + AD_SKIPPABLE_HEADER_SIZE, entries_size);
+  if (ad_le32 (hdr) != AD_SEEK_TABLE_MAGIC) {
+    ad_error_set (err, EIO, "seek table of %" PRIu32 " entries "
+                  "should start at offset %" PRIu64 " with magic "
+                  "0x%08x, found 0x%08" PRIx32, nentries, table_start,
+                  AD_SEEK_TABLE_MAGIC, ad_le32 (hdr));
+    goto fail;
+  }
+  if (ad_le32 (hdr + 4) != table_size) {
+    ad_error_set (err, EIO, "seek table frame at offset %" PRIu64
+                  " has Frame_Size %" PRIu32 ", the table is %"
+                  PRIu64 " bytes", table_start, ad_le32 (hdr + 4),
+                  table_size);
+    goto fail;
+  }
+  return table;
+
+ fail:
+  free (table);
+  return NULL;
+}
+
+/* Add up the entries' sizes (*csum compressed, *usum decompressed),
+ * which must cover no more than the table_start bytes before the
+ * table; *first is the first entry of a frame with content.  Returns 0,
+ * or -1 with err.
+ */
+static int
+sum_entries (const unsigned char *table, uint32_t nentries, size_t esize,
+             uint64_t table_start, uint64_t *csum, uint64_t *usum,
+             uint64_t *first, struct ad_error *err)
+{
+  uint32_t i;
+
+  *csum = *usum = 0;
+  *first = UINT64_MAX;
+  for (i = 0; i < nentries; i++) {
+    const unsigned char *e = table + (size_t) i * esize;
+    uint32_t c = ad_le32 (e), u = ad_le32 (e + 4);
+
+    if (c == 0 && u != 0)
+      return ad_error_set (err, EIO, "seek table entry %" PRIu32 " has no "
+                           "compressed bytes for %" PRIu32 " decompressed "
+                           "bytes", i, u);
+    *csum += c;
+    *usum += u;
+    if (*csum > table_start)
+      return ad_error_set (err, EIO, "seek table entries 0-%" PRIu32
+                           " describe %" PRIu64 " bytes, more than the %"
+                           PRIu64 " bytes before the table", i, *csum,
+                           table_start);
+    if (u > 0 && *first == UINT64_MAX)
+      *first = i;
+  }
+  if (*usum > INT64_MAX)
+    return ad_error_set (err, EIO, "seek table describes %" PRIu64
+                         " bytes, too large", *usum);
+  return 0;
+}
+
+/* Append a frame for every entry with content, the frames starting at
+ * lead (checking the first one's header and the empty ones), and keep
+ * the checksums of the entries.  Returns 0, or -1 with err.
+ */
+static int
+append_entries (struct ad_index *idx, struct ad_source *src,
+                const unsigned char *table, uint32_t nentries, size_t esize,
+                bool has_sums, uint64_t lead, uint64_t first,
+                struct ad_error *err)
+{
+  struct zstd_priv *priv = idx->priv;
+  uint64_t coff = lead, uoff = 0;
+  uint32_t i;
+  size_t k = 0;
+
+  if (has_sums) {
+    priv->sums = malloc (((size_t) nentries + 1) * sizeof *priv->sums);
+    if (priv->sums == NULL)
+      return ad_error_set (err, ENOMEM, "malloc: %m");
+  }
+  for (i = 0; i < nentries; i++) {
+    const unsigned char *e = table + (size_t) i * esize;
+    uint32_t c = ad_le32 (e), u = ad_le32 (e + 4);
+    uint32_t sum = has_sums ? ad_le32 (e + 8) : 0;
+
+    if (u == 0) {
+      if (c > 0 &&
+          zstd_check_empty_frame (priv, src, coff, c, has_sums, sum, err) == -1)
+        return -1;
+    }
+    else {
+      struct ad_frame frame = {
+        .uoff = uoff, .usize = u, .coff = coff, .csize = c,
+      };
+
+      /* The first frame's header is read cheaply with the file's
+       * first bytes; every frame is checked against its entry when it
+       * is decoded.
+       */
+      if (i == first &&
+          probe_frame (priv, src, coff, c, u, err) == -1) {
+        ad_error_prefix (err, "seek table entry %" PRIu32, i);
+        return -1;
+      }
+      if (ad_index_append_frame (idx, &frame, err) == -1)
+        return -1;
+      if (has_sums)
+        priv->sums[k] = sum;
+      k++;
+    }
+    coff += c;
+    uoff += u;
+  }
+  priv->nsums = has_sums ? k : 0;
+  return 0;
+}
+
 /* Read and check the seek table, if the file ends with one.  Sets
  * *found if it does (then any error is fatal).
  */
@@ -64,15 +211,13 @@ int
 zstd_open_seek_table (struct ad_index *idx, struct ad_source *src,
                       bool *found, struct ad_error *err)
 {
-  struct zstd_priv *priv = idx->priv;
-  unsigned char foot[AD_SEEK_FOOTER_SIZE], hdr[AD_SKIPPABLE_HEADER_SIZE];
-  unsigned char *table = NULL;
-  uint32_t nentries, i;
+  unsigned char foot[AD_SEEK_FOOTER_SIZE];
+  unsigned char *table;
+  uint32_t nentries;
   unsigned char desc;
-  size_t esize, k;
-  uint64_t table_size, table_start, entries_size, done;
-  uint64_t csum = 0, usum = 0, lead, pos, coff, uoff;
-  uint64_t first = UINT64_MAX;
+  size_t esize;
+  uint64_t table_size, table_start, entries_size;
+  uint64_t csum, usum, lead, pos, first;
   bool has_sums;
   int r = -1;
 
@@ -103,68 +248,15 @@ zstd_open_seek_table (struct ad_index *idx, struct ad_source *src,
                          "-byte file", nentries, table_size, src->size);
   table_start = src->size - AD_SKIPPABLE_HEADER_SIZE - table_size;
 
-  /* The skippable frame around it and Seek_Table_Entries, read in one
-   * go (in large chunks for a huge table; bounded by the file).
-   */
-  table = malloc (AD_SKIPPABLE_HEADER_SIZE + entries_size);
+  table = read_seek_table (src, nentries, entries_size, table_start,
+                           table_size, err);
   if (table == NULL)
-    return ad_error_set (err, ENOMEM, "seek table of %" PRIu64 " bytes: "
-                         "%m", entries_size);
-  for (done = 0; done < AD_SKIPPABLE_HEADER_SIZE + entries_size; ) {
-    uint64_t n = AD_SKIPPABLE_HEADER_SIZE + entries_size - done;
-    if (n > CHUNK_SIZE)
-      n = CHUNK_SIZE;
-    if (ad_source_pread (src, table + done, n, table_start + done,
-                         err) == -1)
-      goto out;
-    done += n;
-  }
-  memcpy (hdr, table, sizeof hdr);
-  memmove (table, table + AD_SKIPPABLE_HEADER_SIZE, entries_size);
-  if (ad_le32 (hdr) != AD_SEEK_TABLE_MAGIC) {
-    ad_error_set (err, EIO, "seek table of %" PRIu32 " entries "
-                  "should start at offset %" PRIu64 " with magic "
-                  "0x%08x, found 0x%08" PRIx32, nentries, table_start,
-                  AD_SEEK_TABLE_MAGIC, ad_le32 (hdr));
-    goto out;
-  }
-  if (ad_le32 (hdr + 4) != table_size) {
-    ad_error_set (err, EIO, "seek table frame at offset %" PRIu64
-                  " has Frame_Size %" PRIu32 ", the table is %"
-                  PRIu64 " bytes", table_start, ad_le32 (hdr + 4),
-                  table_size);
-    goto out;
-  }
+    return -1;
 
   /* The entries must cover exactly the frames before the table. */
-  for (i = 0; i < nentries; i++) {
-    const unsigned char *e = table + (size_t) i * esize;
-    uint32_t c = ad_le32 (e), u = ad_le32 (e + 4);
-
-    if (c == 0 && u != 0) {
-      ad_error_set (err, EIO, "seek table entry %" PRIu32 " has no "
-                    "compressed bytes for %" PRIu32 " decompressed bytes",
-                    i, u);
-      goto out;
-    }
-    csum += c;
-    usum += u;
-    if (csum > table_start) {
-      ad_error_set (err, EIO, "seek table entries 0-%" PRIu32 " describe %"
-                    PRIu64 " bytes, more than the %" PRIu64 " bytes before "
-                    "the table", i, csum, table_start);
-      goto out;
-    }
-    if (u > 0) {
-      if (first == UINT64_MAX)
-        first = i;
-    }
-  }
-  if (usum > INT64_MAX) {
-    ad_error_set (err, EIO, "seek table describes %" PRIu64 " bytes, "
-                  "too large", usum);
+  if (sum_entries (table, nentries, esize, table_start, &csum, &usum,
+                   &first, err) == -1)
     goto out;
-  }
 
   /* Anything before the described frames must be skippable frames. */
   lead = table_start - csum;
@@ -180,51 +272,9 @@ zstd_open_seek_table (struct ad_index *idx, struct ad_source *src,
   }
 
   idx->size = usum;
-  if (has_sums) {
-    priv->sums = malloc (((size_t) nentries + 1) * sizeof *priv->sums);
-    if (priv->sums == NULL) {
-      ad_error_set (err, ENOMEM, "malloc: %m");
-      goto out;
-    }
-  }
-  k = 0;
-  coff = lead;
-  uoff = 0;
-  for (i = 0; i < nentries; i++) {
-    const unsigned char *e = table + (size_t) i * esize;
-    uint32_t c = ad_le32 (e), u = ad_le32 (e + 4);
-    uint32_t sum = has_sums ? ad_le32 (e + 8) : 0;
-
-    if (u == 0) {
-      if (c > 0 &&
-          zstd_check_empty_frame (priv, src, coff, c, has_sums, sum, err) == -1)
-        goto out;
-    }
-    else {
-      struct ad_frame frame = {
-        .uoff = uoff, .usize = u, .coff = coff, .csize = c,
-      };
-
-      /* The first frame's header is read cheaply with the file's
-       * first bytes; every frame is checked against its entry when it
-       * is decoded.
-       */
-      if (i == first &&
-          probe_frame (priv, src, coff, c, u, err) == -1) {
-        ad_error_prefix (err, "seek table entry %" PRIu32, i);
-        goto out;
-      }
-      if (ad_index_append_frame (idx, &frame, err) == -1)
-        goto out;
-      if (has_sums)
-        priv->sums[k] = sum;
-      k++;
-    }
-    coff += c;
-    uoff += u;
-  }
-  priv->nsums = has_sums ? k : 0;
-  r = 0;
+  if (append_entries (idx, src, table, nentries, esize, has_sums, lead,
+                      first, err) == 0)
+    r = 0;
 
  out:
   free (table);
