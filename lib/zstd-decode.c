@@ -215,6 +215,72 @@ zstd_decoder_free (void *decoder)
   free (d);
 }
 
+/* The end of the range: the final checks.  Returns 0, or -1 with err. */
+static int
+dec_range_end (struct zstd_decoder *d, struct ad_error *err)
+{
+  if (!d->seen_frame)
+    return ad_error_set (err, EIO, "no zstd frame in the range");
+  if (d->produced != d->usize)
+    return ad_error_set (err, EIO, "decodes to %" PRIu64 " bytes, the "
+                         "index declares %" PRIu64, d->produced, d->usize);
+  if (d->hashing) {
+    uint32_t got = (uint32_t) XXH64_digest (d->xxh);
+    if (got != d->sum)
+      return ad_error_set (err, EIO, "checksum mismatch: the seek table "
+                           "has 0x%08" PRIx32 ", the decoded data "
+                           "0x%08" PRIx32, d->sum, got);
+  }
+  if (d->chashing && XXH64_digest (d->cxxh) != d->chash)
+    return ad_error_set (err, EIO, "the compressed bytes of the frame do "
+                         "not match the persisted index (the image has "
+                         "changed since it was indexed)");
+  d->state = DEC_DONE;
+  return 0;
+}
+
+/* Check the header of the frame at p (file offset offset) against the
+ * index and set the decoder up for it.  Returns 0, or -1 with err.
+ */
+static int
+dec_frame_setup (struct zstd_decoder *d, const unsigned char *p,
+                 uint64_t offset, struct ad_error *err)
+{
+  struct frame_header h;
+  unsigned log;
+  size_t r;
+
+  if (zstd_parse_frame_header (p, offset, &h, err) == -1)
+    return -1;
+  if (h.has_fcs && h.fcs != d->usize)
+    return ad_error_set (err, EIO, "frame header at offset %" PRIu64
+                         " declares a content size of %" PRIu64 " bytes, "
+                         "the index %" PRIu64, offset, h.fcs, d->usize);
+  if (zstd_window_log (&h, d->priv->max_frame, offset, &log, err) == -1)
+    return -1;
+  ZSTD_DCtx_reset (d->dctx, ZSTD_reset_session_and_parameters);
+  r = ZSTD_DCtx_setParameter (d->dctx, ZSTD_d_windowLogMax, log);
+  if (ZSTD_isError (r))
+    return ad_error_set (err, EIO, "ZSTD_d_windowLogMax: %s",
+                         ZSTD_getErrorName (r));
+  if (d->need_checksum && !h.checksum)
+    return ad_error_set (err, EIO, "frame header at offset %" PRIu64
+                         " has no content checksum, but the persisted "
+                         "index says it has (the image has changed since "
+                         "it was indexed)", offset);
+  d->frame_checksum = h.checksum;
+  /* With a content checksum, the seek-table checksum is a copy of it
+   * (checked at the end of the frame); otherwise we hash the output.
+   */
+  d->hashing = d->has_sum && !h.checksum;
+  if (d->hashing) {
+    if (d->xxh == NULL && (d->xxh = XXH64_createState ()) == NULL)
+      return ad_error_set (err, ENOMEM, "XXH64_createState failed");
+    XXH64_reset (d->xxh, 0);
+  }
+  return 0;
+}
+
 /* At a frame boundary inside the range: start the zstd frame, skip a
  * skippable frame, or finish.  Returns 1 to go on, 0 at the end, -1 on
  * error.
@@ -227,9 +293,6 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
   size_t avail;
   uint64_t offset;
   uint32_t magic;
-  struct frame_header h;
-  unsigned log;
-  size_t r;
 
   if (dec_fill (d, src, FRAME_HEADER_MAX, err) == -1)
     return -1;
@@ -237,27 +300,8 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
   avail = d->inb.size - d->inb.pos;
   offset = dec_offset (d);
 
-  if (avail == 0) {
-    /* The end of the range: the final checks. */
-    if (!d->seen_frame)
-      return ad_error_set (err, EIO, "no zstd frame in the range");
-    if (d->produced != d->usize)
-      return ad_error_set (err, EIO, "decodes to %" PRIu64 " bytes, the "
-                           "index declares %" PRIu64, d->produced, d->usize);
-    if (d->hashing) {
-      uint32_t got = (uint32_t) XXH64_digest (d->xxh);
-      if (got != d->sum)
-        return ad_error_set (err, EIO, "checksum mismatch: the seek table "
-                             "has 0x%08" PRIx32 ", the decoded data "
-                             "0x%08" PRIx32, d->sum, got);
-    }
-    if (d->chashing && XXH64_digest (d->cxxh) != d->chash)
-      return ad_error_set (err, EIO, "the compressed bytes of the frame do "
-                           "not match the persisted index (the image has "
-                           "changed since it was indexed)");
-    d->state = DEC_DONE;
-    return 0;
-  }
+  if (avail == 0)
+    return dec_range_end (d, err);
   if (avail < 4)
     return ad_error_set (err, EIO, "%zu stray bytes at offset %" PRIu64
                          " at the end of the range%s", avail, offset,
@@ -290,34 +334,8 @@ dec_between (struct zstd_decoder *d, struct ad_source *src,
   if (avail < FRAME_HEADER_MIN || avail < zstd_frame_header_size (p[4]))
     return ad_error_set (err, EIO, "frame header at offset %" PRIu64
                          " is truncated", offset);
-  if (zstd_parse_frame_header (p, offset, &h, err) == -1)
+  if (dec_frame_setup (d, p, offset, err) == -1)
     return -1;
-  if (h.has_fcs && h.fcs != d->usize)
-    return ad_error_set (err, EIO, "frame header at offset %" PRIu64
-                         " declares a content size of %" PRIu64 " bytes, "
-                         "the index %" PRIu64, offset, h.fcs, d->usize);
-  if (zstd_window_log (&h, d->priv->max_frame, offset, &log, err) == -1)
-    return -1;
-  ZSTD_DCtx_reset (d->dctx, ZSTD_reset_session_and_parameters);
-  r = ZSTD_DCtx_setParameter (d->dctx, ZSTD_d_windowLogMax, log);
-  if (ZSTD_isError (r))
-    return ad_error_set (err, EIO, "ZSTD_d_windowLogMax: %s",
-                         ZSTD_getErrorName (r));
-  if (d->need_checksum && !h.checksum)
-    return ad_error_set (err, EIO, "frame header at offset %" PRIu64
-                         " has no content checksum, but the persisted "
-                         "index says it has (the image has changed since "
-                         "it was indexed)", offset);
-  d->frame_checksum = h.checksum;
-  /* With a content checksum, the seek-table checksum is a copy of it
-   * (checked at the end of the frame); otherwise we hash the output.
-   */
-  d->hashing = d->has_sum && !h.checksum;
-  if (d->hashing) {
-    if (d->xxh == NULL && (d->xxh = XXH64_createState ()) == NULL)
-      return ad_error_set (err, ENOMEM, "XXH64_createState failed");
-    XXH64_reset (d->xxh, 0);
-  }
   d->seen_frame = true;
   d->frame_start = true;
   d->state = DEC_FRAME;

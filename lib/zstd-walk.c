@@ -322,6 +322,62 @@ walk_ptr (struct walker *w, uint64_t pos)
   return w->buf + (pos - w->start);
 }
 
+/* Walk the Data_Blocks of the frame number frame_no at pos, from *p
+ * (after its header) to the end of its last block, counting them in
+ * *nblocks.  Returns 0, or -1 with err.
+ */
+static int
+walk_blocks (struct walker *w, size_t frame_no, uint64_t pos, uint64_t *p,
+             uint64_t *nblocks, struct ad_error *err)
+{
+  uint64_t size = w->src->size;
+  bool last = false;
+
+  while (!last) {
+    const unsigned char *b;
+    uint32_t bh, type, bsize, content;
+
+    if (walk_need (w, *p, BLOCK_HEADER_SIZE, err) == -1)
+      return -1;
+    b = walk_ptr (w, *p);
+    bh = b[0] | (b[1] << 8) | (b[2] << 16);
+    last = bh & 1;
+    type = (bh >> 1) & 3;
+    bsize = bh >> 3;
+    if (type == 3)
+      return ad_error_set (err, EIO, "block at offset %" PRIu64 " has the "
+                           "reserved block type", *p);
+    if (bsize > BLOCK_SIZE_MAX)
+      return ad_error_set (err, EIO, "block at offset %" PRIu64 " is %"
+                           PRIu32 " bytes, more than the maximum %d", *p,
+                           bsize, BLOCK_SIZE_MAX);
+    /* An empty block that is not the frame's last one is legal, but no
+     * encoder writes it (libzstd writes no empty block but an empty
+     * frame's last one), while zeroed bytes read as a run of them.
+     * Without a seek table, the blocks are all that say where a frame
+     * ends: zeroed bytes from a frame's first block header to a later
+     * frame's first block header make one frame of the two, whose
+     * size and content checksum are the later frame's, so every check
+     * passes and the frames in between vanish from the image, shifting
+     * everything after them.  Refusing such blocks catches that.
+     */
+    if (bsize == 0 && !last)
+      return ad_error_set (err, EIO, "frame %zu at offset %" PRIu64 ": "
+                           "block at offset %" PRIu64 " is empty and not "
+                           "the frame's last (zeroed bytes?  No encoder "
+                           "writes one)", frame_no, pos, *p);
+    content = type == 1 ? 1 : bsize;
+    *p += BLOCK_HEADER_SIZE;
+    if (content > size - *p)
+      return ad_error_set (err, EIO, "truncated: block at offset %" PRIu64
+                           " needs %" PRIu32 " bytes, the file ends at %"
+                           PRIu64, *p - BLOCK_HEADER_SIZE, content, size);
+    *p += content;
+    (*nblocks)++;
+  }
+  return 0;
+}
+
 /* Walk zstd frame number frame_no (counting from 0), starting at pos;
  * fill *f.
  */
@@ -332,7 +388,6 @@ walk_frame (struct walker *w, struct ad_index *idx, size_t frame_no,
   struct frame_header h;
   uint64_t p, size = w->src->size, nblocks = 0;
   unsigned log;
-  bool last = false;
 
   if (walk_need (w, pos, FRAME_HEADER_MIN, err) == -1)
     return -1;
@@ -366,48 +421,8 @@ walk_frame (struct walker *w, struct ad_index *idx, size_t frame_no,
 
   /* Data_Blocks. */
   p = pos + h.size;
-  while (!last) {
-    const unsigned char *b;
-    uint32_t bh, type, bsize, content;
-
-    if (walk_need (w, p, BLOCK_HEADER_SIZE, err) == -1)
-      return -1;
-    b = walk_ptr (w, p);
-    bh = b[0] | (b[1] << 8) | (b[2] << 16);
-    last = bh & 1;
-    type = (bh >> 1) & 3;
-    bsize = bh >> 3;
-    if (type == 3)
-      return ad_error_set (err, EIO, "block at offset %" PRIu64 " has the "
-                           "reserved block type", p);
-    if (bsize > BLOCK_SIZE_MAX)
-      return ad_error_set (err, EIO, "block at offset %" PRIu64 " is %"
-                           PRIu32 " bytes, more than the maximum %d", p,
-                           bsize, BLOCK_SIZE_MAX);
-    /* An empty block that is not the frame's last one is legal, but no
-     * encoder writes it (libzstd writes no empty block but an empty
-     * frame's last one), while zeroed bytes read as a run of them.
-     * Without a seek table, the blocks are all that say where a frame
-     * ends: zeroed bytes from a frame's first block header to a later
-     * frame's first block header make one frame of the two, whose
-     * size and content checksum are the later frame's, so every check
-     * passes and the frames in between vanish from the image, shifting
-     * everything after them.  Refusing such blocks catches that.
-     */
-    if (bsize == 0 && !last)
-      return ad_error_set (err, EIO, "frame %zu at offset %" PRIu64 ": "
-                           "block at offset %" PRIu64 " is empty and not "
-                           "the frame's last (zeroed bytes?  No encoder "
-                           "writes one)", frame_no, pos, p);
-    content = type == 1 ? 1 : bsize;
-    p += BLOCK_HEADER_SIZE;
-    if (content > size - p)
-      return ad_error_set (err, EIO, "truncated: block at offset %" PRIu64
-                           " needs %" PRIu32 " bytes, the file ends at %"
-                           PRIu64, p - BLOCK_HEADER_SIZE, content, size);
-    p += content;
-    nblocks++;
-  }
+  if (walk_blocks (w, frame_no, pos, &p, &nblocks, err) == -1)
+    return -1;
   if (h.checksum) {
     if (CHECKSUM_SIZE > size - p)
       return ad_error_set (err, EIO, "truncated: the checksum of the frame "
