@@ -532,6 +532,12 @@ for key in ["A:file"] + [k for k in ORDER if k != "A:file"]:
     R["first"] = m_first(key, fatal)
     if R["first"].get("err") == "SIZE":
         continue
+    # An anchor that cannot serve the image at all (nbdkit's xz filter on a
+    # one-block file larger than its maxblock) fails every other measure the
+    # same way, after their timeouts.
+    if not ours and R["first"].get("err"):
+        log("   %s cannot serve it: the other measures are skipped" % LABEL[key])
+        continue
     if ours and HAS_INDEX:
         R["restart"] = m_restart(key, fatal)
     if key != "A:file":
