@@ -298,7 +298,7 @@ uint64_t
 export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
                       struct ad_source *src, uint64_t offset)
 {
-  uint64_t start, end, target, indexed;
+  uint64_t start, end, target, indexed, ahead, floor;
   struct ad_frame f;
   struct ad_error err;
   size_t frame_no;
@@ -314,7 +314,19 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
   end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
   if (end < offset + 1)
     end = offset + 1;
-  target = end > start ? end + 8 * (end - start) : end;
+  /* At least as far as two full read-ahead windows of small frames:
+   * what the decoders of a copy want next and after, 32 MiB on two CPUs
+   * (a few MiB compressed), so that a run's first fetches are not
+   * small.
+   */
+  ahead = end > start ? 8 * (end - start) : 0;
+  floor = 2 * (exp->pool ? ad_pool_threads (exp->pool) + 2 : 2) *
+    JOB_MAX_OUTPUT;
+  if (floor > exp->readahead)
+    floor = exp->readahead;
+  if (ahead < floor)
+    ahead = floor;
+  target = end + ahead;
   if (target > exp->size)
     target = exp->size;
   pthread_mutex_lock (&exp->idx->lock);

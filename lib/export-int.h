@@ -91,7 +91,8 @@ extern int export_start_pieces (struct ad_export *exp, struct ad_source *src,
 
 /* Where the compressed bytes end that reader will read if its run of
  * reads, up to the furthest of them, goes on for eight times as long
- * again (see ad_fetch_source.horizon; 0 if it reads at random).
+ * again, or two full read-ahead windows if that is further (see
+ * ad_fetch_source.horizon; 0 if it reads at random).
  */
 extern uint64_t export_fetch_horizon (struct ad_export *exp,
                                       struct ad_reader *reader,

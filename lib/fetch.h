@@ -34,7 +34,8 @@
  *
  * Where the export tells (horizon), a reader's fetches stop where the
  * frames end that it will read if its run of reads goes on for eight
- * times as long again, but read at least FETCH_MIN (about what a round
+ * times as long again (and at least two read-ahead windows past the
+ * read: export_fetch_horizon), but read at least FETCH_MIN (about what a round
  * trip costs at a web server's rate) and at most fetch_size.  A short
  * run (a file that a booting guest reads) then fetches a few frames
  * ahead, and its reads never wait for a long fetch to end, while a
