@@ -271,27 +271,37 @@ def m_first(key, fatal, index=None):
     return {"time": ts[len(ts) // 2], "samples": ts, "reads": samples[0][1]}
 
 
-def m_restart(key, fatal):
-    """A server with autodecomp-index=DIR reads and stops (SIGTERM); then fresh
-    servers with the same DIR: connect + first read as m_first."""
-    idx = os.path.join(WORK, "index-" + key)
+def prime_index(key, idx, fatal, boot=False):
+    """A fresh directory idx, and a server with autodecomp-index=idx that connects,
+    reads 4 KiB and stops (SIGTERM), leaving the persisted index there.  False (with
+    fatal called) if that failed."""
+    what = "%s (boot)" % LABEL[key] if boot else LABEL[key]
     shutil.rmtree(idx, ignore_errors=True)
     os.makedirs(idx)
-    s = Server(key, index=idx)
+    s = Server(key, boot=boot, index=idx)
     try:
         h = s.connect(CONNECT_TIMEOUT)
         if h is None:
-            fatal("%s: server with autodecomp-index did not start: %s" % (LABEL[key], s.tail()))
-            return {"err": "ERR"}
+            fatal("%s: server with autodecomp-index did not start: %s" % (what, s.tail()))
+            return False
         try:
             h.pread(4096, 0)
         except nbd.Error as e:
-            fatal("%s: read with autodecomp-index failed: %s" % (LABEL[key], e))
-            return {"err": "ERR"}
+            fatal("%s: read with autodecomp-index failed: %s" % (what, e))
+            return False
         finally:
             nbd_close(h)
     finally:
         s.stop()
+    return True
+
+
+def m_restart(key, fatal):
+    """A server with autodecomp-index=DIR reads and stops (SIGTERM); then fresh
+    servers with the same DIR: connect + first read as m_first."""
+    idx = os.path.join(WORK, "index-" + key)
+    if not prime_index(key, idx, fatal):
+        return {"err": "ERR"}
     R = m_first(key, fatal, index=idx)
     R["index_files"] = sum(len(f) for _, _, f in os.walk(idx))
     return R
@@ -383,24 +393,8 @@ def m_boot(key, fatal, index=False):
     idx = None
     if index:
         idx = os.path.join(WORK, "index-boot-" + key)
-        shutil.rmtree(idx, ignore_errors=True)
-        os.makedirs(idx)
-        s = Server(key, boot=True, index=idx)
-        try:
-            h = s.connect(CONNECT_TIMEOUT)
-            if h is None:
-                fatal("%s (boot): server with autodecomp-index did not start: %s" %
-                      (LABEL[key], s.tail()))
-                return {"err": "ERR"}
-            try:
-                h.pread(4096, 0)
-            except nbd.Error as e:
-                fatal("%s (boot): read with autodecomp-index failed: %s" % (LABEL[key], e))
-                return {"err": "ERR"}
-            finally:
-                nbd_close(h)
-        finally:
-            s.stop()
+        if not prime_index(key, idx, fatal, boot=True):
+            return {"err": "ERR"}
     s = Server(key, boot=True, index=idx)
     qemu = None
     serial = os.path.join(WORK, "boot-%s.serial" % key.replace(":", "_"))
