@@ -141,6 +141,26 @@ other_reader_start (struct ad_export *exp, const struct ad_reader *reader,
   return limit;
 }
 
+/* The frame holding uoff, if the index knows it already: read-ahead
+ * never extends the index.  Returns 0, or -1 if it is not known (or not
+ * found).
+ */
+static int
+find_known (struct ad_export *exp, struct ad_source *src, uint64_t uoff,
+            struct ad_frame *f, size_t *frame_no)
+{
+  struct ad_error err;
+  bool known;
+
+  pthread_mutex_lock (&exp->idx->lock);
+  known = uoff < exp->idx->indexed;
+  pthread_mutex_unlock (&exp->idx->lock);
+  if (!known)
+    return -1;
+  ad_error_clear (&err);
+  return ad_index_find (exp->idx, src, uoff, f, frame_no, NULL, NULL, &err);
+}
+
 /* Look ahead of a read of reader that ended at end: decode the frames
  * that follow, then fetch the next compressed bytes while they decode.
  * Called with reader->ahead_lock held.
@@ -152,18 +172,9 @@ look_ahead (struct ad_export *exp, struct ad_reader *reader,
   uint64_t start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
   size_t from, next, ahead;
   struct ad_frame f;
-  struct ad_error err;
 
-  /* Start after the frame holding the end of this read, if the index
-   * already knows it (read-ahead never extends the index).
-   */
-  ad_error_clear (&err);
-  pthread_mutex_lock (&exp->idx->lock);
-  if (end >= exp->idx->indexed)
-    end = exp->size;
-  pthread_mutex_unlock (&exp->idx->lock);
-  if (end >= exp->size ||
-      ad_index_find (exp->idx, src, end, &f, &from, NULL, NULL, &err) == -1)
+  /* Start after the frame holding the end of this read. */
+  if (end >= exp->size || find_known (exp, src, end, &f, &from) == -1)
     return;
   ahead = __atomic_load_n (&reader->ahead, __ATOMIC_RELAXED);
   if (ahead > from)
@@ -298,9 +309,8 @@ uint64_t
 export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
                       struct ad_source *src, uint64_t offset)
 {
-  uint64_t start, end, target, indexed, ahead, floor;
+  uint64_t start, end, target, ahead, floor;
   struct ad_frame f;
-  struct ad_error err;
   size_t frame_no;
 
   if (reader == NULL)
@@ -329,13 +339,7 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
   target = end + ahead;
   if (target > exp->size)
     target = exp->size;
-  pthread_mutex_lock (&exp->idx->lock);
-  indexed = exp->idx->indexed;
-  pthread_mutex_unlock (&exp->idx->lock);
-  ad_error_clear (&err);
-  if (target > indexed ||
-      ad_index_find (exp->idx, src, target - 1, &f, &frame_no, NULL, NULL,
-                     &err) == -1)
+  if (find_known (exp, src, target - 1, &f, &frame_no) == -1)
     return UINT64_MAX;
   return f.coff + f.csize;
 }
