@@ -247,6 +247,26 @@ ad_reader_stop_background (struct ad_reader *reader)
   pthread_mutex_unlock (&reader->lock);
 }
 
+bool
+export_sequential (const struct ad_reader *reader, uint64_t offset)
+{
+  return __atomic_load_n (&reader->streak, __ATOMIC_RELAXED) >= SEQ_STREAK &&
+    export_in_run (reader, offset);
+}
+
+bool
+export_in_run (const struct ad_reader *reader, uint64_t offset)
+{
+  uint64_t end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
+  unsigned streak = __atomic_load_n (&reader->streak, __ATOMIC_RELAXED);
+
+  /* A sequential reader's requests in flight spread wider (nbdcopy:
+   * 64 of 256 KiB) than what makes a reader sequential.
+   */
+  return offset + SEQ_SLACK >= end &&
+    offset <= end + (streak >= SEQ_STREAK ? 4 : 1) * SEQ_SLACK;
+}
+
 void
 export_note_read (struct ad_export *exp, struct ad_reader *reader,
                   struct ad_source *src, uint64_t offset, size_t count)
@@ -265,12 +285,7 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
     exp->readers = reader;
     pthread_mutex_unlock (&exp->lock);
   }
-  /* A sequential reader's requests in flight spread wider (nbdcopy:
-   * 64 of 256 KiB) than what makes a reader sequential.
-   */
-  if (offset + SEQ_SLACK >= reader->end &&
-      offset <= reader->end + (reader->streak >= SEQ_STREAK ? 4 : 1) *
-      SEQ_SLACK) {
+  if (export_in_run (reader, offset)) {
     if (reader->streak < SEQ_STREAK)
       __atomic_store_n (&reader->streak, reader->streak + 1, __ATOMIC_RELAXED);
   }
@@ -278,6 +293,9 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
     __atomic_store_n (&reader->streak, 0, __ATOMIC_RELAXED);
     __atomic_store_n (&reader->start, offset, __ATOMIC_RELAXED);
     __atomic_store_n (&reader->ahead, 0, __ATOMIC_RELAXED);
+    __atomic_store_n (&reader->depth,
+                      __atomic_load_n (&reader->inflight, __ATOMIC_RELAXED),
+                      __ATOMIC_RELAXED);
   }
   if (end > reader->end || reader->streak == 0)
     __atomic_store_n (&reader->end, end, __ATOMIC_RELAXED);
@@ -315,7 +333,7 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
 
   if (reader == NULL)
     return UINT64_MAX;
-  if (__atomic_load_n (&reader->streak, __ATOMIC_RELAXED) < SEQ_STREAK)
+  if (!export_sequential (reader, offset))
     return 0;
   start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
   /* With many requests in flight (nbdcopy), the run reaches as far as
@@ -324,18 +342,32 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
   end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
   if (end < offset + 1)
     end = offset + 1;
-  /* At least as far as two full read-ahead windows of small frames:
-   * what the decoders of a copy want next and after, 32 MiB on two CPUs
-   * (a few MiB compressed), so that a run's first fetches are not
-   * small.
-   */
-  ahead = end > start ? 8 * (end - start) : 0;
-  floor = 2 * (exp->pool ? ad_pool_threads (exp->pool) + 2 : 2) *
-    JOB_MAX_OUTPUT;
-  if (floor > exp->readahead)
-    floor = exp->readahead;
-  if (ahead < floor)
-    ahead = floor;
+  if (__atomic_load_n (&reader->depth, __ATOMIC_RELAXED) >= BULK_DEPTH) {
+    /* A copy: at least as far as two full read-ahead windows of small
+     * frames, what the decoders want next and after (32 MiB on two
+     * CPUs, a few MiB compressed), so that its first fetches are not
+     * small.
+     */
+    ahead = end > start ? 8 * (end - start) : 0;
+    floor = 2 * (exp->pool ? ad_pool_threads (exp->pool) + 2 : 2) *
+      JOB_MAX_OUTPUT;
+    if (floor > exp->readahead)
+      floor = exp->readahead;
+    if (ahead < floor)
+      ahead = floor;
+  }
+  else {
+    /* One read at a time (a guest reading a file): as far again as
+     * its run, up to INTERACTIVE_AHEAD.  Its run may end at any read,
+     * and what was fetched past that end is waste; and the
+     * connection's next read, elsewhere, may wait for the fetch in
+     * progress (a plugin that serves one request of a connection at a
+     * time), so fetches stay short.
+     */
+    ahead = end > start ? end - start : 0;
+    if (ahead > INTERACTIVE_AHEAD)
+      ahead = INTERACTIVE_AHEAD;
+  }
   target = end + ahead;
   if (target > exp->size)
     target = exp->size;

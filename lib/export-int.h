@@ -89,9 +89,29 @@ extern int export_start_pieces (struct ad_export *exp, struct ad_source *src,
 #define SEQ_SLACK (8 * 1024 * 1024ULL)
 #define SEQ_STREAK 3
 
+/* export_in_run: a read at offset continues reader's run of reads (it
+ * lands near where its recent reads end).  export_sequential: reader is
+ * sequential and the read at offset continues its run; a read
+ * elsewhere begins a new run, which is not sequential yet.
+ */
+extern bool export_in_run (const struct ad_reader *reader, uint64_t offset);
+extern bool export_sequential (const struct ad_reader *reader,
+                               uint64_t offset);
+
+/* A reader with this many reads in flight at once is a bulk reader
+ * (nbdcopy keeps 64 in flight; a booting guest 1, at most 4).
+ */
+#define BULK_DEPTH 8
+
+/* How far past its run a reader with fewer reads in flight fetches, at
+ * most (decoded bytes).
+ */
+#define INTERACTIVE_AHEAD (8 * 1024 * 1024ULL)
+
 /* Where the compressed bytes end that reader will read if its run of
- * reads, up to the furthest of them, goes on for eight times as long
- * again, or two full read-ahead windows if that is further (see
+ * reads, up to the furthest of them, goes on: for a bulk reader, for
+ * eight times as long again, or two full read-ahead windows if that is
+ * further; otherwise as long again, up to INTERACTIVE_AHEAD (see
  * ad_fetch_source.horizon; 0 if it reads at random).
  */
 extern uint64_t export_fetch_horizon (struct ad_export *exp,

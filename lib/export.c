@@ -332,8 +332,7 @@ export_read_range (struct ad_export *exp, struct ad_reader *reader,
   r = find_pieces (exp, src, buf, count, offset, &pieces, 16, &n, err);
 
   /* 2. Start decoding what we created, and read ahead. */
-  sequential = reader &&
-    __atomic_load_n (&reader->streak, __ATOMIC_RELAXED) >= SEQ_STREAK;
+  sequential = reader && export_sequential (reader, offset);
   if (export_start_pieces (exp, src, pieces, n, err) == -1)
     r = -1;
   if (r == 0)
@@ -353,13 +352,21 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
                 uint64_t offset, struct ad_error *err)
 {
   struct ad_fetch_source fs;
+  int r;
 
+  if (reader) {
+    unsigned n = __atomic_add_fetch (&reader->inflight, 1, __ATOMIC_RELAXED);
+
+    if (n > __atomic_load_n (&reader->depth, __ATOMIC_RELAXED))
+      __atomic_store_n (&reader->depth, n, __ATOMIC_RELAXED);
+  }
   src = ad_fetch_wrap_reader (&fs, exp->fetch, src, reader,
-                              reader && __atomic_load_n (&reader->streak,
-                                                         __ATOMIC_RELAXED)
-                              >= SEQ_STREAK);
+                              reader && export_sequential (reader, offset));
   fs.horizon = export_fetch_horizon (exp, reader, src, offset);
-  return export_read_range (exp, reader, src, buf, count, offset, true, err);
+  r = export_read_range (exp, reader, src, buf, count, offset, true, err);
+  if (reader)
+    __atomic_sub_fetch (&reader->inflight, 1, __ATOMIC_RELAXED);
+  return r;
 }
 
 int

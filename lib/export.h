@@ -81,6 +81,9 @@ struct ad_reader {
   uint64_t start;               /* Where its sequential reads began. */
   uint64_t end;                 /* Highest end of a recent read. */
   unsigned streak;              /* Reads near end in a row. */
+  unsigned inflight;            /* Its reads in the export now. */
+  unsigned depth;               /* The most of them at once since its */
+                                /* run began (a copy: tens; a guest: 1-4). */
   struct ad_export *exp;        /* The export it reads, once it has. */
   struct ad_reader *next;       /* In exp->readers. */
 
