@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "export.h"
+#include "format-int.h"
 
 /* export.c */
 

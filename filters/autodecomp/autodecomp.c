@@ -158,14 +158,18 @@ free_export (struct named_export *e)
                   " of them ahead of the readers)", e->name, hits,
                   fetches, ahead);
   }
-  if (idx)
+  if (idx) {
+    struct ad_index_stats st;
+
+    ad_index_get_stats (idx, &st);
     nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
                   "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
                   "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
                   "frames, %" PRIu64 " bytes decoded into the spill file",
-                  e->name, idx->frames_decoded, e->exp->readahead_frames,
-                  e->exp->zero_probes, idx->indexed, idx->size,
-                  idx->nframes, ad_spill_total (e->exp->spill));
+                  e->name, st.frames_decoded, e->exp->readahead_frames,
+                  e->exp->zero_probes, st.indexed, ad_index_size (idx),
+                  st.nframes, ad_spill_total (e->exp->spill));
+  }
   ad_export_free (e->exp);
   pthread_mutex_destroy (&e->open_lock);
   pthread_mutex_destroy (&e->error_lock);
@@ -577,20 +581,22 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
                 e->exp->idx ? ad_index_nframes (e->exp->idx) : 0,
                 e->exp->idx && !ad_index_complete (e->exp->idx)
                 ? " so far" : "", src.reads);
-  if (e->exp->idx && e->exp->idx->index_note[0]) {
-    if (e->exp->idx->index_refused)
-      nbdkit_error ("autodecomp: warning: persisted index: %s",
-                    e->exp->idx->index_note);
-    else
-      nbdkit_debug ("autodecomp: persisted index: %s",
-                    e->exp->idx->index_note);
+  if (e->exp->idx) {
+    struct ad_index_stats st;
+    char note[256];
+
+    ad_index_note (e->exp->idx, note, sizeof note);
+    if (note[0] && ad_index_refused (e->exp->idx))
+      nbdkit_error ("autodecomp: warning: persisted index: %s", note);
+    else if (note[0])
+      nbdkit_debug ("autodecomp: persisted index: %s", note);
+    ad_index_get_stats (e->exp->idx, &st);
+    if (st.frames_kept > 0)
+      nbdkit_debug ("autodecomp: export '%s': the pass kept %" PRIu64
+                    " frames (%" PRIu64 " bytes) in a temporary file "
+                    "(autodecomp-keep-size=%" PRIu64 ")", e->name,
+                    st.frames_kept, st.bytes_kept, options.keep_size);
   }
-  if (e->exp->idx && e->exp->idx->frames_kept > 0)
-    nbdkit_debug ("autodecomp: export '%s': the pass kept %" PRIu64
-                  " frames (%" PRIu64 " bytes) in a temporary file "
-                  "(autodecomp-keep-size=%" PRIu64 ")", e->name,
-                  e->exp->idx->frames_kept, e->exp->idx->bytes_kept,
-                  options.keep_size);
   warn_if_not_seekable (e);
   return 0;
 }

@@ -281,7 +281,12 @@ main (int argc, char *argv[])
       return 1;
   }
   pass_reads = fl.reads;
-  decodes = exp->idx->frames_decoded;
+  {
+    struct ad_index_stats stats;
+
+    ad_index_get_stats (exp->idx, &stats);
+    decodes = stats.frames_decoded;
+  }
   if (decodes != 0) {
     fprintf (stderr, "gzip-lazy: a sequential read decoded %" PRIu64
              " of the %zu frames again after the indexing pass\n",

@@ -138,6 +138,7 @@ info_json (const struct info *in)
 {
   const struct image *im = &in->im;
   const struct costs *c = &in->c;
+  struct ad_index *idx = im->exp->idx;
 
   printf ("{\n  \"image\": ");
   json_string (im->path);
@@ -160,11 +161,10 @@ info_json (const struct info *in)
           im->open_seconds, in->complete ? "true" : "false", c->frames,
           c->zero_frames, c->large_frames, c->largest, c->decode_per_read,
           c->read_per_read,
-          im->exp->idx && im->exp->idx->index_from ?
-          im->exp->idx->index_from : "",
-          im->exp->idx && im->exp->idx->sizes_unchecked ? "true" : "false",
-          im->exp->idx && im->exp->idx->index_loaded ? "loaded"
-          : im->exp->idx && im->exp->idx->index_refused ? "refused" : "",
+          idx && ad_index_from (idx) ? ad_index_from (idx) : "",
+          idx && ad_index_sizes_unchecked (idx) ? "true" : "false",
+          idx && ad_index_loaded (idx) ? "loaded"
+          : idx && ad_index_refused (idx) ? "refused" : "",
           in->verdict);
   if (in->frames)
     json_frame_table (in);
@@ -227,13 +227,16 @@ static void
 text_index (const struct info *in)
 {
   const struct image *im = &in->im;
+  struct ad_index *idx = im->exp->idx;
+  char note[256];
 
   printf ("  opening it (as the filter does at connect) took %.2f s\n",
           im->open_seconds);
-  if (im->exp->idx->index_from)
-    printf ("  index from %s\n", im->exp->idx->index_from);
-  if (im->exp->idx->index_note[0])
-    printf ("  persisted index: %s\n", im->exp->idx->index_note);
+  if (ad_index_from (idx))
+    printf ("  index from %s\n", ad_index_from (idx));
+  ad_index_note (idx, note, sizeof note);
+  if (note[0])
+    printf ("  persisted index: %s\n", note);
   if (!in->complete) {
     printf ("  one gzip member: the file has no seek points.  The filter "
             "makes\n  checkpoints (every autodecomp-gzip-span) as one "
@@ -243,7 +246,7 @@ text_index (const struct info *in)
   }
   else
     text_frames (&in->c);
-  if (im->exp->idx->sizes_unchecked)
+  if (ad_index_sizes_unchecked (idx))
     printf ("  frame sizes are not covered by a checksum "
             "(autodecomp-verify-offsets=true proves them)\n");
   if (in->frames && in->c.frames > 0)
