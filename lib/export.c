@@ -115,6 +115,27 @@ ad_export_free (struct ad_export *exp)
   free (exp);
 }
 
+void
+ad_export_get_stats (struct ad_export *exp, struct ad_export_stats *stats)
+{
+  struct ad_spill *spill;
+
+  memset (stats, 0, sizeof *stats);
+  if (exp->idx)
+    ad_index_get_stats (exp->idx, &stats->index);
+  stats->readahead_frames = __atomic_load_n (&exp->readahead_frames,
+                                             __ATOMIC_RELAXED);
+  stats->zero_probes = __atomic_load_n (&exp->zero_probes, __ATOMIC_RELAXED);
+  pthread_mutex_lock (&exp->lock);
+  spill = exp->spill;
+  pthread_mutex_unlock (&exp->lock);
+  stats->spill_bytes = ad_spill_total (spill);
+  stats->fetcher = exp->fetch != NULL;
+  if (exp->fetch)
+    ad_fetch_stats (exp->fetch, &stats->fetch_hits, &stats->fetches,
+                    &stats->fetches_ahead);
+}
+
 /* Frames that the index decodes anyway (the gzip pass) go to the cache. */
 static void
 emit_to_cache (void *opaque, struct ad_index *idx, size_t frame_no,

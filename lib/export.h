@@ -175,6 +175,21 @@ extern int ad_export_find (struct ad_export *exp, struct ad_source *src,
                            uint64_t offset, struct ad_frame *frame,
                            size_t *frame_no, struct ad_error *err);
 
+/* The export's counters, for debugging and tests. */
+struct ad_export_stats {
+  struct ad_index_stats index;  /* The index's (zeros when raw). */
+  uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
+  uint64_t zero_probes;         /* Frames found zero by extents. */
+  uint64_t spill_bytes;         /* Bytes decoded into the spill file. */
+  bool fetcher;                 /* The reads below go through a fetcher
+                                   (opts.fetch_size), which served */
+  uint64_t fetch_hits;          /* this many compressed reads */
+  uint64_t fetches;             /* from this many large fetches, */
+  uint64_t fetches_ahead;       /* of them made ahead of the readers. */
+};
+extern void ad_export_get_stats (struct ad_export *exp,
+                                 struct ad_export_stats *stats);
+
 /* The largest frame in the index that holds data, or 0 if there is
  * none yet: a frame known to be all zeros is never decoded, so its
  * size does not matter to random reads.

@@ -107,7 +107,7 @@ struct ad_index {
   /* What happened to the persisted index (see ad_index_note), written
    * at open and, under advance_lock, by advance.
    */
-  char index_note[256];
+  char index_note[AD_INDEX_NOTE_SIZE];
   bool index_loaded;            /* The frames came from the file. */
   bool index_refused;           /* A file was there but not used. */
   uint64_t fingerprint;         /* Of the image (see persist.h), */

@@ -152,10 +152,12 @@ extern bool ad_index_loaded (const struct ad_index *idx);
 extern bool ad_index_refused (const struct ad_index *idx);
 
 /* What happened to the persisted index (loaded, written, refused and
- * why), copied to note (len bytes, at least 1), for the caller to show;
- * empty if there is none.  Extending the index may write the file
- * again: this waits for an extension in progress.
+ * why), copied to note (len bytes, at least 1; AD_INDEX_NOTE_SIZE
+ * holds all of it), for the caller to show; empty if there is none.
+ * Extending the index may write the file again: this waits for an
+ * extension in progress.
  */
+#define AD_INDEX_NOTE_SIZE 256
 extern void ad_index_note (struct ad_index *idx, char *note, size_t len);
 
 /* The index's counters, for debugging and tests. */

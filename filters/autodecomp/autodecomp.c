@@ -147,28 +147,24 @@ autodecomp_load (void)
 static void
 free_export (struct named_export *e)
 {
-  struct ad_index *idx = e->exp ? e->exp->idx : NULL;
+  struct ad_export_stats st;
 
-  if (e->exp && e->exp->fetch) {
-    uint64_t hits, fetches, ahead;
-
-    ad_fetch_stats (e->exp->fetch, &hits, &fetches, &ahead);
-    nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " compressed reads "
-                  "served from %" PRIu64 " large fetches (%" PRIu64
-                  " of them ahead of the readers)", e->name, hits,
-                  fetches, ahead);
-  }
-  if (idx) {
-    struct ad_index_stats st;
-
-    ad_index_get_stats (idx, &st);
-    nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
-                  "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
-                  "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
-                  "frames, %" PRIu64 " bytes decoded into the spill file",
-                  e->name, st.frames_decoded, e->exp->readahead_frames,
-                  e->exp->zero_probes, st.indexed, ad_index_size (idx),
-                  st.nframes, ad_spill_total (e->exp->spill));
+  if (e->exp) {
+    ad_export_get_stats (e->exp, &st);
+    if (st.fetcher)
+      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " compressed reads "
+                    "served from %" PRIu64 " large fetches (%" PRIu64
+                    " of them ahead of the readers)", e->name, st.fetch_hits,
+                    st.fetches, st.fetches_ahead);
+    if (e->exp->idx)
+      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
+                    "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
+                    "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
+                    "frames, %" PRIu64 " bytes decoded into the spill file",
+                    e->name, st.index.frames_decoded, st.readahead_frames,
+                    st.zero_probes, st.index.indexed,
+                    ad_index_size (e->exp->idx), st.index.nframes,
+                    st.spill_bytes);
   }
   ad_export_free (e->exp);
   pthread_mutex_destroy (&e->open_lock);
@@ -582,20 +578,21 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
                 e->exp->idx && !ad_index_complete (e->exp->idx)
                 ? " so far" : "", src.reads);
   if (e->exp->idx) {
-    struct ad_index_stats st;
-    char note[256];
+    struct ad_export_stats st;
+    char note[AD_INDEX_NOTE_SIZE];
 
     ad_index_note (e->exp->idx, note, sizeof note);
     if (note[0] && ad_index_refused (e->exp->idx))
       nbdkit_error ("autodecomp: warning: persisted index: %s", note);
     else if (note[0])
       nbdkit_debug ("autodecomp: persisted index: %s", note);
-    ad_index_get_stats (e->exp->idx, &st);
-    if (st.frames_kept > 0)
+    ad_export_get_stats (e->exp, &st);
+    if (st.index.frames_kept > 0)
       nbdkit_debug ("autodecomp: export '%s': the pass kept %" PRIu64
                     " frames (%" PRIu64 " bytes) in a temporary file "
                     "(autodecomp-keep-size=%" PRIu64 ")", e->name,
-                    st.frames_kept, st.bytes_kept, options.keep_size);
+                    st.index.frames_kept, st.index.bytes_kept,
+                    options.keep_size);
   }
   warn_if_not_seekable (e);
   return 0;

@@ -186,7 +186,7 @@ main (int argc, char *argv[])
   struct ad_cache *cache;
   struct ad_error err;
   struct stat st;
-  struct ad_index_stats stats;
+  struct ad_export_stats stats;
   const char *orig;
   uint64_t osize, off, zero_bytes = 0;
   char *buf;
@@ -306,15 +306,15 @@ main (int argc, char *argv[])
   /* Let read-ahead still in flight finish before counting. */
   ad_pool_free (pool);
   pool = NULL;
-  ad_index_get_stats (exp->idx, &stats);
+  ad_export_get_stats (exp, &stats);
   printf ("%s: %s, %" PRIu64 " bytes, %zu frames, %lu random reads + "
           "sequential read OK, %" PRIu64 " bytes of zeros by extents, %"
           PRIu64 " frame decodes (%" PRIu64 " by read-ahead), %" PRIu64
           " source reads, %" PRIu64 " frames kept by the pass\n",
           argv[optind], ad_format_name (exp->format),
           osize, ad_index_nframes (exp->idx), reads, zero_bytes,
-          stats.frames_decoded, exp->readahead_frames, src.reads,
-          stats.frames_kept);
+          stats.index.frames_decoded, stats.readahead_frames, src.reads,
+          stats.index.frames_kept);
   free (buf);
   ad_pool_free (pool);
   ad_export_free (exp);

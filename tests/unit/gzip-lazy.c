@@ -282,10 +282,10 @@ main (int argc, char *argv[])
   }
   pass_reads = fl.reads;
   {
-    struct ad_index_stats stats;
+    struct ad_export_stats stats;
 
-    ad_index_get_stats (exp->idx, &stats);
-    decodes = stats.frames_decoded;
+    ad_export_get_stats (exp, &stats);
+    decodes = stats.index.frames_decoded;
   }
   if (decodes != 0) {
     fprintf (stderr, "gzip-lazy: a sequential read decoded %" PRIu64

@@ -68,7 +68,7 @@ do_index (int argc, char *argv[])
   char *def = NULL;
   struct image im;
   struct ad_index *idx;
-  char note[256];
+  char note[AD_INDEX_NOTE_SIZE];
   bool progress = isatty (STDERR_FILENO);
   int opt, r = 1;
 

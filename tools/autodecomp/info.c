@@ -228,7 +228,7 @@ text_index (const struct info *in)
 {
   const struct image *im = &in->im;
   struct ad_index *idx = im->exp->idx;
-  char note[256];
+  char note[AD_INDEX_NOTE_SIZE];
 
   printf ("  opening it (as the filter does at connect) took %.2f s\n",
           im->open_seconds);
