@@ -712,7 +712,8 @@ decode_one (struct run *r, const struct ad_frame *f, size_t frame_no)
    * libbz2 or with lib/bzip2-decode.c, which must agree with libbz2: so
    * libbz2 must now decode the frame to the size the pass found.
    */
-  if (r1 == -1 && ad_index_format (r->idx) == AD_FORMAT_BZIP2 && err1.errnum != ENOMEM)
+  if (r1 == -1 && ad_index_format (r->idx) == AD_FORMAT_BZIP2 &&
+      err1.errnum != ENOMEM)
     oracle ("bzip2-size", "frame %zu (%" PRIu64 " bytes by the sizing "
             "pass) does not decode: %s", frame_no, f->usize, err1.msg);
   r2 = stream_frame (r, f, frame_no, b, f->usize, &err2);
@@ -810,26 +811,26 @@ open_image (struct run *r, const struct ad_options *opts)
     if (cache == NULL && (cache = ad_cache_new (CACHE_BYTES)) == NULL)
       abort ();
     r->cache = cache;
-    r->exp = ad_export_open (&r->src, want, opts, r->cache, &err);
+    r->exp = ad_export_open (&r->src, want, opts, r->cache, NULL, &err);
     if (r->exp == NULL) {
       check_err (&err, "ad_export_open");
       if (getenv ("FUZZ_VERBOSE"))
         fprintf (stderr, "fuzz-format: %s: %s\n", "ad_export_open", err.msg);
       return -1;
     }
-    if (r->exp->format != found)
+    if (ad_export_format (r->exp) != found)
       oracle ("detect",
               "detected %s, the export is %s", ad_format_name (found),
-              ad_format_name (r->exp->format));
-    r->idx = r->exp->idx;
-    if (r->exp->format == AD_FORMAT_RAW) {
-      if (r->idx != NULL || r->exp->size != r->src.size)
+              ad_format_name (ad_export_format (r->exp)));
+    r->idx = ad_export_index (r->exp);
+    if (ad_export_format (r->exp) == AD_FORMAT_RAW) {
+      if (r->idx != NULL || ad_export_size (r->exp) != r->src.size)
         oracle ("detect", "a raw export has an index or the wrong size");
       return -1;
     }
-    if (r->exp->size != ad_index_size (r->idx))
+    if (ad_export_size (r->exp) != ad_index_size (r->idx))
       oracle ("size", "export size %" PRIu64 ", index size %" PRIu64,
-              r->exp->size, ad_index_size (r->idx));
+              ad_export_size (r->exp), ad_index_size (r->idx));
   }
   else {
     r->idx = ad_index_open (want, &r->src, opts, &err);

@@ -1,8 +1,9 @@
 /* Copyright (C) 2026 The nbdkit-autodecomp authors
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * autodecomp: what the parts of an export share (see export.h).  Only
- * they include it; users of the library include export.h.
+ * autodecomp: what the parts of an export share (see export.h): the
+ * whole struct ad_export and their own functions.  Only they include
+ * it; users of the library include export.h.
  *
  *   export.c        the read path: open and free, readers, reads split
  *                   at frame boundaries and served from the cache or
@@ -22,6 +23,35 @@
 
 #include "export.h"
 #include "format-int.h"
+#include "spill.h"
+#include "fetch.h"
+
+/* One served image (see export.h). */
+struct ad_export {
+  enum ad_format format;
+  uint64_t size;                /* Uncompressed size. */
+  struct ad_index *idx;         /* NULL when raw. */
+  struct ad_cache *cache;       /* Not owned. */
+  struct ad_fetch *fetch;       /* Large reads for sequential readers
+                                   (opts.fetch_size), or NULL. */
+
+  pthread_mutex_t lock;
+  struct ad_reader *readers;    /* Those that have read it (under lock). */
+  struct ad_spill *spill;       /* Created at the first large read. */
+  unsigned jobs;                /* Decode jobs in flight (under lock). */
+  pthread_cond_t jobs_done;     /* Signalled when jobs drops to 0. */
+
+  struct ad_export_config config; /* Given to ad_export_open. */
+
+  /* Frames [0, verified) have decoded at least once (verify_offsets). */
+  size_t verified;
+  unsigned char *decoded_once;  /* Per frame, or NULL. */
+  size_t decoded_once_len;
+
+  /* Counters (updated atomically). */
+  uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
+  uint64_t zero_probes;         /* Frames found zero by extents. */
+};
 
 /* export.c */
 

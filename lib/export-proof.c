@@ -26,7 +26,7 @@
 bool
 export_needs_proof (struct ad_export *exp)
 {
-  return exp->verify_offsets && exp->idx && exp->idx->sizes_unchecked;
+  return exp->config.verify_offsets && exp->idx && exp->idx->sizes_unchecked;
 }
 
 void

@@ -28,7 +28,7 @@
 struct ad_export *
 ad_export_open (struct ad_source *src, enum ad_format format,
                 const struct ad_options *opts, struct ad_cache *cache,
-                struct ad_error *err)
+                const struct ad_export_config *config, struct ad_error *err)
 {
   struct ad_open_source os;
   struct ad_fetch_source fs;
@@ -79,6 +79,8 @@ ad_export_open (struct ad_source *src, enum ad_format format,
   exp->format = format;
   exp->cache = cache;
   exp->fetch = fetch;
+  if (config)
+    exp->config = *config;
   pthread_mutex_init (&exp->lock, NULL);
   pthread_cond_init (&exp->jobs_done, NULL);
   if (format == AD_FORMAT_RAW) {
@@ -113,6 +115,24 @@ ad_export_free (struct ad_export *exp)
   pthread_cond_destroy (&exp->jobs_done);
   pthread_mutex_destroy (&exp->lock);
   free (exp);
+}
+
+enum ad_format
+ad_export_format (const struct ad_export *exp)
+{
+  return exp->format;
+}
+
+uint64_t
+ad_export_size (const struct ad_export *exp)
+{
+  return exp->size;
+}
+
+struct ad_index *
+ad_export_index (const struct ad_export *exp)
+{
+  return exp->idx;
 }
 
 void

@@ -156,14 +156,14 @@ free_export (struct named_export *e)
                     "served from %" PRIu64 " large fetches (%" PRIu64
                     " of them ahead of the readers)", e->name, st.fetch_hits,
                     st.fetches, st.fetches_ahead);
-    if (e->exp->idx)
+    if (ad_export_index (e->exp))
       nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
                     "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
                     "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
                     "frames, %" PRIu64 " bytes decoded into the spill file",
                     e->name, st.index.frames_decoded, st.readahead_frames,
                     st.zero_probes, st.index.indexed,
-                    ad_index_size (e->exp->idx), st.index.nframes,
+                    ad_export_size (e->exp), st.index.nframes,
                     st.spill_bytes);
   }
   ad_export_free (e->exp);
@@ -501,7 +501,7 @@ log_decode (void *opaque, size_t frame_no, const struct ad_frame *frame)
                   " usize=%" PRIu64 " coff=%" PRIu64 " csize=%" PRIu64
                   " (%s)", frame_no, frame->uoff, frame->usize,
                   frame->coff, frame->csize,
-                  ad_format_name (e->exp->format));
+                  ad_format_name (ad_export_format (e->exp)));
 }
 
 /* Say once, visibly, when random reads will be slow, and how to fix
@@ -515,7 +515,7 @@ warn_if_not_seekable (struct named_export *e)
 
   if (largest <= AD_LARGE_FRAME)
     return;
-  switch (e->exp->format) {
+  switch (ad_export_format (e->exp)) {
   case AD_FORMAT_XZ:
     fix = "'autodecomp prepare IMAGE OUTPUT.zst' (zstd frames with a "
       "seek table), or 'xz -T0 --block-size=16MiB'";
@@ -533,7 +533,8 @@ warn_if_not_seekable (struct named_export *e)
                 "decoded from its start.  Reads are served as soon as their "
                 "bytes are decoded (kept in a temporary file), but a read far "
                 "into the frame waits for everything before it.  Recompress "
-                "it with %s", ad_format_name (e->exp->format), largest, fix);
+                "it with %s", ad_format_name (ad_export_format (e->exp)),
+                largest, fix);
 }
 
 /* Open the image into e (under e->open_lock).  On failure the error
@@ -548,11 +549,21 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
   struct next_source ns;
   struct ad_source src;
   struct ad_error err;
+  const struct ad_export_config config = {
+    .pool = pool,
+    .progressive = progressive,
+    .readahead = readahead,
+    .verify_offsets = verify_offsets,
+    .on_decode = log_decode,
+    .on_decode_opaque = e,
+  };
+  struct ad_index *idx;
 
   e->compressed_size = size;
   source_of_next (&src, &ns, next, NULL, size);
   ad_error_clear (&err);
-  e->exp = ad_export_open (&src, format_param, &options, cache, &err);
+  e->exp = ad_export_open (&src, format_param, &options, cache, &config,
+                           &err);
   if (e->exp == NULL) {
     if (err.transient)
       failed_below (e, e->name, err.msg);
@@ -564,25 +575,21 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
     return -1;
   }
   e->opened = true;
-  e->exp->on_decode = log_decode;
-  e->exp->on_decode_opaque = e;
-  e->exp->pool = pool;
-  e->exp->progressive = progressive;
-  e->exp->verify_offsets = verify_offsets;
-  e->exp->readahead = readahead;
+  idx = ad_export_index (e->exp);
   nbdkit_debug ("autodecomp: export '%s': %s, %" PRIu64 " bytes from %"
                 PRIu64 " compressed, %zu frames indexed%s, "
                 "%" PRIu64 " reads below", e->name,
-                ad_format_name (e->exp->format), e->exp->size, e->compressed_size,
-                e->exp->idx ? ad_index_nframes (e->exp->idx) : 0,
-                e->exp->idx && !ad_index_complete (e->exp->idx)
+                ad_format_name (ad_export_format (e->exp)),
+                ad_export_size (e->exp), e->compressed_size,
+                idx ? ad_index_nframes (idx) : 0,
+                idx && !ad_index_complete (idx)
                 ? " so far" : "", src.reads);
-  if (e->exp->idx) {
+  if (idx) {
     struct ad_export_stats st;
     char note[AD_INDEX_NOTE_SIZE];
 
-    ad_index_note (e->exp->idx, note, sizeof note);
-    if (note[0] && ad_index_refused (e->exp->idx))
+    ad_index_note (idx, note, sizeof note);
+    if (note[0] && ad_index_refused (idx))
       nbdkit_error ("autodecomp: warning: persisted index: %s", note);
     else if (note[0])
       nbdkit_debug ("autodecomp: persisted index: %s", note);
@@ -811,7 +818,7 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
 static bool
 is_raw (struct handle *h)
 {
-  return h->export->exp->format == AD_FORMAT_RAW;
+  return ad_export_format (h->export->exp) == AD_FORMAT_RAW;
 }
 
 static int64_t
@@ -821,7 +828,7 @@ autodecomp_get_size (nbdkit_next *next, void *handle)
 
   if (is_raw (h))
     return next->get_size (next);
-  return h->export->exp->size;
+  return ad_export_size (h->export->exp);
 }
 
 static int

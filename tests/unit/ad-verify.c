@@ -182,6 +182,7 @@ main (int argc, char *argv[])
   pthread_t tid[64];
   struct ad_options opts;
   struct ad_source src;
+  struct ad_export_config config = { .pool = NULL };
   struct ad_export *exp;
   struct ad_cache *cache;
   struct ad_error err;
@@ -235,30 +236,31 @@ main (int argc, char *argv[])
     return 2;
   }
 
-  cache = ad_cache_new (cache_size);
-  exp = ad_export_open (&src, AD_FORMAT_UNKNOWN, &opts, cache, &err);
-  if (exp == NULL) {
-    fprintf (stderr, "ad-verify: %s: %s\n", argv[optind], err.msg);
-    return 1;
-  }
-  if (exp->size != osize) {
-    fprintf (stderr, "ad-verify: %s: size %" PRIu64 ", expected %" PRIu64
-             "\n", argv[optind], exp->size, osize);
-    return 1;
-  }
-  if (exp->format == AD_FORMAT_RAW) {
-    printf ("%s: raw, nothing to check\n", argv[optind]);
-    return 0;
-  }
   if (workers > 0) {
     pool = ad_pool_new (workers, 0, &err);
     if (pool == NULL) {
       fprintf (stderr, "ad-verify: %s\n", err.msg);
       return 1;
     }
-    exp->pool = pool;
-    exp->readahead = cache_size / 4;
-    exp->progressive = progressive;
+    config.pool = pool;
+    config.readahead = cache_size / 4;
+    config.progressive = progressive;
+  }
+  cache = ad_cache_new (cache_size);
+  exp = ad_export_open (&src, AD_FORMAT_UNKNOWN, &opts, cache, &config,
+                        &err);
+  if (exp == NULL) {
+    fprintf (stderr, "ad-verify: %s: %s\n", argv[optind], err.msg);
+    return 1;
+  }
+  if (ad_export_size (exp) != osize) {
+    fprintf (stderr, "ad-verify: %s: size %" PRIu64 ", expected %" PRIu64
+             "\n", argv[optind], ad_export_size (exp), osize);
+    return 1;
+  }
+  if (ad_export_format (exp) == AD_FORMAT_RAW) {
+    printf ("%s: raw, nothing to check\n", argv[optind]);
+    return 0;
   }
   buf = malloc (maxlen);
   if (walk_extents (exp, &src, orig, osize, &zero_bytes) == -1)
@@ -311,8 +313,8 @@ main (int argc, char *argv[])
           "sequential read OK, %" PRIu64 " bytes of zeros by extents, %"
           PRIu64 " frame decodes (%" PRIu64 " by read-ahead), %" PRIu64
           " source reads, %" PRIu64 " frames kept by the pass\n",
-          argv[optind], ad_format_name (exp->format),
-          osize, ad_index_nframes (exp->idx), reads, zero_bytes,
+          argv[optind], ad_format_name (ad_export_format (exp)),
+          osize, stats.index.nframes, reads, zero_bytes,
           stats.index.frames_decoded, stats.readahead_frames, src.reads,
           stats.index.frames_kept);
   free (buf);

@@ -100,7 +100,7 @@ do_index (int argc, char *argv[])
   }
   if (image_open_indexed (&im, path, out, progress) == -1)
     goto done;
-  idx = im.exp->idx;
+  idx = ad_export_index (im.exp);
   if (idx && finish_lazy (&im, idx) == -1) {
     image_close (&im);
     goto done;
@@ -112,7 +112,8 @@ do_index (int argc, char *argv[])
     ad_index_note (idx, note, sizeof note);
     if (ad_index_loaded (idx) || strstr (note, "written to")) {
       printf ("%s: %s index: %s (%.2f s)\n", path,
-              ad_format_name (im.exp->format), note, im.open_seconds);
+              ad_format_name (ad_export_format (im.exp)), note,
+              im.open_seconds);
       r = 0;
     }
     else
