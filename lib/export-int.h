@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
 #include "export.h"
 #include "format-int.h"
@@ -51,6 +52,29 @@ struct ad_export {
   /* Counters (updated atomically). */
   uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
   uint64_t zero_probes;         /* Frames found zero by extents. */
+};
+
+/* One reader of an export (see ad_reader_new). */
+struct ad_reader {
+  pthread_mutex_t lock;
+  uint64_t start;               /* Where its sequential reads began. */
+  uint64_t end;                 /* Highest end of a recent read. */
+  unsigned streak;              /* Reads near end in a row. */
+  struct ad_export *exp;        /* The export it reads, once it has. */
+  struct ad_reader *next;       /* In exp->readers. */
+
+  /* Looking ahead (export-ahead.c), by one thread at a time. */
+  pthread_mutex_t ahead_lock;
+  size_t ahead;                 /* Read-ahead issued below this frame. */
+
+  /* The read-ahead thread (see ad_reader_set_background). */
+  struct ad_source *bg;         /* Its source, or NULL: no thread. */
+  pthread_t thread;
+  bool thread_started;
+  pthread_cond_t cond;          /* With lock: work for the thread. */
+  bool pending, quit;
+  uint64_t pending_offset;      /* The read to look ahead of. */
+  uint64_t pending_end;
 };
 
 /* export.c */

@@ -189,21 +189,28 @@ wait_for_emit (struct ad_export *exp, size_t frame_no)
   }
 }
 
-void
-ad_reader_init (struct ad_reader *reader)
+struct ad_reader *
+ad_reader_new (void)
 {
-  memset (reader, 0, sizeof *reader);
+  struct ad_reader *reader = calloc (1, sizeof *reader);
+
+  if (reader == NULL)
+    return NULL;
   pthread_mutex_init (&reader->lock, NULL);
   pthread_mutex_init (&reader->ahead_lock, NULL);
   pthread_cond_init (&reader->cond, NULL);
+  return reader;
 }
 
 void
-ad_reader_destroy (struct ad_reader *reader)
+ad_reader_free (struct ad_reader *reader)
 {
-  struct ad_export *exp = reader->exp;
+  struct ad_export *exp;
   struct ad_reader **p;
 
+  if (reader == NULL)
+    return;
+  exp = reader->exp;
   ad_reader_stop_background (reader);
   if (exp) {
     ad_fetch_forget (exp->fetch, reader);
@@ -218,6 +225,7 @@ ad_reader_destroy (struct ad_reader *reader)
   pthread_cond_destroy (&reader->cond);
   pthread_mutex_destroy (&reader->ahead_lock);
   pthread_mutex_destroy (&reader->lock);
+  free (reader);
 }
 
 static struct ad_spill *

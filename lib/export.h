@@ -24,7 +24,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <pthread.h>
 
 #include "format.h"
 #include "cache.h"
@@ -62,34 +61,14 @@ struct ad_export_config {
   void *on_decode_opaque;
 };
 
-/* What one reader (a connection) did last, to detect sequential
- * access.  Initialise with ad_reader_init; used by one export, and
- * destroyed (ad_reader_destroy) before that export is freed.
+/* One reader (a connection): what it did last, to detect sequential
+ * access, and its read-ahead.  It reads one export, and is freed
+ * before that export is.  ad_reader_new returns NULL (errno set) if
+ * out of memory.
  */
-struct ad_reader {
-  pthread_mutex_t lock;
-  uint64_t start;               /* Where its sequential reads began. */
-  uint64_t end;                 /* Highest end of a recent read. */
-  unsigned streak;              /* Reads near end in a row. */
-  struct ad_export *exp;        /* The export it reads, once it has. */
-  struct ad_reader *next;       /* In exp->readers. */
-
-  /* Looking ahead (export-ahead.c), by one thread at a time. */
-  pthread_mutex_t ahead_lock;
-  size_t ahead;                 /* Read-ahead issued below this frame. */
-
-  /* The read-ahead thread (see ad_reader_set_background). */
-  struct ad_source *bg;         /* Its source, or NULL: no thread. */
-  pthread_t thread;
-  bool thread_started;
-  pthread_cond_t cond;          /* With lock: work for the thread. */
-  bool pending, quit;
-  uint64_t pending_offset;      /* The read to look ahead of. */
-  uint64_t pending_end;
-};
-
-extern void ad_reader_init (struct ad_reader *reader);
-extern void ad_reader_destroy (struct ad_reader *reader);
+struct ad_reader;
+extern struct ad_reader *ad_reader_new (void);
+extern void ad_reader_free (struct ad_reader *reader);
 
 /* Look ahead of reader in a thread of its own (started with its first
  * sequential read), which reads the image through bg: a source that

@@ -125,7 +125,7 @@ struct next_source {
 struct handle {
   char *exportname;
   struct named_export *export;  /* Set in prepare. */
-  struct ad_reader reader;      /* This connection's access pattern. */
+  struct ad_reader *reader;     /* This connection's access pattern. */
 
   /* The read-ahead thread's way to the plugin (see open_background). */
   pthread_mutex_t bg_lock;
@@ -402,7 +402,13 @@ autodecomp_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     free (h);
     return NULL;
   }
-  ad_reader_init (&h->reader);
+  h->reader = ad_reader_new ();
+  if (h->reader == NULL) {
+    nbdkit_error ("calloc: %m");
+    free (h->exportname);
+    free (h);
+    return NULL;
+  }
   pthread_mutex_init (&h->bg_lock, NULL);
   pthread_mutex_init (&h->turns, NULL);
   return h;
@@ -416,7 +422,7 @@ autodecomp_finalize (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
 
-  ad_reader_stop_background (&h->reader);
+  ad_reader_stop_background (h->reader);
   return 0;
 }
 
@@ -425,10 +431,10 @@ autodecomp_close (void *handle)
 {
   struct handle *h = handle;
 
-  ad_reader_stop_background (&h->reader);
+  ad_reader_stop_background (h->reader);
   pthread_mutex_destroy (&h->turns);
   pthread_mutex_destroy (&h->bg_lock);
-  ad_reader_destroy (&h->reader);
+  ad_reader_free (h->reader);
   if (h->export)
     release_export (h->export);
   free (h->exportname);
@@ -901,7 +907,7 @@ open_background (struct handle *h, nbdkit_next *next)
                     background_turns ? &h->turns : NULL,
                     h->export->compressed_size);
     __atomic_store_n (&h->bg_started, true, __ATOMIC_RELEASE);
-    ad_reader_set_background (&h->reader, &h->bg_src);
+    ad_reader_set_background (h->reader, &h->bg_src);
   }
   __atomic_store_n (&h->bg_tried, true, __ATOMIC_RELEASE);
   pthread_mutex_unlock (&h->bg_lock);
@@ -923,7 +929,7 @@ autodecomp_pread (nbdkit_next *next, void *handle, void *buf,
     open_background (h, next);
   source_of_connection (&src, &ns, next, h);
   ad_error_clear (&e);
-  if (ad_export_read (h->export->exp, &h->reader, &src, buf, count, offset,
+  if (ad_export_read (h->export->exp, h->reader, &src, buf, count, offset,
                       &e) == -1)
     return report (h, &e, err);
   return 0;

@@ -145,10 +145,13 @@ random_reads (void *arg)
   struct worker *w = arg;
   uint64_t s = w->seed, off;
   char *buf = malloc (maxlen);
-  struct ad_reader reader;
+  struct ad_reader *reader = ad_reader_new ();
   unsigned long i;
 
-  ad_reader_init (&reader);
+  if (reader == NULL) {
+    perror ("ad_reader_new");
+    w->failed = 1;
+  }
   for (i = 0; i < w->reads && w->osize > 0 && !w->failed; i++) {
     uint64_t len;
     switch (rnd (&s) % 4) {
@@ -160,10 +163,10 @@ random_reads (void *arg)
     if (len > w->osize)
       len = w->osize;
     off = rnd (&s) % (w->osize - len + 1);
-    if (check (w->exp, &reader, w->src, w->orig, buf, len, off) == -1)
+    if (check (w->exp, reader, w->src, w->orig, buf, len, off) == -1)
       w->failed = 1;
   }
-  ad_reader_destroy (&reader);
+  ad_reader_free (reader);
   free (buf);
   return NULL;
 }
@@ -176,7 +179,7 @@ main (int argc, char *argv[])
   struct ad_source bg_src;
   int bg_fd = -1;
   struct ad_pool *pool = NULL;
-  struct ad_reader reader;
+  struct ad_reader *reader;
   uint64_t seed = 1, s, cache_size = 64 << 20;
   struct worker w[64];
   pthread_t tid[64];
@@ -281,7 +284,11 @@ main (int argc, char *argv[])
       return 1;
   }
   s = seed;
-  ad_reader_init (&reader);
+  reader = ad_reader_new ();
+  if (reader == NULL) {
+    perror ("ad_reader_new");
+    return 1;
+  }
   /* With -b the sequential reader looks ahead in a thread of its own,
    * through a source of its own (as the filter's connections do).
    */
@@ -292,17 +299,17 @@ main (int argc, char *argv[])
       return 2;
     }
     ad_source_init_fd (&bg_src, bg_fd, src.size);
-    ad_reader_set_background (&reader, &bg_src);
+    ad_reader_set_background (reader, &bg_src);
   }
   for (off = 0; off < osize; ) {
     uint64_t len = 1 + rnd (&s) % maxlen;
     if (len > osize - off)
       len = osize - off;
-    if (check (exp, &reader, &src, orig, buf, len, off) == -1)
+    if (check (exp, reader, &src, orig, buf, len, off) == -1)
       return 1;
     off += len;
   }
-  ad_reader_destroy (&reader);
+  ad_reader_free (reader);
   if (bg_fd != -1)
     close (bg_fd);
   /* Let read-ahead still in flight finish before counting. */

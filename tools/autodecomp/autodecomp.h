@@ -100,7 +100,8 @@ struct reader {
   struct ad_frame_reader *fr;   /* Streaming a large frame, or NULL. */
   struct ad_frame frame;
   size_t frame_no;
-  struct ad_reader seq;         /* So the workers decode ahead. */
+  struct ad_reader *seq;        /* So the workers decode ahead (or
+                                   NULL: out of memory). */
   bool progress;                /* Show how far it got, on stderr. */
   double last;
 };

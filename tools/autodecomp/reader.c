@@ -39,7 +39,7 @@ reader_init (struct reader *r, struct image *im)
 {
   memset (r, 0, sizeof *r);
   r->im = im;
-  ad_reader_init (&r->seq);
+  r->seq = ad_reader_new ();
 }
 
 static void
@@ -53,7 +53,7 @@ void
 reader_end (struct reader *r)
 {
   reader_drop_decoder (r);
-  ad_reader_destroy (&r->seq);
+  ad_reader_free (r->seq);
 }
 
 /* At most once a second, and at the end. */
@@ -111,7 +111,7 @@ reader_next_frame (struct reader *r, char *buf, size_t cap)
     uint64_t in_frame = r->frame.uoff + r->frame.usize - r->off;
 
     n = cap < in_frame ? cap : in_frame;
-    if (ad_export_read (exp, &r->seq, &im->src, buf, n, r->off,
+    if (ad_export_read (exp, r->seq, &im->src, buf, n, r->off,
                         &err) == -1)
       return reader_fail (r, &err);
     r->off += n;
