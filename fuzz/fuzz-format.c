@@ -93,7 +93,7 @@
 #define __asan_region_is_poisoned(p, n) ((void *) 0)
 #endif
 
-#include "format.h"
+#include "format-int.h"
 #include "source.h"
 #include "error.h"
 #include "cache.h"
@@ -266,17 +266,6 @@ afford (struct run *r, uint64_t cost)
   return true;
 }
 
-static uint64_t
-indexed (struct ad_index *idx)
-{
-  uint64_t n;
-
-  pthread_mutex_lock (&idx->lock);
-  n = idx->indexed;
-  pthread_mutex_unlock (&idx->lock);
-  return n;
-}
-
 static void
 set_range (struct run *r, uint64_t lo, uint64_t hi, const char *what)
 {
@@ -314,13 +303,13 @@ check_index (struct run *r)
               r->src.size);
     uoff += f.usize;
   }
-  if (uoff != indexed (idx))
-    oracle ("index", "frames add up to %" PRIu64 ", idx->indexed is %" PRIu64,
-            uoff, indexed (idx));
-  if (uoff > idx->size)
+  if (uoff != ad_index_indexed (idx))
+    oracle ("index", "frames add up to %" PRIu64 ", the index covers %" PRIu64,
+            uoff, ad_index_indexed (idx));
+  if (uoff > ad_index_size (idx))
     oracle ("index",
             "frames add up to %" PRIu64 ", more than the size %" PRIu64,
-            uoff, idx->size);
+            uoff, ad_index_size (idx));
 }
 
 static void
@@ -367,7 +356,8 @@ emit_check (void *opaque, struct ad_index *idx, size_t frame_no,
 static uint64_t
 range_cost (struct run *r, uint64_t off, size_t len, bool probe)
 {
-  uint64_t end = off + len, ix = indexed (r->idx), pos = off, cost = 0;
+  uint64_t end = off + len, ix = ad_index_indexed (r->idx), pos = off;
+  uint64_t cost = 0;
   struct ad_error err = { 0 };
 
   if (end > ix)
@@ -408,10 +398,10 @@ export_read (struct run *r, uint64_t off, size_t len)
   struct ad_error err = { 0 };
   unsigned char *buf;
 
-  if (len == 0 || off >= r->idx->size)
+  if (len == 0 || off >= ad_index_size (r->idx))
     return;
-  if (len > r->idx->size - off)
-    len = r->idx->size - off;
+  if (len > ad_index_size (r->idx) - off)
+    len = ad_index_size (r->idx) - off;
   if (!afford (r, read_cost (r, off, len)))
     return;
   buf = malloc (len);
@@ -442,10 +432,10 @@ export_prefetch (struct run *r, uint64_t off, size_t len)
 {
   struct ad_error err = { 0 };
 
-  if (len == 0 || off >= r->idx->size)
+  if (len == 0 || off >= ad_index_size (r->idx))
     return;
-  if (len > r->idx->size - off)
-    len = r->idx->size - off;
+  if (len > ad_index_size (r->idx) - off)
+    len = ad_index_size (r->idx) - off;
   if (!afford (r, read_cost (r, off, len)))
     return;
   if (ad_export_prefetch (r->exp, &r->src, len, off, &err) == -1)
@@ -491,10 +481,10 @@ export_extents (struct run *r, uint64_t off, size_t len)
   unsigned char *buf;
   size_t i;
 
-  if (len == 0 || off >= r->idx->size)
+  if (len == 0 || off >= ad_index_size (r->idx))
     return;
-  if (len > r->idx->size - off)
-    len = r->idx->size - off;
+  if (len > ad_index_size (r->idx) - off)
+    len = ad_index_size (r->idx) - off;
   if (!afford (r, range_cost (r, off, len, true)))
     return;
   memset (&w, 0, sizeof w);
@@ -540,7 +530,7 @@ pick_len (struct run *r)
 static void
 export_reads (struct run *r)
 {
-  uint64_t size = r->idx->size;
+  uint64_t size = ad_index_size (r->idx);
   size_t len, n, i;
 
   if (size == 0)
@@ -722,7 +712,8 @@ decode_one (struct run *r, const struct ad_frame *f, size_t frame_no)
    * libbz2 or with lib/bzip2-decode.c, which must agree with libbz2: so
    * libbz2 must now decode the frame to the size the pass found.
    */
-  if (r1 == -1 && r->idx->format == AD_FORMAT_BZIP2 && err1.errnum != ENOMEM)
+  if (r1 == -1 && ad_index_format (r->idx) == AD_FORMAT_BZIP2 &&
+      err1.errnum != ENOMEM)
     oracle ("bzip2-size", "frame %zu (%" PRIu64 " bytes by the sizing "
             "pass) does not decode: %s", frame_no, f->usize, err1.msg);
   r2 = stream_frame (r, f, frame_no, b, f->usize, &err2);
@@ -760,11 +751,11 @@ decode_all (struct run *r)
     struct ad_frame f;
 
     if (i >= ad_index_nframes (idx)) {
-      uint64_t ix = indexed (idx);
+      uint64_t ix = ad_index_indexed (idx);
       struct ad_error err = { 0 };
       size_t no;
 
-      if (ix >= idx->size)
+      if (ix >= ad_index_size (idx))
         break;
       /* Indexing decodes at least the next span. */
       if (!afford (r, idx->opts.gzip_span))
@@ -785,16 +776,16 @@ decode_all (struct run *r)
         oracle ("find", "ad_index_find (%" PRIu64 ") failed, then "
                 "succeeded on the same bytes", ix);
       }
-      if (indexed (idx) <= ix)
+      if (ad_index_indexed (idx) <= ix)
         oracle ("find",
                 "ad_index_find (%" PRIu64 ") succeeded without indexing "
                 "it", ix);
-      if (indexed (idx) - ix > idx->opts.gzip_span)
-        r->spent += indexed (idx) - ix - idx->opts.gzip_span;
+      if (ad_index_indexed (idx) - ix > idx->opts.gzip_span)
+        r->spent += ad_index_indexed (idx) - ix - idx->opts.gzip_span;
       check_index (r);
       if (i >= ad_index_nframes (idx))
         oracle ("find", "the index grew to %" PRIu64 " but has no frame %zu",
-                indexed (idx), i);
+                ad_index_indexed (idx), i);
     }
     ad_index_get_frame (idx, i, &f);
     decode_one (r, &f, i);
@@ -820,26 +811,26 @@ open_image (struct run *r, const struct ad_options *opts)
     if (cache == NULL && (cache = ad_cache_new (CACHE_BYTES)) == NULL)
       abort ();
     r->cache = cache;
-    r->exp = ad_export_open (&r->src, want, opts, r->cache, &err);
+    r->exp = ad_export_open (&r->src, want, opts, r->cache, NULL, &err);
     if (r->exp == NULL) {
       check_err (&err, "ad_export_open");
       if (getenv ("FUZZ_VERBOSE"))
         fprintf (stderr, "fuzz-format: %s: %s\n", "ad_export_open", err.msg);
       return -1;
     }
-    if (r->exp->format != found)
+    if (ad_export_format (r->exp) != found)
       oracle ("detect",
               "detected %s, the export is %s", ad_format_name (found),
-              ad_format_name (r->exp->format));
-    r->idx = r->exp->idx;
-    if (r->exp->format == AD_FORMAT_RAW) {
-      if (r->idx != NULL || r->exp->size != r->src.size)
+              ad_format_name (ad_export_format (r->exp)));
+    r->idx = ad_export_index (r->exp);
+    if (ad_export_format (r->exp) == AD_FORMAT_RAW) {
+      if (r->idx != NULL || ad_export_size (r->exp) != r->src.size)
         oracle ("detect", "a raw export has an index or the wrong size");
       return -1;
     }
-    if (r->exp->size != r->idx->size)
+    if (ad_export_size (r->exp) != ad_index_size (r->idx))
       oracle ("size", "export size %" PRIu64 ", index size %" PRIu64,
-              r->exp->size, r->idx->size);
+              ad_export_size (r->exp), ad_index_size (r->idx));
   }
   else {
     r->idx = ad_index_open (want, &r->src, opts, &err);
@@ -1115,9 +1106,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   opts.threads = 1 + (rng_next (&r->rng) & 1);
 
   if (open_image (r, &opts) == 0) {
-    if (r->idx->size > INT64_MAX)
+    if (ad_index_size (r->idx) > INT64_MAX)
       oracle ("size",
-              "image size %" PRIu64 " is above INT64_MAX", r->idx->size);
+              "image size %" PRIu64 " is above INT64_MAX",
+              ad_index_size (r->idx));
     check_index (r);
     if (r->exp)
       export_reads (r);
@@ -1128,7 +1120,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       fprintf (stderr, "fuzz-format: %s %" PRIu64 " bytes, %zu frames%s; "
                "export reads %u ok %u failed; frames decoded %u ok %u "
                "failed, %u in part; %" PRIu64 " bytes decoded\n",
-               r->idx->ops->name, r->idx->size, ad_index_nframes (r->idx),
+               r->idx->ops->name, ad_index_size (r->idx),
+               ad_index_nframes (r->idx),
                ad_index_complete (r->idx) ? "" : " (index incomplete)",
                r->nexport_ok, r->nexport_fail, r->nwhole_ok, r->nwhole_fail,
                r->npartial, r->spent);

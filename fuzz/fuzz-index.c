@@ -38,7 +38,7 @@
 #include <bzlib.h>
 #include <libdeflate.h>
 
-#include "format.h"
+#include "format-int.h"
 #include "persist.h"
 
 #define NIMAGES 5

@@ -28,7 +28,7 @@
 
 #include <bzlib.h>
 
-#include "format.h"
+#include "format-int.h"
 #include "pool.h"
 
 #define BLOCK_MAGIC 0x314159265359ULL

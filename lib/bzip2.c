@@ -104,7 +104,7 @@
 
 #include <bzlib.h>
 
-#include "format.h"
+#include "format-int.h"
 #include "persist.h"
 #include "bzip2-int.h"
 #include "bzip2-decode.h"

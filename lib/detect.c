@@ -18,7 +18,7 @@
 #include <strings.h>
 #include <errno.h>
 
-#include "format.h"
+#include "format-int.h"
 
 #define MAX_SKIPPABLE_HOPS 64
 

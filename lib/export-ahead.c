@@ -21,23 +21,23 @@
 
 /* How far ahead of a reader to decode, for frames of usize bytes, when
  * it has read run bytes in a row: enough to keep every worker busy with
- * a job while the reader consumes one more, and at most exp->readahead.
- * More would only hold decoded frames that nobody reads yet: memory
- * that is touched for the first time (slow on some VMs) and taken from
- * the cache (nbdcopy reads through four connections, each its own
- * reader).  Nor more than the reader has read in a row, but at least
- * one frame: a short run of reads (a file that a booting guest reads)
- * then decodes and fetches little that it does not use, while a long
- * one (a copy) soon has the whole window.
+ * a job while the reader consumes one more, and at most
+ * config.readahead.  More would only hold decoded frames that nobody
+ * reads yet: memory that is touched for the first time (slow on some
+ * VMs) and taken from the cache (nbdcopy reads through four
+ * connections, each its own reader).  Nor more than the reader has
+ * read in a row, but at least one frame: a short run of reads (a file
+ * that a booting guest reads) then decodes and fetches little that it
+ * does not use, while a long one (a copy) soon has the whole window.
  */
 static uint64_t
 readahead_window (const struct ad_export *exp, uint64_t usize, uint64_t run)
 {
   uint64_t unit = usize > JOB_MAX_OUTPUT ? usize : JOB_MAX_OUTPUT;
-  uint64_t window = (ad_pool_threads (exp->pool) + 2) * unit;
+  uint64_t window = (ad_pool_threads (exp->config.pool) + 2) * unit;
 
-  if (window > exp->readahead)
-    window = exp->readahead;
+  if (window > exp->config.readahead)
+    window = exp->config.readahead;
   if (run < usize)
     run = usize;
   return window < run ? window : run;
@@ -75,11 +75,11 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
     ad_index_get_frame (exp->idx, frame_no, &f);
     if (!wanted_ahead (exp, &f, uoff, run) || f.uoff >= limit)
       break;
-    if (!ad_pool_acquire (exp->pool, false))
+    if (!ad_pool_acquire (exp->config.pool, false))
       break;
     job = calloc (1, sizeof *job);
     if (job == NULL) {
-      ad_pool_release (exp->pool);
+      ad_pool_release (exp->config.pool);
       break;
     }
     job->ahead = true;
@@ -106,7 +106,7 @@ read_ahead (struct ad_export *exp, struct ad_source *src, size_t frame_no,
     }
     if (job->n == 0) {
       free (job);
-      ad_pool_release (exp->pool);
+      ad_pool_release (exp->config.pool);
       continue;
     }
     if (export_submit_job (exp, src, job, &err) == -1)
@@ -273,7 +273,7 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
 {
   uint64_t end = offset + count;
 
-  if (reader == NULL || exp->pool == NULL || exp->readahead == 0)
+  if (reader == NULL || exp->config.pool == NULL || exp->config.readahead == 0)
     return;
   /* Another request of this reader is noting its read already. */
   if (pthread_mutex_trylock (&reader->lock) != 0)
@@ -349,10 +349,10 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
      * small.
      */
     ahead = end > start ? 8 * (end - start) : 0;
-    floor = 2 * (exp->pool ? ad_pool_threads (exp->pool) + 2 : 2) *
+    floor = 2 * (exp->config.pool ? ad_pool_threads (exp->config.pool) + 2 : 2) *
       JOB_MAX_OUTPUT;
-    if (floor > exp->readahead)
-      floor = exp->readahead;
+    if (floor > exp->config.readahead)
+      floor = exp->config.readahead;
     if (ahead < floor)
       ahead = floor;
   }

@@ -1,8 +1,9 @@
 /* Copyright (C) 2026 The nbdkit-autodecomp authors
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * autodecomp: what the parts of an export share (see export.h).  Only
- * they include it; users of the library include export.h.
+ * autodecomp: what the parts of an export share (see export.h): the
+ * whole struct ad_export and their own functions.  Only they include
+ * it; users of the library include export.h.
  *
  *   export.c        the read path: open and free, readers, reads split
  *                   at frame boundaries and served from the cache or
@@ -19,8 +20,65 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
 #include "export.h"
+#include "format-int.h"
+#include "spill.h"
+#include "fetch.h"
+
+/* One served image (see export.h). */
+struct ad_export {
+  enum ad_format format;
+  uint64_t size;                /* Uncompressed size. */
+  struct ad_index *idx;         /* NULL when raw. */
+  struct ad_cache *cache;       /* Not owned. */
+  struct ad_fetch *fetch;       /* Large reads for sequential readers
+                                   (opts.fetch_size), or NULL. */
+
+  pthread_mutex_t lock;
+  struct ad_reader *readers;    /* Those that have read it (under lock). */
+  struct ad_spill *spill;       /* Created at the first large read. */
+  unsigned jobs;                /* Decode jobs in flight (under lock). */
+  pthread_cond_t jobs_done;     /* Signalled when jobs drops to 0. */
+
+  struct ad_export_config config; /* Given to ad_export_open. */
+
+  /* Frames [0, verified) have decoded at least once (verify_offsets). */
+  size_t verified;
+  unsigned char *decoded_once;  /* Per frame, or NULL. */
+  size_t decoded_once_len;
+
+  /* Counters (updated atomically). */
+  uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
+  uint64_t zero_probes;         /* Frames found zero by extents. */
+};
+
+/* One reader of an export (see ad_reader_new). */
+struct ad_reader {
+  pthread_mutex_t lock;
+  uint64_t start;               /* Where its sequential reads began. */
+  uint64_t end;                 /* Highest end of a recent read. */
+  unsigned streak;              /* Reads near end in a row. */
+  unsigned inflight;            /* Its reads in the export now. */
+  unsigned depth;               /* The most of them at once since its */
+                                /* run began (a copy: tens; a guest: 1-4). */
+  struct ad_export *exp;        /* The export it reads, once it has. */
+  struct ad_reader *next;       /* In exp->readers. */
+
+  /* Looking ahead (export-ahead.c), by one thread at a time. */
+  pthread_mutex_t ahead_lock;
+  size_t ahead;                 /* Read-ahead issued below this frame. */
+
+  /* The read-ahead thread (see ad_reader_set_background). */
+  struct ad_source *bg;         /* Its source, or NULL: no thread. */
+  pthread_t thread;
+  bool thread_started;
+  pthread_cond_t cond;          /* With lock: work for the thread. */
+  bool pending, quit;
+  uint64_t pending_offset;      /* The read to look ahead of. */
+  uint64_t pending_end;
+};
 
 /* export.c */
 

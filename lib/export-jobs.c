@@ -101,14 +101,15 @@ fill_entry (struct ad_export *exp, struct ad_source *src,
   int r;
 
   ad_error_clear (&err);
-  if (exp->on_decode)
-    exp->on_decode (exp->on_decode_opaque, frame_no, frame);
+  if (exp->config.on_decode)
+    exp->config.on_decode (exp->config.on_decode_opaque, frame_no, frame);
   r = ad_cache_alloc (exp->cache, e, &err);
   if (r == 0)
     r = ad_index_decode_frame_progress (exp->idx, src, frame, frame_no,
                                         e->data,
-                                        exp->progressive ? publish_progress
-                                        : NULL, &p, &err);
+                                        exp->config.progressive
+                                        ? publish_progress : NULL,
+                                        &p, &err);
   /* Before the entry settles, so that a reader woken by it sees the
    * frame counted.
    */
@@ -150,8 +151,8 @@ run_job (void *arg)
     __atomic_add_fetch (&exp->readahead_frames, job->n, __ATOMIC_RELAXED);
   ad_cache_unreserve (exp->cache, reserved);
   ad_loan_return (job->loan);
-  ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
-  ad_pool_release (exp->pool);
+  ad_pool_buffer_put (exp->config.pool, job->input, job->input_cap);
+  ad_pool_release (exp->config.pool);
   free (job);
   job_end (exp);
 }
@@ -179,10 +180,10 @@ export_submit_job (struct ad_export *exp, struct ad_source *src,
       held = false;
   if (held) {
     job->input_len = 0;
-    if (ad_pool_submit (exp->pool, run_job, job, !job->ahead, err) == 0)
+    if (ad_pool_submit (exp->config.pool, run_job, job, !job->ahead, err) == 0)
       return 0;
   }
-  else if ((job->input = ad_pool_buffer_get (exp->pool, job->input_len,
+  else if ((job->input = ad_pool_buffer_get (exp->config.pool, job->input_len,
                                              &job->input_cap)) == NULL)
     ad_error_set (err, ENOMEM, "cannot allocate %zu bytes of compressed "
                   "input", job->input_len);
@@ -191,11 +192,11 @@ export_submit_job (struct ad_export *exp, struct ad_source *src,
                            err) == 0) {
     /* The fetcher lent its bytes: the buffer is not needed. */
     if (job->loan) {
-      ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
+      ad_pool_buffer_put (exp->config.pool, job->input, job->input_cap);
       job->input = NULL;
       job->input_cap = 0;
     }
-    if (ad_pool_submit (exp->pool, run_job, job, !job->ahead, err) == 0)
+    if (ad_pool_submit (exp->config.pool, run_job, job, !job->ahead, err) == 0)
       return 0;
   }
 
@@ -206,8 +207,8 @@ export_submit_job (struct ad_export *exp, struct ad_source *src,
     ad_cache_put (exp->cache, job->entry[i]);
   }
   ad_loan_return (job->loan);
-  ad_pool_buffer_put (exp->pool, job->input, job->input_cap);
-  ad_pool_release (exp->pool);
+  ad_pool_buffer_put (exp->config.pool, job->input, job->input_cap);
+  ad_pool_release (exp->config.pool);
   free (job);
   job_end (exp);
   return -1;
@@ -267,7 +268,7 @@ export_start_pieces (struct ad_export *exp, struct ad_source *src,
       pieces[i++].created = false;
       continue;
     }
-    if (exp->pool == NULL || pieces[i].frame.usize <= INLINE_MAX) {
+    if (exp->config.pool == NULL || pieces[i].frame.usize <= INLINE_MAX) {
       fill_entry (exp, src, &pieces[i].frame, pieces[i].frame_no,
                   pieces[i].entry);
       pieces[i++].created = false;
@@ -288,7 +289,7 @@ export_start_pieces (struct ad_export *exp, struct ad_source *src,
       pieces[k].created = false;
     }
     i = k;
-    ad_pool_acquire (exp->pool, true);
+    ad_pool_acquire (exp->config.pool, true);
     if (export_submit_job (exp, src, job, err) == -1)
       r = -1;
   }

@@ -4,7 +4,7 @@
  * autodecomp: offset proofs (autodecomp-verify-offsets; see export.h).
  *
  * Some formats take their frame sizes from fields that no check covers
- * (sizes_unchecked in format.h): a damaged size shifts every frame
+ * (ad_index_sizes_unchecked in format.h): a damaged size shifts every frame
  * after it, whose own checks still pass.  With verify_offsets set, the
  * export records which frames have decoded once to their declared
  * size, and a read is served only once every frame before its first
@@ -26,7 +26,7 @@
 bool
 export_needs_proof (struct ad_export *exp)
 {
-  return exp->verify_offsets && exp->idx && exp->idx->sizes_unchecked;
+  return exp->config.verify_offsets && exp->idx && exp->idx->sizes_unchecked;
 }
 
 void

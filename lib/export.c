@@ -28,7 +28,7 @@
 struct ad_export *
 ad_export_open (struct ad_source *src, enum ad_format format,
                 const struct ad_options *opts, struct ad_cache *cache,
-                struct ad_error *err)
+                const struct ad_export_config *config, struct ad_error *err)
 {
   struct ad_open_source os;
   struct ad_fetch_source fs;
@@ -79,6 +79,8 @@ ad_export_open (struct ad_source *src, enum ad_format format,
   exp->format = format;
   exp->cache = cache;
   exp->fetch = fetch;
+  if (config)
+    exp->config = *config;
   pthread_mutex_init (&exp->lock, NULL);
   pthread_cond_init (&exp->jobs_done, NULL);
   if (format == AD_FORMAT_RAW) {
@@ -115,6 +117,45 @@ ad_export_free (struct ad_export *exp)
   free (exp);
 }
 
+enum ad_format
+ad_export_format (const struct ad_export *exp)
+{
+  return exp->format;
+}
+
+uint64_t
+ad_export_size (const struct ad_export *exp)
+{
+  return exp->size;
+}
+
+struct ad_index *
+ad_export_index (const struct ad_export *exp)
+{
+  return exp->idx;
+}
+
+void
+ad_export_get_stats (struct ad_export *exp, struct ad_export_stats *stats)
+{
+  struct ad_spill *spill;
+
+  memset (stats, 0, sizeof *stats);
+  if (exp->idx)
+    ad_index_get_stats (exp->idx, &stats->index);
+  stats->readahead_frames = __atomic_load_n (&exp->readahead_frames,
+                                             __ATOMIC_RELAXED);
+  stats->zero_probes = __atomic_load_n (&exp->zero_probes, __ATOMIC_RELAXED);
+  pthread_mutex_lock (&exp->lock);
+  spill = exp->spill;
+  pthread_mutex_unlock (&exp->lock);
+  stats->spill_bytes = ad_spill_total (spill);
+  stats->fetcher = exp->fetch != NULL;
+  if (exp->fetch)
+    ad_fetch_stats (exp->fetch, &stats->fetch_hits, &stats->fetches,
+                    &stats->fetches_ahead);
+}
+
 /* Frames that the index decodes anyway (the gzip pass) go to the cache. */
 static void
 emit_to_cache (void *opaque, struct ad_index *idx, size_t frame_no,
@@ -148,21 +189,28 @@ wait_for_emit (struct ad_export *exp, size_t frame_no)
   }
 }
 
-void
-ad_reader_init (struct ad_reader *reader)
+struct ad_reader *
+ad_reader_new (void)
 {
-  memset (reader, 0, sizeof *reader);
+  struct ad_reader *reader = calloc (1, sizeof *reader);
+
+  if (reader == NULL)
+    return NULL;
   pthread_mutex_init (&reader->lock, NULL);
   pthread_mutex_init (&reader->ahead_lock, NULL);
   pthread_cond_init (&reader->cond, NULL);
+  return reader;
 }
 
 void
-ad_reader_destroy (struct ad_reader *reader)
+ad_reader_free (struct ad_reader *reader)
 {
-  struct ad_export *exp = reader->exp;
+  struct ad_export *exp;
   struct ad_reader **p;
 
+  if (reader == NULL)
+    return;
+  exp = reader->exp;
   ad_reader_stop_background (reader);
   if (exp) {
     ad_fetch_forget (exp->fetch, reader);
@@ -177,6 +225,7 @@ ad_reader_destroy (struct ad_reader *reader)
   pthread_cond_destroy (&reader->cond);
   pthread_mutex_destroy (&reader->ahead_lock);
   pthread_mutex_destroy (&reader->lock);
+  free (reader);
 }
 
 static struct ad_spill *

@@ -13,6 +13,10 @@
  * The caller passes the source with every call: in nbdkit each
  * connection reads the plugin below through its own context, while the
  * index and the cache are shared.
+ *
+ * struct ad_export is opaque: how it serves reads is fixed at open
+ * (struct ad_export_config), and its users read what it holds through
+ * the functions below.  Its parts share export-int.h.
  */
 #ifndef AUTODECOMP_EXPORT_H
 #define AUTODECOMP_EXPORT_H
@@ -23,86 +27,48 @@
 
 #include "format.h"
 #include "cache.h"
-#include "spill.h"
 #include "pool.h"
-#include "fetch.h"
 
 /* Frames larger than this are decoded progressively into the spill
  * file instead of whole into memory.
  */
 #define AD_LARGE_FRAME (32 * 1024 * 1024ULL)
 
-struct ad_export {
-  enum ad_format format;
-  uint64_t size;                /* Uncompressed size. */
-  struct ad_index *idx;         /* NULL when raw. */
-  struct ad_cache *cache;       /* Not owned. */
-  struct ad_fetch *fetch;       /* Large reads for sequential readers
-                                   (opts.fetch_size), or NULL. */
+struct ad_export;
 
-  pthread_mutex_t lock;
-  struct ad_reader *readers;    /* Those that have read it (under lock). */
-  struct ad_spill *spill;       /* Created at the first large read. */
-  unsigned jobs;                /* Decode jobs in flight (under lock). */
-  pthread_cond_t jobs_done;     /* Signalled when jobs drops to 0. */
-
-  /* Set by the caller after ad_export_open (all optional). */
-  struct ad_pool *pool;         /* Decode workers (not owned); NULL:
-                                   decode in the reader's thread. */
+/* How an export serves reads, fixed at open.  Every member is
+ * optional: a zeroed config (or none) decodes every frame in the
+ * reader's thread, when the read needs it.
+ */
+struct ad_export_config {
+  struct ad_pool *pool;         /* Decode workers (not owned, freed
+                                   after the export); NULL: decode in
+                                   the reader's thread. */
   bool progressive;             /* Serve bytes of a frame decoding in
                                    memory before its check is verified. */
   uint64_t readahead;           /* Bytes decoded ahead of a sequential
-                                   reader; 0: none. */
+                                   reader, by the pool; 0: none. */
   bool verify_offsets;          /* Where frame sizes are unchecked (see
-                                   format.h), serve a frame only once
-                                   every frame before it has decoded. */
+                                   ad_index_sizes_unchecked), serve a
+                                   frame only once every frame before it
+                                   has decoded. */
 
-  /* Frames [0, verified) have decoded at least once (verify_offsets). */
-  size_t verified;
-  unsigned char *decoded_once;  /* Per frame, or NULL. */
-  size_t decoded_once_len;
-
-  /* Counters (updated atomically). */
-  uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
-  uint64_t zero_probes;         /* Frames found zero by extents. */
-
-  /* Optional: told about every frame decoded into the cache. */
+  /* Told about every frame decoded into the cache, in the thread that
+   * decoded it.
+   */
   void (*on_decode) (void *opaque, size_t frame_no,
                      const struct ad_frame *frame);
   void *on_decode_opaque;
 };
 
-/* What one reader (a connection) did last, to detect sequential
- * access.  Initialise with ad_reader_init; used by one export, and
- * destroyed (ad_reader_destroy) before that export is freed.
+/* One reader (a connection): what it did last, to detect sequential
+ * access, and its read-ahead.  It reads one export, and is freed
+ * before that export is.  ad_reader_new returns NULL (errno set) if
+ * out of memory.
  */
-struct ad_reader {
-  pthread_mutex_t lock;
-  uint64_t start;               /* Where its sequential reads began. */
-  uint64_t end;                 /* Highest end of a recent read. */
-  unsigned streak;              /* Reads near end in a row. */
-  unsigned inflight;            /* Its reads in the export now. */
-  unsigned depth;               /* The most of them at once since its */
-                                /* run began (a copy: tens; a guest: 1-4). */
-  struct ad_export *exp;        /* The export it reads, once it has. */
-  struct ad_reader *next;       /* In exp->readers. */
-
-  /* Looking ahead (export-ahead.c), by one thread at a time. */
-  pthread_mutex_t ahead_lock;
-  size_t ahead;                 /* Read-ahead issued below this frame. */
-
-  /* The read-ahead thread (see ad_reader_set_background). */
-  struct ad_source *bg;         /* Its source, or NULL: no thread. */
-  pthread_t thread;
-  bool thread_started;
-  pthread_cond_t cond;          /* With lock: work for the thread. */
-  bool pending, quit;
-  uint64_t pending_offset;      /* The read to look ahead of. */
-  uint64_t pending_end;
-};
-
-extern void ad_reader_init (struct ad_reader *reader);
-extern void ad_reader_destroy (struct ad_reader *reader);
+struct ad_reader;
+extern struct ad_reader *ad_reader_new (void);
+extern void ad_reader_free (struct ad_reader *reader);
 
 /* Look ahead of reader in a thread of its own (started with its first
  * sequential read), which reads the image through bg: a source that
@@ -121,17 +87,26 @@ extern void ad_reader_stop_background (struct ad_reader *reader);
 
 /* Detect (format AD_FORMAT_UNKNOWN) or check the forced format, and
  * build the index.  A forced format the data does not match is an
- * error that says what was found; forcing raw always works.
+ * error that says what was found; forcing raw always works.  config
+ * may be NULL (see struct ad_export_config).
  */
 extern struct ad_export *ad_export_open (struct ad_source *src,
                                          enum ad_format format,
                                          const struct ad_options *opts,
                                          struct ad_cache *cache,
+                                         const struct ad_export_config *config,
                                          struct ad_error *err);
 /* Free the export once the decode jobs it started have finished (the
  * caller makes sure no reader uses it any more).
  */
 extern void ad_export_free (struct ad_export *exp);
+
+/* What open found: the format (never AD_FORMAT_UNKNOWN), the size of
+ * the uncompressed image, and its index (NULL when raw).
+ */
+extern enum ad_format ad_export_format (const struct ad_export *exp);
+extern uint64_t ad_export_size (const struct ad_export *exp);
+extern struct ad_index *ad_export_index (const struct ad_export *exp);
 
 /* Read uncompressed bytes; [offset, offset + count) must be within the
  * export.  Not for raw exports (the caller reads the source directly).
@@ -170,13 +145,28 @@ extern int ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
                                size_t count, uint64_t offset,
                                struct ad_error *err);
 
-/* Find the frame holding offset (< exp->size), extending the index if
- * needed; frames the index decodes on the way go to the cache, as for
+/* Find the frame holding offset (< ad_export_size), extending the
+ * index if needed; frames the index decodes on the way go to the cache, as for
  * a read.  For callers that stream an image frame by frame.
  */
 extern int ad_export_find (struct ad_export *exp, struct ad_source *src,
                            uint64_t offset, struct ad_frame *frame,
                            size_t *frame_no, struct ad_error *err);
+
+/* The export's counters, for debugging and tests. */
+struct ad_export_stats {
+  struct ad_index_stats index;  /* The index's (zeros when raw). */
+  uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
+  uint64_t zero_probes;         /* Frames found zero by extents. */
+  uint64_t spill_bytes;         /* Bytes decoded into the spill file. */
+  bool fetcher;                 /* The reads below go through a fetcher
+                                   (opts.fetch_size), which served */
+  uint64_t fetch_hits;          /* this many compressed reads */
+  uint64_t fetches;             /* from this many large fetches, */
+  uint64_t fetches_ahead;       /* of them made ahead of the readers. */
+};
+extern void ad_export_get_stats (struct ad_export *exp,
+                                 struct ad_export_stats *stats);
 
 /* The largest frame in the index that holds data, or 0 if there is
  * none yet: a frame known to be all zeros is never decoded, so its

@@ -1,7 +1,7 @@
 /* Copyright (C) 2026 The nbdkit-autodecomp authors
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * autodecomp: the seek index and the interface every format implements.
+ * autodecomp: the seek index, as its users see it.
  *
  * An image is a sequence of frames: pieces of the uncompressed image
  * that can be decoded on their own, given the compressed bytes at
@@ -12,17 +12,15 @@
  * lzip a member.
  *
  * The index is the sorted, contiguous table of frames.  Most formats
- * build all of it in open.  A format that can only learn its frames by
- * decoding (a large gzip member) builds a prefix in open and extends it
- * in advance, as far as reads need, so the first read never waits for
- * the whole image; the export size must still be known after open.
+ * build all of it at open.  A format that can only learn its frames by
+ * decoding (a large gzip member) builds a prefix at open and extends
+ * it as far as reads need (ad_index_find), so the first read never
+ * waits for the whole image; the image size is known after open.
  *
- * Frames are decoded through a small streaming decoder (decoder_new,
- * decoder_read, decoder_free) so that the same code serves a whole
- * frame into a cache buffer and a very large frame progressively into
- * a spill file.  ad_index_decode_frame wraps it with the checks every
- * format needs: the frame decodes to exactly its declared size, never
- * more, and never more than the max-frame limit.
+ * struct ad_index is opaque: its users read it through the functions
+ * below, which take its locks where a field changes while it is read.
+ * The formats implement the interface in format-int.h, which only the
+ * library includes.
  */
 #ifndef AUTODECOMP_FORMAT_H
 #define AUTODECOMP_FORMAT_H
@@ -30,7 +28,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <pthread.h>
 #include <sys/types.h>
 
 #include "error.h"
@@ -97,121 +94,16 @@ struct ad_frame {
 };
 
 struct ad_index;
-struct ad_buf;
-struct ad_cursor;
 
-/* Called by advance with frames it decoded anyway while indexing, so
- * the caller may cache them.  *data holds the frame's usize bytes, at
- * its start, in a buffer of cap bytes from ad_buffer_alloc (buffer.h).
- * The caller may copy them (they are valid only during the call), or
- * take the buffer and leave in *data another buffer of cap bytes from
- * ad_buffer_alloc, or NULL.
+/* Called by ad_index_find with frames that extending the index
+ * decoded anyway, so the caller may cache them.  *data holds the
+ * frame's usize bytes, at its start, in a buffer of cap bytes from
+ * ad_buffer_alloc (buffer.h).  The caller may copy them (they are valid
+ * only during the call), or take the buffer and leave in *data another
+ * buffer of cap bytes from ad_buffer_alloc, or NULL.
  */
 typedef void ad_emit_fn (void *opaque, struct ad_index *idx, size_t frame_no,
                          void **data, size_t cap);
-
-struct ad_format_ops {
-  enum ad_format format;
-  const char *name;             /* "gzip", "xz", "bzip2", "zstd", "lzip". */
-
-  /* Read the headers and indexes, set idx->size and append frames with
-   * ad_index_append_frame: all of them, or (only if advance is set) a
-   * prefix.  May decode the whole image where the format records no
-   * sizes.  Must bound every size it reads against the source size and
-   * idx->opts before trusting it.
-   */
-  int (*open) (struct ad_index *idx, struct ad_source *src,
-               struct ad_error *err);
-
-  /* Optional.  Extend the index until idx->indexed > offset (or the
-   * index is complete).  Called with idx->advance_lock held.
-   */
-  int (*advance) (struct ad_index *idx, struct ad_source *src,
-                  uint64_t offset, ad_emit_fn *emit, void *emit_opaque,
-                  struct ad_error *err);
-
-  /* Start decoding one frame.  frame is a copy of the index entry. */
-  int (*decoder_new) (struct ad_index *idx, const struct ad_frame *frame,
-                      size_t frame_no, void **decoder, struct ad_error *err);
-
-  /* Produce the next bytes of the frame's output, at most count (count
-   * is never 0).  Return how many were produced (> 0), 0 at the end of
-   * the frame (only after every check the format carries has been
-   * verified), or -1 after filling err.  Read compressed bytes from src
-   * only within [coff, coff + csize) of the frame.
-   */
-  ssize_t (*decoder_read) (void *decoder, struct ad_source *src,
-                           void *out, size_t count, struct ad_error *err);
-
-  void (*decoder_free) (void *decoder);
-
-  /* Optional: the persisted index (see persist.h).  save appends the
-   * format's own state for the complete index to out, or returns -1
-   * with *why when this index cannot be kept (it needs state that
-   * cannot be trusted from a file).  load sets idx->priv from what
-   * save wrote, given the frames already loaded, checking everything
-   * against them; -1 if it does not match.
-   */
-  int (*save) (struct ad_index *idx, struct ad_source *src,
-               struct ad_buf *out, const char **why);
-  int (*load) (struct ad_index *idx, struct ad_cursor *in);
-
-  /* Free idx->priv. */
-  void (*close) (struct ad_index *idx);
-};
-
-struct ad_index {
-  enum ad_format format;
-  const struct ad_format_ops *ops;
-  struct ad_options opts;
-  uint64_t size;                /* Uncompressed size: the export size. */
-
-  /* Sorted by uoff, contiguous from 0, covering [0, indexed).  Grown
-   * only by ad_index_append_frame; read with ad_index_find.
-   */
-  pthread_mutex_t lock;
-  struct ad_frame *frames;
-  size_t nframes, frames_alloc;
-  uint64_t indexed;
-
-  pthread_mutex_t advance_lock;
-
-  /* Set by open when the frame sizes come from fields that no check
-   * covers (BGZF ISIZE, zstd frame headers and seek tables): a damaged
-   * size fails its own frame, but shifts every frame after it, whose
-   * own checks still pass.  (An xz index has a CRC32; bzip2 and
-   * non-BGZF gzip sizes come from decoding.)
-   */
-  bool sizes_unchecked;
-
-  /* Where open found the frames, in a few words, for tools to show
-   * ("the seek table", "a pass over the whole file").
-   */
-  const char *index_from;
-
-  /* What happened to the persisted index (loaded, written, refused and
-   * why), for the caller to show; empty if there is none.
-   */
-  char index_note[256];
-  bool index_loaded;            /* The frames came from the file. */
-  bool index_refused;           /* A file was there but not used. */
-  uint64_t fingerprint;         /* Of the image (see persist.h), */
-  bool has_fingerprint;         /* once computed. */
-
-  /* Counters for debugging and tests (updated atomically). */
-  uint64_t frames_decoded;
-  uint64_t frames_kept;         /* Frames whose bytes open kept (see
-                                   opts.keep_size), and */
-  uint64_t bytes_kept;          /* their size. */
-
-  void *priv;                   /* The format's own state. */
-};
-
-extern const struct ad_format_ops ad_gzip_ops;
-extern const struct ad_format_ops ad_xz_ops;
-extern const struct ad_format_ops ad_bzip2_ops;
-extern const struct ad_format_ops ad_zstd_ops;
-extern const struct ad_format_ops ad_lzip_ops;
 
 /* Detect the format from its magic bytes.  Returns AD_FORMAT_RAW for
  * anything not recognized, AD_FORMAT_UNKNOWN (and err) if the source
@@ -230,30 +122,57 @@ extern struct ad_index *ad_index_open (enum ad_format format,
                                        struct ad_error *err);
 extern void ad_index_free (struct ad_index *idx);
 
-/* An empty index of the given format (for ad_index_open and the
- * persisted index).
- */
-extern struct ad_index *ad_index_new (enum ad_format format,
-                                      const struct ad_options *opts,
-                                      struct ad_error *err);
-
-/* Append the next frame (for formats, in open and advance).  The frame
- * must start at idx->indexed and end within idx->size; its usize must
- * not exceed the size left.  Returns -1 with err (naming the format
- * and frame) if it does not fit, or on allocation failure.
- */
-extern int ad_index_append_frame (struct ad_index *idx,
-                                  const struct ad_frame *frame,
-                                  struct ad_error *err);
-
-/* Find the frame holding uncompressed offset (< idx->size), extending
- * the index with advance if needed.  Copies the entry to *frame and
+/* Find the frame holding uncompressed offset (< ad_index_size),
+ * extending the index if needed.  Copies the entry to *frame and
  * its number to *frame_no.  emit may be NULL.
  */
 extern int ad_index_find (struct ad_index *idx, struct ad_source *src,
                           uint64_t offset, struct ad_frame *frame,
                           size_t *frame_no, ad_emit_fn *emit,
                           void *emit_opaque, struct ad_error *err);
+
+/* What open found, which stays as it is: the format, the size of the
+ * uncompressed image (the export size), where the frames came from in
+ * a few words, for tools to show ("the seek table", "a pass over the
+ * whole file"), and whether the frame sizes come from fields that no
+ * check covers (BGZF ISIZE, zstd frame headers and seek tables, lzip
+ * trailers): a damaged size fails its own frame, but shifts every
+ * frame after it, whose own checks still pass.
+ */
+extern enum ad_format ad_index_format (const struct ad_index *idx);
+extern uint64_t ad_index_size (const struct ad_index *idx);
+extern const char *ad_index_from (const struct ad_index *idx);
+extern bool ad_index_sizes_unchecked (const struct ad_index *idx);
+
+/* The persisted index (see persist.h): whether the frames came from
+ * its file, and whether a file was there but not used.  These stay as
+ * open left them.
+ */
+extern bool ad_index_loaded (const struct ad_index *idx);
+extern bool ad_index_refused (const struct ad_index *idx);
+
+/* What happened to the persisted index (loaded, written, refused and
+ * why), copied to note (len bytes, at least 1; AD_INDEX_NOTE_SIZE
+ * holds all of it), for the caller to show; empty if there is none.
+ * Extending the index may write the file again: this waits for an
+ * extension in progress.
+ */
+#define AD_INDEX_NOTE_SIZE 256
+extern void ad_index_note (struct ad_index *idx, char *note, size_t len);
+
+/* The index's counters, for debugging and tests. */
+struct ad_index_stats {
+  size_t nframes;               /* Frames known now, */
+  uint64_t indexed;             /* covering [0, indexed). */
+  uint64_t frames_decoded;      /* Frames decoded (each time). */
+  uint64_t frames_kept;         /* Frames whose bytes open kept (see */
+  uint64_t bytes_kept;          /* opts.keep_size), and their size. */
+};
+extern void ad_index_get_stats (struct ad_index *idx,
+                                struct ad_index_stats *stats);
+
+/* Bytes covered by the frames known now (the size once complete). */
+extern uint64_t ad_index_indexed (struct ad_index *idx);
 
 /* Number of frames known now, and a copy of one of them. */
 extern size_t ad_index_nframes (struct ad_index *idx);
@@ -283,33 +202,5 @@ extern int ad_index_decode_frame_progress (struct ad_index *idx,
                                            ad_progress_fn *progress,
                                            void *opaque,
                                            struct ad_error *err);
-
-/* Portable helpers for the formats. */
-static inline uint32_t
-ad_le32 (const unsigned char *p)
-{
-  return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t) p[3] << 24);
-}
-
-static inline uint64_t
-ad_le64 (const unsigned char *p)
-{
-  return ad_le32 (p) | ((uint64_t) ad_le32 (p + 4) << 32);
-}
-
-static inline void
-ad_put_le32 (unsigned char *p, uint32_t v)
-{
-  p[0] = v;
-  p[1] = v >> 8;
-  p[2] = v >> 16;
-  p[3] = v >> 24;
-}
-
-static inline uint32_t
-ad_be32 (const unsigned char *p)
-{
-  return ((uint32_t) p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3];
-}
 
 #endif /* AUTODECOMP_FORMAT_H */

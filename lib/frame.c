@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <errno.h>
 
+#include "format-int.h"
 #include "frame.h"
 
 struct ad_frame_reader {

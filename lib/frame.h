@@ -6,7 +6,7 @@
  * Every caller that decodes a frame (a whole frame into the cache, a
  * large frame progressively into the spill file, a probe for zeros,
  * the tool streaming an image) reads it through this one object, which
- * enforces the contract of format.h the same way for all: the frame
+ * enforces the contract of format-int.h the same way for all: the frame
  * produces exactly its declared size, never a byte more; the read
  * that reaches the end runs the format's final checks (a checksum,
  * the end of the compressed range) and only then reports the end; and

@@ -31,7 +31,7 @@
 #include <isa-l/igzip_lib.h>
 #include <zstd.h>
 
-#include "format.h"
+#include "format-int.h"
 
 #define CHUNK (8 * 1024 * 1024)         /* Sequential reads. */
 #define NAME_MAX_LEN 65536              /* FNAME, FCOMMENT incl. NUL. */

@@ -1,7 +1,7 @@
 /* Copyright (C) 2026 The nbdkit-autodecomp authors
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * autodecomp: the seek index (see format.h).
+ * autodecomp: the seek index (see format.h and format-int.h).
  */
 
 #include <config.h>
@@ -12,7 +12,7 @@
 #include <inttypes.h>
 #include <errno.h>
 
-#include "format.h"
+#include "format-int.h"
 #include "fetch.h"
 #include "persist.h"
 #include "frame.h"
@@ -246,6 +246,74 @@ ad_index_get_frame (struct ad_index *idx, size_t frame_no,
   pthread_mutex_lock (&idx->lock);
   *frame = idx->frames[frame_no];
   pthread_mutex_unlock (&idx->lock);
+}
+
+uint64_t
+ad_index_indexed (struct ad_index *idx)
+{
+  uint64_t r;
+
+  pthread_mutex_lock (&idx->lock);
+  r = idx->indexed;
+  pthread_mutex_unlock (&idx->lock);
+  return r;
+}
+
+enum ad_format
+ad_index_format (const struct ad_index *idx)
+{
+  return idx->format;
+}
+
+uint64_t
+ad_index_size (const struct ad_index *idx)
+{
+  return idx->size;
+}
+
+const char *
+ad_index_from (const struct ad_index *idx)
+{
+  return idx->index_from;
+}
+
+bool
+ad_index_sizes_unchecked (const struct ad_index *idx)
+{
+  return idx->sizes_unchecked;
+}
+
+bool
+ad_index_loaded (const struct ad_index *idx)
+{
+  return idx->index_loaded;
+}
+
+bool
+ad_index_refused (const struct ad_index *idx)
+{
+  return idx->index_refused;
+}
+
+void
+ad_index_note (struct ad_index *idx, char *note, size_t len)
+{
+  pthread_mutex_lock (&idx->advance_lock);
+  snprintf (note, len, "%s", idx->index_note);
+  pthread_mutex_unlock (&idx->advance_lock);
+}
+
+void
+ad_index_get_stats (struct ad_index *idx, struct ad_index_stats *stats)
+{
+  pthread_mutex_lock (&idx->lock);
+  stats->nframes = idx->nframes;
+  stats->indexed = idx->indexed;
+  pthread_mutex_unlock (&idx->lock);
+  stats->frames_decoded = __atomic_load_n (&idx->frames_decoded,
+                                           __ATOMIC_RELAXED);
+  stats->frames_kept = idx->frames_kept;
+  stats->bytes_kept = idx->bytes_kept;
 }
 
 int

@@ -57,7 +57,7 @@
 
 #include <lzma.h>
 
-#include "format.h"
+#include "format-int.h"
 
 #define HEADER_SIZE 6
 #define TRAILER_SIZE 20

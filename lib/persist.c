@@ -19,6 +19,7 @@
 
 #include <xxhash.h>
 
+#include "format-int.h"
 #include "persist.h"
 
 #define HEADER_SIZE 64

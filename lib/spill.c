@@ -43,6 +43,7 @@
 #include <unistd.h>
 #include <pthread.h>
 
+#include "format-int.h"
 #include "spill.h"
 #include "cache.h"
 #include "frame.h"

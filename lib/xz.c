@@ -49,7 +49,7 @@
 
 #include <lzma.h>
 
-#include "format.h"
+#include "format-int.h"
 
 /* Reads while walking the file backwards cover at least this much, so
  * that the footer, the Index and the padding of a small Stream come in

@@ -21,7 +21,7 @@
 
 #include <zstd.h>
 
-#include "format.h"
+#include "format-int.h"
 
 #define FRAME_MAGIC 0xFD2FB528U
 #define SKIPPABLE_MASK 0xFFFFFFF0U

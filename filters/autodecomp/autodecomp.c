@@ -125,7 +125,7 @@ struct next_source {
 struct handle {
   char *exportname;
   struct named_export *export;  /* Set in prepare. */
-  struct ad_reader reader;      /* This connection's access pattern. */
+  struct ad_reader *reader;     /* This connection's access pattern. */
 
   /* The read-ahead thread's way to the plugin (see open_background). */
   pthread_mutex_t bg_lock;
@@ -147,25 +147,25 @@ autodecomp_load (void)
 static void
 free_export (struct named_export *e)
 {
-  struct ad_index *idx = e->exp ? e->exp->idx : NULL;
+  struct ad_export_stats st;
 
-  if (e->exp && e->exp->fetch) {
-    uint64_t hits, fetches, ahead;
-
-    ad_fetch_stats (e->exp->fetch, &hits, &fetches, &ahead);
-    nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " compressed reads "
-                  "served from %" PRIu64 " large fetches (%" PRIu64
-                  " of them ahead of the readers)", e->name, hits,
-                  fetches, ahead);
+  if (e->exp) {
+    ad_export_get_stats (e->exp, &st);
+    if (st.fetcher)
+      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " compressed reads "
+                    "served from %" PRIu64 " large fetches (%" PRIu64
+                    " of them ahead of the readers)", e->name, st.fetch_hits,
+                    st.fetches, st.fetches_ahead);
+    if (ad_export_index (e->exp))
+      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
+                    "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
+                    "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
+                    "frames, %" PRIu64 " bytes decoded into the spill file",
+                    e->name, st.index.frames_decoded, st.readahead_frames,
+                    st.zero_probes, st.index.indexed,
+                    ad_export_size (e->exp), st.index.nframes,
+                    st.spill_bytes);
   }
-  if (idx)
-    nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
-                  "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
-                  "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
-                  "frames, %" PRIu64 " bytes decoded into the spill file",
-                  e->name, idx->frames_decoded, e->exp->readahead_frames,
-                  e->exp->zero_probes, idx->indexed, idx->size,
-                  idx->nframes, ad_spill_total (e->exp->spill));
   ad_export_free (e->exp);
   pthread_mutex_destroy (&e->open_lock);
   pthread_mutex_destroy (&e->error_lock);
@@ -402,7 +402,13 @@ autodecomp_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     free (h);
     return NULL;
   }
-  ad_reader_init (&h->reader);
+  h->reader = ad_reader_new ();
+  if (h->reader == NULL) {
+    nbdkit_error ("calloc: %m");
+    free (h->exportname);
+    free (h);
+    return NULL;
+  }
   pthread_mutex_init (&h->bg_lock, NULL);
   pthread_mutex_init (&h->turns, NULL);
   return h;
@@ -416,7 +422,7 @@ autodecomp_finalize (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
 
-  ad_reader_stop_background (&h->reader);
+  ad_reader_stop_background (h->reader);
   return 0;
 }
 
@@ -425,10 +431,10 @@ autodecomp_close (void *handle)
 {
   struct handle *h = handle;
 
-  ad_reader_stop_background (&h->reader);
+  ad_reader_stop_background (h->reader);
   pthread_mutex_destroy (&h->turns);
   pthread_mutex_destroy (&h->bg_lock);
-  ad_reader_destroy (&h->reader);
+  ad_reader_free (h->reader);
   if (h->export)
     release_export (h->export);
   free (h->exportname);
@@ -501,7 +507,7 @@ log_decode (void *opaque, size_t frame_no, const struct ad_frame *frame)
                   " usize=%" PRIu64 " coff=%" PRIu64 " csize=%" PRIu64
                   " (%s)", frame_no, frame->uoff, frame->usize,
                   frame->coff, frame->csize,
-                  ad_format_name (e->exp->format));
+                  ad_format_name (ad_export_format (e->exp)));
 }
 
 /* Say once, visibly, when random reads will be slow, and how to fix
@@ -515,7 +521,7 @@ warn_if_not_seekable (struct named_export *e)
 
   if (largest <= AD_LARGE_FRAME)
     return;
-  switch (e->exp->format) {
+  switch (ad_export_format (e->exp)) {
   case AD_FORMAT_XZ:
     fix = "'autodecomp prepare IMAGE OUTPUT.zst' (zstd frames with a "
       "seek table), or 'xz -T0 --block-size=16MiB'";
@@ -533,7 +539,8 @@ warn_if_not_seekable (struct named_export *e)
                 "decoded from its start.  Reads are served as soon as their "
                 "bytes are decoded (kept in a temporary file), but a read far "
                 "into the frame waits for everything before it.  Recompress "
-                "it with %s", ad_format_name (e->exp->format), largest, fix);
+                "it with %s", ad_format_name (ad_export_format (e->exp)),
+                largest, fix);
 }
 
 /* Open the image into e (under e->open_lock).  On failure the error
@@ -548,11 +555,21 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
   struct next_source ns;
   struct ad_source src;
   struct ad_error err;
+  const struct ad_export_config config = {
+    .pool = pool,
+    .progressive = progressive,
+    .readahead = readahead,
+    .verify_offsets = verify_offsets,
+    .on_decode = log_decode,
+    .on_decode_opaque = e,
+  };
+  struct ad_index *idx;
 
   e->compressed_size = size;
   source_of_next (&src, &ns, next, NULL, size);
   ad_error_clear (&err);
-  e->exp = ad_export_open (&src, format_param, &options, cache, &err);
+  e->exp = ad_export_open (&src, format_param, &options, cache, &config,
+                           &err);
   if (e->exp == NULL) {
     if (err.transient)
       failed_below (e, e->name, err.msg);
@@ -564,33 +581,32 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
     return -1;
   }
   e->opened = true;
-  e->exp->on_decode = log_decode;
-  e->exp->on_decode_opaque = e;
-  e->exp->pool = pool;
-  e->exp->progressive = progressive;
-  e->exp->verify_offsets = verify_offsets;
-  e->exp->readahead = readahead;
+  idx = ad_export_index (e->exp);
   nbdkit_debug ("autodecomp: export '%s': %s, %" PRIu64 " bytes from %"
                 PRIu64 " compressed, %zu frames indexed%s, "
                 "%" PRIu64 " reads below", e->name,
-                ad_format_name (e->exp->format), e->exp->size, e->compressed_size,
-                e->exp->idx ? ad_index_nframes (e->exp->idx) : 0,
-                e->exp->idx && !ad_index_complete (e->exp->idx)
+                ad_format_name (ad_export_format (e->exp)),
+                ad_export_size (e->exp), e->compressed_size,
+                idx ? ad_index_nframes (idx) : 0,
+                idx && !ad_index_complete (idx)
                 ? " so far" : "", src.reads);
-  if (e->exp->idx && e->exp->idx->index_note[0]) {
-    if (e->exp->idx->index_refused)
-      nbdkit_error ("autodecomp: warning: persisted index: %s",
-                    e->exp->idx->index_note);
-    else
-      nbdkit_debug ("autodecomp: persisted index: %s",
-                    e->exp->idx->index_note);
+  if (idx) {
+    struct ad_export_stats st;
+    char note[AD_INDEX_NOTE_SIZE];
+
+    ad_index_note (idx, note, sizeof note);
+    if (note[0] && ad_index_refused (idx))
+      nbdkit_error ("autodecomp: warning: persisted index: %s", note);
+    else if (note[0])
+      nbdkit_debug ("autodecomp: persisted index: %s", note);
+    ad_export_get_stats (e->exp, &st);
+    if (st.index.frames_kept > 0)
+      nbdkit_debug ("autodecomp: export '%s': the pass kept %" PRIu64
+                    " frames (%" PRIu64 " bytes) in a temporary file "
+                    "(autodecomp-keep-size=%" PRIu64 ")", e->name,
+                    st.index.frames_kept, st.index.bytes_kept,
+                    options.keep_size);
   }
-  if (e->exp->idx && e->exp->idx->frames_kept > 0)
-    nbdkit_debug ("autodecomp: export '%s': the pass kept %" PRIu64
-                  " frames (%" PRIu64 " bytes) in a temporary file "
-                  "(autodecomp-keep-size=%" PRIu64 ")", e->name,
-                  e->exp->idx->frames_kept, e->exp->idx->bytes_kept,
-                  options.keep_size);
   warn_if_not_seekable (e);
   return 0;
 }
@@ -808,7 +824,7 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
 static bool
 is_raw (struct handle *h)
 {
-  return h->export->exp->format == AD_FORMAT_RAW;
+  return ad_export_format (h->export->exp) == AD_FORMAT_RAW;
 }
 
 static int64_t
@@ -818,7 +834,7 @@ autodecomp_get_size (nbdkit_next *next, void *handle)
 
   if (is_raw (h))
     return next->get_size (next);
-  return h->export->exp->size;
+  return ad_export_size (h->export->exp);
 }
 
 static int
@@ -891,7 +907,7 @@ open_background (struct handle *h, nbdkit_next *next)
                     background_turns ? &h->turns : NULL,
                     h->export->compressed_size);
     __atomic_store_n (&h->bg_started, true, __ATOMIC_RELEASE);
-    ad_reader_set_background (&h->reader, &h->bg_src);
+    ad_reader_set_background (h->reader, &h->bg_src);
   }
   __atomic_store_n (&h->bg_tried, true, __ATOMIC_RELEASE);
   pthread_mutex_unlock (&h->bg_lock);
@@ -913,7 +929,7 @@ autodecomp_pread (nbdkit_next *next, void *handle, void *buf,
     open_background (h, next);
   source_of_connection (&src, &ns, next, h);
   ad_error_clear (&e);
-  if (ad_export_read (h->export->exp, &h->reader, &src, buf, count, offset,
+  if (ad_export_read (h->export->exp, h->reader, &src, buf, count, offset,
                       &e) == -1)
     return report (h, &e, err);
   return 0;

@@ -145,10 +145,13 @@ random_reads (void *arg)
   struct worker *w = arg;
   uint64_t s = w->seed, off;
   char *buf = malloc (maxlen);
-  struct ad_reader reader;
+  struct ad_reader *reader = ad_reader_new ();
   unsigned long i;
 
-  ad_reader_init (&reader);
+  if (reader == NULL) {
+    perror ("ad_reader_new");
+    w->failed = 1;
+  }
   for (i = 0; i < w->reads && w->osize > 0 && !w->failed; i++) {
     uint64_t len;
     switch (rnd (&s) % 4) {
@@ -160,10 +163,10 @@ random_reads (void *arg)
     if (len > w->osize)
       len = w->osize;
     off = rnd (&s) % (w->osize - len + 1);
-    if (check (w->exp, &reader, w->src, w->orig, buf, len, off) == -1)
+    if (check (w->exp, reader, w->src, w->orig, buf, len, off) == -1)
       w->failed = 1;
   }
-  ad_reader_destroy (&reader);
+  ad_reader_free (reader);
   free (buf);
   return NULL;
 }
@@ -176,16 +179,18 @@ main (int argc, char *argv[])
   struct ad_source bg_src;
   int bg_fd = -1;
   struct ad_pool *pool = NULL;
-  struct ad_reader reader;
+  struct ad_reader *reader;
   uint64_t seed = 1, s, cache_size = 64 << 20;
   struct worker w[64];
   pthread_t tid[64];
   struct ad_options opts;
   struct ad_source src;
+  struct ad_export_config config = { .pool = NULL };
   struct ad_export *exp;
   struct ad_cache *cache;
   struct ad_error err;
   struct stat st;
+  struct ad_export_stats stats;
   const char *orig;
   uint64_t osize, off, zero_bytes = 0;
   char *buf;
@@ -234,30 +239,31 @@ main (int argc, char *argv[])
     return 2;
   }
 
-  cache = ad_cache_new (cache_size);
-  exp = ad_export_open (&src, AD_FORMAT_UNKNOWN, &opts, cache, &err);
-  if (exp == NULL) {
-    fprintf (stderr, "ad-verify: %s: %s\n", argv[optind], err.msg);
-    return 1;
-  }
-  if (exp->size != osize) {
-    fprintf (stderr, "ad-verify: %s: size %" PRIu64 ", expected %" PRIu64
-             "\n", argv[optind], exp->size, osize);
-    return 1;
-  }
-  if (exp->format == AD_FORMAT_RAW) {
-    printf ("%s: raw, nothing to check\n", argv[optind]);
-    return 0;
-  }
   if (workers > 0) {
     pool = ad_pool_new (workers, 0, &err);
     if (pool == NULL) {
       fprintf (stderr, "ad-verify: %s\n", err.msg);
       return 1;
     }
-    exp->pool = pool;
-    exp->readahead = cache_size / 4;
-    exp->progressive = progressive;
+    config.pool = pool;
+    config.readahead = cache_size / 4;
+    config.progressive = progressive;
+  }
+  cache = ad_cache_new (cache_size);
+  exp = ad_export_open (&src, AD_FORMAT_UNKNOWN, &opts, cache, &config,
+                        &err);
+  if (exp == NULL) {
+    fprintf (stderr, "ad-verify: %s: %s\n", argv[optind], err.msg);
+    return 1;
+  }
+  if (ad_export_size (exp) != osize) {
+    fprintf (stderr, "ad-verify: %s: size %" PRIu64 ", expected %" PRIu64
+             "\n", argv[optind], ad_export_size (exp), osize);
+    return 1;
+  }
+  if (ad_export_format (exp) == AD_FORMAT_RAW) {
+    printf ("%s: raw, nothing to check\n", argv[optind]);
+    return 0;
   }
   buf = malloc (maxlen);
   if (walk_extents (exp, &src, orig, osize, &zero_bytes) == -1)
@@ -278,7 +284,11 @@ main (int argc, char *argv[])
       return 1;
   }
   s = seed;
-  ad_reader_init (&reader);
+  reader = ad_reader_new ();
+  if (reader == NULL) {
+    perror ("ad_reader_new");
+    return 1;
+  }
   /* With -b the sequential reader looks ahead in a thread of its own,
    * through a source of its own (as the filter's connections do).
    */
@@ -289,30 +299,31 @@ main (int argc, char *argv[])
       return 2;
     }
     ad_source_init_fd (&bg_src, bg_fd, src.size);
-    ad_reader_set_background (&reader, &bg_src);
+    ad_reader_set_background (reader, &bg_src);
   }
   for (off = 0; off < osize; ) {
     uint64_t len = 1 + rnd (&s) % maxlen;
     if (len > osize - off)
       len = osize - off;
-    if (check (exp, &reader, &src, orig, buf, len, off) == -1)
+    if (check (exp, reader, &src, orig, buf, len, off) == -1)
       return 1;
     off += len;
   }
-  ad_reader_destroy (&reader);
+  ad_reader_free (reader);
   if (bg_fd != -1)
     close (bg_fd);
   /* Let read-ahead still in flight finish before counting. */
   ad_pool_free (pool);
   pool = NULL;
+  ad_export_get_stats (exp, &stats);
   printf ("%s: %s, %" PRIu64 " bytes, %zu frames, %lu random reads + "
           "sequential read OK, %" PRIu64 " bytes of zeros by extents, %"
           PRIu64 " frame decodes (%" PRIu64 " by read-ahead), %" PRIu64
           " source reads, %" PRIu64 " frames kept by the pass\n",
-          argv[optind], ad_format_name (exp->format),
-          osize, ad_index_nframes (exp->idx), reads, zero_bytes,
-          exp->idx->frames_decoded, exp->readahead_frames, src.reads,
-          exp->idx->frames_kept);
+          argv[optind], ad_format_name (ad_export_format (exp)),
+          osize, stats.index.nframes, reads, zero_bytes,
+          stats.index.frames_decoded, stats.readahead_frames, src.reads,
+          stats.index.frames_kept);
   free (buf);
   ad_pool_free (pool);
   ad_export_free (exp);

@@ -93,7 +93,7 @@ flaky_run (struct ad_source *src, struct flaky *fl, const char *orig,
   ad_options_init (&opts);
   fl->fail_at = fl->percent = 0;
   fl->reads = fl->failures = 0;
-  exp = ad_export_open (src, AD_FORMAT_GZIP, &opts, cache, &err);
+  exp = ad_export_open (src, AD_FORMAT_GZIP, &opts, cache, NULL, &err);
   if (exp == NULL) {
     fprintf (stderr, "gzip-lazy: %s: %s\n", name, err.msg);
     return -1;
@@ -253,17 +253,17 @@ main (int argc, char *argv[])
 
   /* 1. A sequential read decodes every span once, in the pass. */
   cache = ad_cache_new (256 << 20);
-  exp = ad_export_open (&src, AD_FORMAT_GZIP, &opts, cache, &err);
+  exp = ad_export_open (&src, AD_FORMAT_GZIP, &opts, cache, NULL, &err);
   if (exp == NULL) {
     fprintf (stderr, "gzip-lazy: %s: %s\n", argv[optind], err.msg);
     return 1;
   }
-  if (exp->size != osize) {
+  if (ad_export_size (exp) != osize) {
     fprintf (stderr, "gzip-lazy: size %" PRIu64 ", expected %" PRIu64 "\n",
-             exp->size, osize);
+             ad_export_size (exp), osize);
     return 1;
   }
-  if (ad_index_complete (exp->idx)) {
+  if (ad_index_complete (ad_export_index (exp))) {
     printf ("%s: not indexed lazily, nothing to check\n", argv[optind]);
     return 77;
   }
@@ -281,16 +281,21 @@ main (int argc, char *argv[])
       return 1;
   }
   pass_reads = fl.reads;
-  decodes = exp->idx->frames_decoded;
+  {
+    struct ad_export_stats stats;
+
+    ad_export_get_stats (exp, &stats);
+    decodes = stats.index.frames_decoded;
+  }
   if (decodes != 0) {
     fprintf (stderr, "gzip-lazy: a sequential read decoded %" PRIu64
              " of the %zu frames again after the indexing pass\n",
-             decodes, ad_index_nframes (exp->idx));
+             decodes, ad_index_nframes (ad_export_index (exp)));
     return 1;
   }
   printf ("%s: sequential read of %" PRIu64 " bytes OK, %zu frames, "
           "decoded once each (by the pass)\n", argv[optind], osize,
-          ad_index_nframes (exp->idx));
+          ad_index_nframes (ad_export_index (exp)));
   ad_export_free (exp);
   ad_cache_free (cache);
 

@@ -55,7 +55,7 @@ struct image {
   struct ad_source src;
   struct ad_cache *cache;
   struct ad_export *exp;
-  struct ad_pool *pool;         /* Decode workers, once reading starts. */
+  struct ad_pool *pool;         /* Decode workers (image_open), or NULL. */
   double open_seconds;
 };
 
@@ -80,12 +80,14 @@ extern void progress_init (struct progress *p, struct ad_source *inner,
 extern void progress_end (struct progress *p);
 
 /* Open path (a file, a URL or an NBD URI), detect its format and build
- * its index.  Returns 0, or -1 after printing the error.
+ * its index, to read it (with decode workers, see reader.c).  Returns
+ * 0, or -1 after printing the error.
  */
 extern int image_open (struct image *im, const char *path);
-/* The same, loading (or writing) the persisted index at index_path
- * (see lib/persist.h), and with progress, showing how far the reads
- * of the open got (see progress.c).
+/* The same, to look at its index (without decode workers), loading (or
+ * writing) the persisted index at index_path (see lib/persist.h), and
+ * with progress, showing how far the reads of the open got (see
+ * progress.c).
  */
 extern int image_open_indexed (struct image *im, const char *path,
                                const char *index_path, bool progress);
@@ -98,7 +100,8 @@ struct reader {
   struct ad_frame_reader *fr;   /* Streaming a large frame, or NULL. */
   struct ad_frame frame;
   size_t frame_no;
-  struct ad_reader seq;         /* So the workers decode ahead. */
+  struct ad_reader *seq;        /* So the workers decode ahead (or
+                                   NULL: out of memory). */
   bool progress;                /* Show how far it got, on stderr. */
   double last;
 };

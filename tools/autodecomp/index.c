@@ -42,9 +42,10 @@ finish_lazy (struct image *im, struct ad_index *idx)
   size_t frame_no;
   double t = now ();
 
-  if (ad_index_complete (idx) || idx->size == 0)
+  if (ad_index_complete (idx) || ad_index_size (idx) == 0)
     return 0;
-  if (ad_index_find (idx, &im->src, idx->size - 1, &f, &frame_no, NULL,
+  if (ad_index_find (idx, &im->src, ad_index_size (idx) - 1, &f, &frame_no,
+                     NULL,
                      NULL, &err) == -1) {
     fprintf (stderr, PROGRAM ": %s: %s\n", im->path, err.msg);
     return -1;
@@ -67,6 +68,7 @@ do_index (int argc, char *argv[])
   char *def = NULL;
   struct image im;
   struct ad_index *idx;
+  char note[AD_INDEX_NOTE_SIZE];
   bool progress = isatty (STDERR_FILENO);
   int opt, r = 1;
 
@@ -98,7 +100,7 @@ do_index (int argc, char *argv[])
   }
   if (image_open_indexed (&im, path, out, progress) == -1)
     goto done;
-  idx = im.exp->idx;
+  idx = ad_export_index (im.exp);
   if (idx && finish_lazy (&im, idx) == -1) {
     image_close (&im);
     goto done;
@@ -106,17 +108,20 @@ do_index (int argc, char *argv[])
   if (idx == NULL)
     fprintf (stderr, PROGRAM ": %s: not compressed: there is nothing to "
              "index\n", path);
-  else if (idx->index_loaded || strstr (idx->index_note, "written to")) {
-    printf ("%s: %s index: %s (%.2f s)\n", path,
-            ad_format_name (im.exp->format),
-            idx->index_note, im.open_seconds);
-    r = 0;
+  else {
+    ad_index_note (idx, note, sizeof note);
+    if (ad_index_loaded (idx) || strstr (note, "written to")) {
+      printf ("%s: %s index: %s (%.2f s)\n", path,
+              ad_format_name (ad_export_format (im.exp)), note,
+              im.open_seconds);
+      r = 0;
+    }
+    else
+      fprintf (stderr, PROGRAM ": %s: %s\n", path,
+               note[0] ? note
+               : "this format's index is not kept: its own index is read "
+               "in a few reads");
   }
-  else
-    fprintf (stderr, PROGRAM ": %s: %s\n", path,
-             idx->index_note[0] ? idx->index_note
-             : "this format's index is not kept: its own index is read in "
-             "a few reads");
   image_close (&im);
  done:
   free (def);

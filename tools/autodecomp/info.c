@@ -54,8 +54,9 @@ struct info {
 static void
 image_costs (struct ad_export *exp, struct costs *c)
 {
-  size_t i, n = ad_index_nframes (exp->idx);
-  double size = exp->size ? (double) exp->size : 1;
+  struct ad_index *idx = ad_export_index (exp);
+  size_t i, n = ad_index_nframes (idx);
+  double size = ad_index_size (idx) ? (double) ad_index_size (idx) : 1;
 
   memset (c, 0, sizeof *c);
   c->frames = n;
@@ -63,7 +64,7 @@ image_costs (struct ad_export *exp, struct costs *c)
     struct ad_frame f;
     double share;
 
-    ad_index_get_frame (exp->idx, i, &f);
+    ad_index_get_frame (idx, i, &f);
     if (f.usize > c->largest)
       c->largest = f.usize;
     if (i == 0 || f.usize < c->smallest)
@@ -89,7 +90,7 @@ image_costs (struct ad_export *exp, struct costs *c)
 static const char *
 verdict (const struct ad_export *exp, const struct costs *c, bool complete)
 {
-  if (exp->format == AD_FORMAT_RAW)
+  if (ad_export_format (exp) == AD_FORMAT_RAW)
     return "raw";
   if (!complete || c->large_frames > 0 || c->decode_per_read > SEEKS_FAIRLY)
     return "poor";
@@ -125,7 +126,7 @@ json_frame_table (const struct info *in)
   for (i = 0; i < in->c.frames; i++) {
     struct ad_frame f;
 
-    ad_index_get_frame (in->im.exp->idx, i, &f);
+    ad_index_get_frame (ad_export_index (in->im.exp), i, &f);
     printf ("%s\n    [%" PRIu64 ", %" PRIu64 ", %" PRIu64 ", %" PRIu64
             ", %s]", i ? "," : "", f.uoff, f.usize, f.coff, f.csize,
             f.flags & AD_FRAME_ZERO ? "true" : "false");
@@ -138,6 +139,7 @@ info_json (const struct info *in)
 {
   const struct image *im = &in->im;
   const struct costs *c = &in->c;
+  struct ad_index *idx = ad_export_index (im->exp);
 
   printf ("{\n  \"image\": ");
   json_string (im->path);
@@ -156,15 +158,15 @@ info_json (const struct info *in)
           "  \"sizes_unchecked\": %s,\n"
           "  \"persisted_index\": \"%s\",\n"
           "  \"seeks\": \"%s\"",
-          ad_format_name (im->exp->format), im->src.size, im->exp->size,
+          ad_format_name (ad_export_format (im->exp)), im->src.size,
+          ad_export_size (im->exp),
           im->open_seconds, in->complete ? "true" : "false", c->frames,
           c->zero_frames, c->large_frames, c->largest, c->decode_per_read,
           c->read_per_read,
-          im->exp->idx && im->exp->idx->index_from ?
-          im->exp->idx->index_from : "",
-          im->exp->idx && im->exp->idx->sizes_unchecked ? "true" : "false",
-          im->exp->idx && im->exp->idx->index_loaded ? "loaded"
-          : im->exp->idx && im->exp->idx->index_refused ? "refused" : "",
+          idx && ad_index_from (idx) ? ad_index_from (idx) : "",
+          idx && ad_index_sizes_unchecked (idx) ? "true" : "false",
+          idx && ad_index_loaded (idx) ? "loaded"
+          : idx && ad_index_refused (idx) ? "refused" : "",
           in->verdict);
   if (in->frames)
     json_frame_table (in);
@@ -215,7 +217,7 @@ text_frame_table (const struct info *in)
   for (i = 0; i < in->c.frames; i++) {
     struct ad_frame f;
 
-    ad_index_get_frame (in->im.exp->idx, i, &f);
+    ad_index_get_frame (ad_export_index (in->im.exp), i, &f);
     printf ("  %8zu %14" PRIu64 " %10" PRIu64 " %14" PRIu64 " %10" PRIu64
             "%s\n", i, f.uoff, f.usize, f.coff, f.csize,
             f.flags & AD_FRAME_ZERO ? "  zeros" : "");
@@ -227,13 +229,16 @@ static void
 text_index (const struct info *in)
 {
   const struct image *im = &in->im;
+  struct ad_index *idx = ad_export_index (im->exp);
+  char note[AD_INDEX_NOTE_SIZE];
 
   printf ("  opening it (as the filter does at connect) took %.2f s\n",
           im->open_seconds);
-  if (im->exp->idx->index_from)
-    printf ("  index from %s\n", im->exp->idx->index_from);
-  if (im->exp->idx->index_note[0])
-    printf ("  persisted index: %s\n", im->exp->idx->index_note);
+  if (ad_index_from (idx))
+    printf ("  index from %s\n", ad_index_from (idx));
+  ad_index_note (idx, note, sizeof note);
+  if (note[0])
+    printf ("  persisted index: %s\n", note);
   if (!in->complete) {
     printf ("  one gzip member: the file has no seek points.  The filter "
             "makes\n  checkpoints (every autodecomp-gzip-span) as one "
@@ -243,7 +248,7 @@ text_index (const struct info *in)
   }
   else
     text_frames (&in->c);
-  if (im->exp->idx->sizes_unchecked)
+  if (ad_index_sizes_unchecked (idx))
     printf ("  frame sizes are not covered by a checksum "
             "(autodecomp-verify-offsets=true proves them)\n");
   if (in->frames && in->c.frames > 0)
@@ -255,12 +260,12 @@ info_text (const struct info *in)
 {
   const struct image *im = &in->im;
 
-  printf ("%s: %s, ", im->path, ad_format_name (im->exp->format));
-  print_size (stdout, im->exp->size);
-  printf (" (%" PRIu64 " bytes) from ", im->exp->size);
+  printf ("%s: %s, ", im->path, ad_format_name (ad_export_format (im->exp)));
+  print_size (stdout, ad_export_size (im->exp));
+  printf (" (%" PRIu64 " bytes) from ", ad_export_size (im->exp));
   print_size (stdout, im->src.size);
   printf ("\n");
-  if (im->exp->format == AD_FORMAT_RAW) {
+  if (ad_export_format (im->exp) == AD_FORMAT_RAW) {
     printf ("  not compressed: the filter passes it through untouched\n");
     return;
   }
@@ -308,11 +313,11 @@ do_info (int argc, char *argv[])
   if (image_open_indexed (&in.im, argv[optind], index_path, false) == -1)
     return 1;
 
-  if (in.im.exp->format == AD_FORMAT_RAW)
+  if (ad_export_format (in.im.exp) == AD_FORMAT_RAW)
     in.complete = true;
   else {
     image_costs (in.im.exp, &in.c);
-    in.complete = ad_index_complete (in.im.exp->idx);
+    in.complete = ad_index_complete (ad_export_index (in.im.exp));
   }
   in.verdict = verdict (in.im.exp, &in.c, in.complete);
   if (json)

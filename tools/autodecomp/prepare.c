@@ -247,7 +247,7 @@ prepare_write (struct image *in, struct output *o,
     FILE *fp = to_stdout ? stderr : stdout;
 
     fprintf (fp, "%s: ", o->path);
-    print_size (fp, in->exp->size);
+    print_size (fp, ad_export_size (in->exp));
     fprintf (fp, " into ");
     print_size (fp, o->written);
     fprintf (fp, " in %.1f s\n", now () - t);
@@ -268,9 +268,10 @@ verify (struct image *a, struct image *b, bool progress)
     fprintf (stderr, PROGRAM ": out of memory\n");
     goto done;
   }
-  if (a->exp->size != b->exp->size) {
+  if (ad_export_size (a->exp) != ad_export_size (b->exp)) {
     fprintf (stderr, PROGRAM ": verify: %s is %" PRIu64 " bytes, %s is %"
-             PRIu64 "\n", a->path, a->exp->size, b->path, b->exp->size);
+             PRIu64 "\n", a->path, ad_export_size (a->exp), b->path,
+             ad_export_size (b->exp));
     goto done;
   }
   reader_init (&ra, a);

@@ -31,25 +31,15 @@ reader_fail (struct reader *r, const struct ad_error *err)
   return -1;
 }
 
-/* A sequential reader: as in the filter, decode workers (one per CPU)
- * decode the frames ahead of it, so a conversion decodes on every core
- * while it compresses.  Without workers it still works, in one thread.
+/* A sequential reader: as in the filter, the image's decode workers
+ * (see image_open) decode the frames ahead of it.
  */
 void
 reader_init (struct reader *r, struct image *im)
 {
   memset (r, 0, sizeof *r);
   r->im = im;
-  ad_reader_init (&r->seq);
-  if (im->pool == NULL && im->exp->format != AD_FORMAT_RAW) {
-    struct ad_error err;
-
-    im->pool = ad_pool_new (0, 0, &err);
-    if (im->pool) {
-      im->exp->pool = im->pool;
-      im->exp->readahead = TOOL_CACHE / 4;
-    }
-  }
+  r->seq = ad_reader_new ();
 }
 
 static void
@@ -63,14 +53,14 @@ void
 reader_end (struct reader *r)
 {
   reader_drop_decoder (r);
-  ad_reader_destroy (&r->seq);
+  ad_reader_free (r->seq);
 }
 
 /* At most once a second, and at the end. */
 void
 reader_progress (struct reader *r, const char *what)
 {
-  uint64_t size = r->im->exp->size;
+  uint64_t size = ad_export_size (r->im->exp);
   double t;
 
   if (!r->progress)
@@ -121,13 +111,14 @@ reader_next_frame (struct reader *r, char *buf, size_t cap)
     uint64_t in_frame = r->frame.uoff + r->frame.usize - r->off;
 
     n = cap < in_frame ? cap : in_frame;
-    if (ad_export_read (exp, &r->seq, &im->src, buf, n, r->off,
+    if (ad_export_read (exp, r->seq, &im->src, buf, n, r->off,
                         &err) == -1)
       return reader_fail (r, &err);
     r->off += n;
     return n;
   }
-  r->fr = ad_frame_reader_open (exp->idx, &r->frame, r->frame_no, &err);
+  r->fr = ad_frame_reader_open (ad_export_index (exp), &r->frame,
+                                r->frame_no, &err);
   if (r->fr == NULL)
     return reader_fail (r, &err);
   return 0;
@@ -165,11 +156,11 @@ reader_stream (struct reader *r, char *buf, size_t cap)
 ssize_t
 reader_next (struct reader *r, char *buf, size_t cap)
 {
-  uint64_t left = r->im->exp->size - r->off;
+  uint64_t left = ad_export_size (r->im->exp) - r->off;
 
   if (left == 0)
     return 0;
-  if (r->im->exp->format == AD_FORMAT_RAW)
+  if (ad_export_format (r->im->exp) == AD_FORMAT_RAW)
     return reader_next_raw (r, buf, cap, left);
   if (r->fr == NULL) {
     ssize_t n = reader_next_frame (r, buf, cap);

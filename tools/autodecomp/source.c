@@ -154,17 +154,17 @@ image_open_file (struct image *im, const char *path)
   return 0;
 }
 
-int
-image_open (struct image *im, const char *path)
-{
-  return image_open_indexed (im, path, NULL, false);
-}
-
-int
-image_open_indexed (struct image *im, const char *path,
-                    const char *index_path, bool progress)
+/* Open the image; with workers, decode workers (one per CPU) decode
+ * the frames ahead of its sequential reader (see reader.c), so that a
+ * conversion decodes on every core while it compresses.  Without them
+ * (or if they cannot start) it still works, in one thread.
+ */
+static int
+open_image (struct image *im, const char *path, const char *index_path,
+            bool progress, bool workers)
 {
   struct ad_options opts;
+  struct ad_export_config config = { .pool = NULL };
   struct ad_error err;
   struct progress pr;
   double t;
@@ -192,11 +192,18 @@ image_open_indexed (struct image *im, const char *path,
   /* The export keeps no source: the counting one serves the open
    * only, and later reads go to im->src directly.
    */
+  if (workers) {
+    im->pool = ad_pool_new (0, 0, &err);
+    if (im->pool) {
+      config.pool = im->pool;
+      config.readahead = TOOL_CACHE / 4;
+    }
+  }
   if (progress)
     progress_init (&pr, &im->src, path);
   t = now ();
   im->exp = ad_export_open (progress ? &pr.src : &im->src, AD_FORMAT_UNKNOWN,
-                            &opts, im->cache, &err);
+                            &opts, im->cache, &config, &err);
   im->open_seconds = now () - t;
   if (progress)
     progress_end (&pr);
@@ -206,4 +213,17 @@ image_open_indexed (struct image *im, const char *path,
     return -1;
   }
   return 0;
+}
+
+int
+image_open (struct image *im, const char *path)
+{
+  return open_image (im, path, NULL, false, true);
+}
+
+int
+image_open_indexed (struct image *im, const char *path,
+                    const char *index_path, bool progress)
+{
+  return open_image (im, path, index_path, progress, false);
 }

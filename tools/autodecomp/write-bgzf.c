@@ -19,6 +19,7 @@
 #include <libdeflate.h>
 
 #include "autodecomp.h"
+#include "byteorder.h"
 #include "seekable-formats.h"
 
 static const unsigned char bgzf_eof[AD_BGZF_EOF_SIZE] = AD_BGZF_EOF;

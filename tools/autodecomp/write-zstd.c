@@ -18,6 +18,7 @@
 #include <zstd.h>
 
 #include "autodecomp.h"
+#include "byteorder.h"
 #include "seekable-formats.h"
 
 /* The seek table, built as the frames are written. */
