@@ -255,6 +255,14 @@ export_sequential (const struct ad_reader *reader, uint64_t offset)
 }
 
 bool
+export_fetches_run (const struct ad_reader *reader, uint64_t offset)
+{
+  return export_sequential (reader, offset) ||
+    (__atomic_load_n (&reader->ran, __ATOMIC_RELAXED) &&
+     !__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED));
+}
+
+bool
 export_in_run (const struct ad_reader *reader, uint64_t offset)
 {
   uint64_t end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
@@ -288,6 +296,8 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
   if (export_in_run (reader, offset)) {
     if (reader->streak < SEQ_STREAK)
       __atomic_store_n (&reader->streak, reader->streak + 1, __ATOMIC_RELAXED);
+    if (reader->streak >= SEQ_STREAK)
+      __atomic_store_n (&reader->ran, true, __ATOMIC_RELAXED);
   }
   else {
     __atomic_store_n (&reader->streak, 0, __ATOMIC_RELAXED);

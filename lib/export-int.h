@@ -63,6 +63,8 @@ struct ad_reader {
   unsigned inflight;            /* Its reads in the export now. */
   unsigned depth;               /* The most of them at once since its */
                                 /* run began (a copy: tens; a guest: 1-4). */
+  bool ran;                     /* It has been sequential once. */
+  bool bulk;                    /* It has had BULK_DEPTH reads in flight. */
   struct ad_export *exp;        /* The export it reads, once it has. */
   struct ad_reader *next;       /* In exp->readers. */
 
@@ -160,6 +162,18 @@ extern bool export_sequential (const struct ad_reader *reader,
  * (nbdcopy keeps 64 in flight; a booting guest 1, at most 4).
  */
 #define BULK_DEPTH 8
+
+/* Does the read at offset fetch for a run of reads (see fetch.h)?  It
+ * does if reader is sequential, and also where a reader that has read
+ * in runs before, never with BULK_DEPTH reads in flight (a guest
+ * reading files), reads elsewhere: that begins its next run, so its
+ * first fetch reads at least FETCH_MIN, which the run's next reads
+ * find.  A reader that has only read at random, and a bulk reader
+ * (whose reads elsewhere are another part of a copy), read exactly
+ * their frames there.
+ */
+extern bool export_fetches_run (const struct ad_reader *reader,
+                                uint64_t offset);
 
 /* How far past its run a reader with fewer reads in flight fetches, at
  * most (decoded bytes).

@@ -408,9 +408,11 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
 
     if (n > __atomic_load_n (&reader->depth, __ATOMIC_RELAXED))
       __atomic_store_n (&reader->depth, n, __ATOMIC_RELAXED);
+    if (n >= BULK_DEPTH)
+      __atomic_store_n (&reader->bulk, true, __ATOMIC_RELAXED);
   }
   src = ad_fetch_wrap_reader (&fs, exp->fetch, src, reader,
-                              reader && export_sequential (reader, offset));
+                              reader && export_fetches_run (reader, offset));
   fs.horizon = export_fetch_horizon (exp, reader, src, offset);
   r = export_read_range (exp, reader, src, buf, count, offset, true, err);
   if (reader)
@@ -439,38 +441,24 @@ ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
 }
 
 /* Frames compressed this well are decoded by extents to see whether
- * they are zeros (through a small buffer, nothing is kept).
+ * they are zeros.  The frame goes into the cache as a read would put it
+ * there (a frame of zeros as a flag, without its bytes): a frame that
+ * holds data is what the client that asked where the data is reads
+ * next, and it then neither decodes nor reads below twice.
  */
 #define ZERO_PROBE_RATIO 128
-#define ZERO_PROBE_BUF (64 * 1024)
 
 static int
 probe_zero (struct ad_export *exp, struct ad_source *src,
             const struct ad_frame *frame, size_t frame_no, bool *zero,
             struct ad_error *err)
 {
-  struct ad_frame_reader *r;
-  char *buf;
-  ssize_t n;
-
   *zero = false;
-  buf = malloc (ZERO_PROBE_BUF);
-  if (buf == NULL)
-    return ad_error_set (err, ENOMEM, "out of memory");
-  r = ad_frame_reader_open (exp->idx, frame, frame_no, err);
-  if (r == NULL) {
-    free (buf);
+  if (export_read_range (exp, NULL, src, NULL, frame->usize, frame->uoff,
+                         false, err) == -1)
     return -1;
-  }
-  /* To the end (which runs the frame's final checks) while zeros. */
-  while ((n = ad_frame_reader_read (r, src, buf, ZERO_PROBE_BUF, err)) > 0 &&
-         ad_is_zero (buf, n))
-    ;
-  if (n == 0)
-    *zero = true;
-  ad_frame_reader_close (r);
-  free (buf);
-  return n == -1 ? -1 : 0;
+  ad_cache_peek (exp->cache, exp, frame_no, zero);
+  return 0;
 }
 
 int
@@ -552,10 +540,6 @@ ad_export_extents (struct ad_export *exp, struct ad_source *src,
         return -1;
       }
       __atomic_add_fetch (&exp->zero_probes, 1, __ATOMIC_RELAXED);
-      if (zero) {
-        ad_cache_insert (exp->cache, exp, frame_no, NULL, f.usize);
-        export_mark_decoded (exp, frame_no);
-      }
     }
     len = f.uoff + f.usize - offset;
     if (len > end - offset)

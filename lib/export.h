@@ -125,11 +125,12 @@ extern int ad_export_read (struct ad_export *exp, struct ad_reader *reader,
 /* Describe the image from offset on as data or zeros: calls fn for
  * consecutive pieces starting at offset, at least one and none past
  * offset + count.  Frames known to be zeros (cached as zeros, or
- * compressed so well that decoding them to check costs little) are
+ * compressed so well that decoding them into the cache to check costs
+ * little: a reader that asked where the data is finds them there) are
  * zero; a large frame is described by its spill, which decodes ahead
  * for a client walking the image (see ad_spill_extents), and the
  * answer may then end where the spill has decoded to; everything else
- * is data.  Decodes nothing into memory.
+ * is data.
  */
 typedef int ad_extent_fn (void *opaque, uint64_t offset, uint64_t length,
                           bool zero);

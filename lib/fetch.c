@@ -579,7 +579,8 @@ ad_fetch_ahead (struct ad_source *src)
     return;
   pthread_mutex_lock (&f->lock);
   /* The stream's reads are within the buffers, with less than half of
-   * the next fetch left ahead: fetch that.
+   * the next fetch left ahead, and its horizon is past them: fetch
+   * that.
    */
   pos = fs->stream->next;
   if (fs->stream->seq && pos > 0 &&
@@ -587,6 +588,7 @@ ad_fetch_ahead (struct ad_source *src)
     end = chain_end_locked (f, pos - 1, pos + f->size, &loading);
     want = fetch_size_for (f, fs, end);
     if (end - pos < want / 2 && end < fs->inner->size &&
+        fs->horizon > end &&
         (sl = take_slot_locked (f, true, pos - 1)) != NULL &&
         fetch_locked (f, fs->inner, sl, end, end + 1, want, fs->stream) == 0)
       f->ahead++;

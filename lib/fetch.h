@@ -28,9 +28,10 @@
  * sequential stream began (nbdcopy gives each connection its own part
  * of the image: what lies past its start, that connection reads).  So
  * a sequential reader makes one read per fetch_size bytes, while a
- * random reader reads exactly what it asked for: one frame.  Reads of
- * at least half of fetch_size are large already and go straight to the
- * source.
+ * random reader reads exactly what it asked for: one frame (the export
+ * may also call a reader's first read of a new run sequential:
+ * export_fetches_run).  Reads of at least half of fetch_size are large
+ * already and go straight to the source.
  *
  * Where the export tells (horizon), a reader's fetches stop where the
  * frames end that it will read if its run of reads goes on (for a
@@ -44,9 +45,10 @@
  *
  * A sequential reader also fetches ahead (ad_fetch_ahead, called by the
  * export's read-ahead once it has started its decodes): when less than
- * half a fetch of its stream's bytes is left in the buffers, the next
- * fetch is made then, into a buffer that nobody is about to read, so
- * that over a slow link the next bytes arrive while the decoders work.
+ * half a fetch of its stream's bytes is left in the buffers and its
+ * horizon is past them, the next fetch is made then, into a buffer that
+ * nobody is about to read, so that over a slow link the next bytes
+ * arrive while the decoders work.
  *
  * The buffers are allocated on first use, counted against the frame
  * cache (ad_cache_reserve) so that what the process holds stays within
