@@ -309,6 +309,8 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
   }
   if (end > reader->end || reader->streak == 0)
     __atomic_store_n (&reader->end, end, __ATOMIC_RELAXED);
+  if (reader->end - reader->start >= BULK_RUN)
+    __atomic_store_n (&reader->bulk, true, __ATOMIC_RELAXED);
   if (reader->streak < SEQ_STREAK) {
     pthread_mutex_unlock (&reader->lock);
     return;
@@ -352,7 +354,8 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
   end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
   if (end < offset + 1)
     end = offset + 1;
-  if (__atomic_load_n (&reader->depth, __ATOMIC_RELAXED) >= BULK_DEPTH) {
+  if (__atomic_load_n (&reader->depth, __ATOMIC_RELAXED) >= BULK_DEPTH ||
+      end - start >= BULK_RUN) {
     /* A copy: at least as far as two full read-ahead windows of small
      * frames, what the decoders want next and after (32 MiB on two
      * CPUs, a few MiB compressed), so that its first fetches are not

@@ -64,7 +64,7 @@ struct ad_reader {
   unsigned depth;               /* The most of them at once since its */
                                 /* run began (a copy: tens; a guest: 1-4). */
   bool ran;                     /* It has been sequential once. */
-  bool bulk;                    /* It has had BULK_DEPTH reads in flight. */
+  bool bulk;                    /* It has been a bulk reader once. */
   struct ad_export *exp;        /* The export it reads, once it has. */
   struct ad_reader *next;       /* In exp->readers. */
 
@@ -159,9 +159,14 @@ extern bool export_sequential (const struct ad_reader *reader,
                                uint64_t offset);
 
 /* A reader with this many reads in flight at once is a bulk reader
- * (nbdcopy keeps 64 in flight; a booting guest 1, at most 4).
+ * (nbdcopy keeps 64 in flight; a booting guest 1, at most 4), and so is
+ * one whose run of reads has reached BULK_RUN bytes: where the plugin
+ * below serves one request of a connection at a time (curl), nbdkit
+ * hands the filter one at a time too, so a copy has one in flight.  A
+ * guest reads its files in runs of a few MiB.
  */
 #define BULK_DEPTH 8
+#define BULK_RUN (16 * 1024 * 1024ULL)
 
 /* Does the read at offset fetch for a run of reads (see fetch.h)?  It
  * does if reader is sequential, and also where a reader that has read

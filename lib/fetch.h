@@ -36,8 +36,8 @@
  * Where the export tells (horizon), a reader's fetches stop where the
  * frames end that it will read if its run of reads goes on (for a
  * copy, eight times as long again, and at least two read-ahead windows
- * past the read; for a reader of one request at a time, as long again
- * and at most a few MiB: export_fetch_horizon), but read at least
+ * past the read; for a guest, as long again and at most a few MiB:
+ * export_fetch_horizon, BULK_DEPTH and BULK_RUN), but read at least
  * FETCH_MIN (about what a round trip costs at a web server's rate) and
  * at most fetch_size.  A short run (a file that a booting guest reads)
  * then fetches a few frames ahead, and its reads never wait for a long

@@ -81,6 +81,7 @@ while read -r comp orig <&3; do
     name=$(basename "$comp")
     progress "$name over http ($((n+1))/$total, $(elapsed))"
     url="http://127.0.0.1:$nginx_port/$rel"
+    before=$(grep -c '"GET ' "$tmp/nginx/logs/access.log" || :)
     start_nbdkit "$name" --filter="$FILTER" curl "$url"
     size=$(export_size "$uri") || fail "$name: nbdinfo --size failed"
     want=$(stat -c %s "$orig")
@@ -91,8 +92,12 @@ while read -r comp orig <&3; do
     nbdkit_alive || fail "$name: nbdkit died"
     stop_nbdkit
     rm -f "$tmp/out"
+    # The HTTP reads of connect, nbdinfo and the copy, for the log
+    # (bench/remote judges them at 1 GiB, where they are not dominated
+    # by connect and block status).
+    gets=$(( $(grep -c '"GET ' "$tmp/nginx/logs/access.log" || :) - before ))
     n=$((n+1))
-    note "$name over http: ok ($(elapsed))"
+    note "$name over http: ok, $gets HTTP reads ($(elapsed))"
 done 3< <(family_pairs)
 [ "$n" -gt 0 ] || skip "no pairs the filter can serve"
 kill -0 "$nginx_pid" 2>/dev/null || fail "nginx died"
