@@ -263,6 +263,17 @@ export_fetches_run (const struct ad_reader *reader, uint64_t offset)
 }
 
 bool
+export_bulk (struct ad_reader *reader, uint64_t start, uint64_t end)
+{
+  bool bulk = __atomic_load_n (&reader->depth, __ATOMIC_RELAXED) >= BULK_DEPTH ||
+    (end > start && end - start >= BULK_RUN);
+
+  if (bulk)
+    __atomic_store_n (&reader->bulk, true, __ATOMIC_RELAXED);
+  return bulk;
+}
+
+bool
 export_in_run (const struct ad_reader *reader, uint64_t offset)
 {
   uint64_t end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
@@ -309,8 +320,7 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
   }
   if (end > reader->end || reader->streak == 0)
     __atomic_store_n (&reader->end, end, __ATOMIC_RELAXED);
-  if (reader->end - reader->start >= BULK_RUN)
-    __atomic_store_n (&reader->bulk, true, __ATOMIC_RELAXED);
+  export_bulk (reader, reader->start, reader->end);
   if (reader->streak < SEQ_STREAK) {
     pthread_mutex_unlock (&reader->lock);
     return;
@@ -354,8 +364,7 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
   end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
   if (end < offset + 1)
     end = offset + 1;
-  if (__atomic_load_n (&reader->depth, __ATOMIC_RELAXED) >= BULK_DEPTH ||
-      end - start >= BULK_RUN) {
+  if (export_bulk (reader, start, end)) {
     /* A copy: at least as far as two full read-ahead windows of small
      * frames, what the decoders want next and after (32 MiB on two
      * CPUs, a few MiB compressed), so that its first fetches are not

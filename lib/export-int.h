@@ -168,6 +168,13 @@ extern bool export_sequential (const struct ad_reader *reader,
 #define BULK_DEPTH 8
 #define BULK_RUN (16 * 1024 * 1024ULL)
 
+/* Is reader's run of reads from start to end a bulk read (BULK_DEPTH
+ * reads in flight, or BULK_RUN bytes)?  If it is, reader is marked as
+ * having been a bulk reader (ad_reader.bulk), for good.
+ */
+extern bool export_bulk (struct ad_reader *reader, uint64_t start,
+                         uint64_t end);
+
 /* Does the read at offset fetch for a run of reads (see fetch.h)?  It
  * does if reader is sequential, and also where a reader that has read
  * in runs before, never with BULK_DEPTH reads in flight (a guest

@@ -408,8 +408,8 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
 
     if (n > __atomic_load_n (&reader->depth, __ATOMIC_RELAXED))
       __atomic_store_n (&reader->depth, n, __ATOMIC_RELAXED);
-    if (n >= BULK_DEPTH)
-      __atomic_store_n (&reader->bulk, true, __ATOMIC_RELAXED);
+    export_bulk (reader, __atomic_load_n (&reader->start, __ATOMIC_RELAXED),
+                 __atomic_load_n (&reader->end, __ATOMIC_RELAXED));
   }
   src = ad_fetch_wrap_reader (&fs, exp->fetch, src, reader,
                               reader && export_fetches_run (reader, offset));
