@@ -489,6 +489,59 @@ bzip2_close (struct ad_index *idx)
   }
 }
 
+/* The bits from the end of a stream's last block to the end of the
+ * stream: the end-of-stream marker and combined CRC, then padding to a
+ * byte (MARKER_BITS to MARKER_BITS + 7).  Then the next stream's header
+ * ("BZh" and the level: STREAM_HEADER_BITS) and its first block.
+ */
+#define STREAM_HEADER_BITS 32
+
+/* Does block b start where the block before it (NULL if none) ends: at
+ * once in the same stream, or after the end of that stream and the
+ * header of the next?  Blocks of a persisted index must follow each
+ * other so (see ad_frames_tile): a block left out of the file would
+ * shift those after it, and a block with data is longer than any gap
+ * allowed here.  (A stream with no blocks between two others makes the
+ * index refused: it is rebuilt.)
+ */
+static bool
+block_follows (const struct bz_block *prev, const struct bz_block *b)
+{
+  uint64_t gap;
+
+  if (prev == NULL)
+    return b->stream == 0 && b->start_bit == STREAM_HEADER_BITS;
+  if (b->start_bit < prev->end_bit)
+    return false;
+  gap = b->start_bit - prev->end_bit;
+  if (b->stream == prev->stream)
+    return gap == 0;
+  return b->stream == prev->stream + 1 &&
+    gap >= MARKER_BITS + STREAM_HEADER_BITS &&
+    gap <= MARKER_BITS + 7 + STREAM_HEADER_BITS &&
+    (b->start_bit - STREAM_HEADER_BITS) % 8 == 0;
+}
+
+/* Do the n blocks tile the file of file_size bytes: does each follow
+ * the one before, and does the file end with the stream of the last?
+ */
+static bool
+blocks_tile (const struct bz_block *blocks, size_t n, uint64_t file_size)
+{
+  const struct bz_block *last;
+  size_t i;
+
+  if (n == 0)
+    return false;
+  for (i = 0; i < n; i++)
+    if (!block_follows (i > 0 ? &blocks[i - 1] : NULL, &blocks[i]))
+      return false;
+  last = &blocks[n - 1];
+  return file_size <= UINT64_MAX / 8 &&
+    file_size * 8 >= last->end_bit + MARKER_BITS &&
+    file_size * 8 <= last->end_bit + MARKER_BITS + 7;
+}
+
 /* The persisted index (see persist.h) keeps every block: its start
  * and end bits, blockCRC, size, stream number and level.  A block
  * loaded from a file is checked against its frame and the bounds
@@ -501,6 +554,11 @@ bzip2_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
   struct bz_priv *priv = idx->priv;
   size_t i;
 
+  if (!blocks_tile (priv->blocks, priv->n, src->size)) {
+    *why = "its blocks do not follow each other as a loaded index's must "
+      "(a stream without blocks, or data after the last stream)";
+    return -1;
+  }
   ad_buf_put_le64 (out, priv->n);
   for (i = 0; i < priv->n; i++) {
     const struct bz_block *b = &priv->blocks[i];
@@ -527,7 +585,7 @@ block_fits_frame (const struct bz_block *b, const struct ad_frame *f)
 }
 
 static int
-bzip2_load (struct ad_index *idx, struct ad_cursor *in)
+bzip2_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
 {
   struct bz_priv *priv;
   uint64_t n, i;
@@ -556,7 +614,7 @@ bzip2_load (struct ad_index *idx, struct ad_cursor *in)
         !block_fits_frame (b, &idx->frames[i]))
       return -1;
   }
-  return 0;
+  return blocks_tile (priv->blocks, n, file_size) ? 0 : -1;
 }
 
 /*----------------------------------------------------------------------

@@ -67,11 +67,13 @@ struct ad_format_ops {
    * with *why when this index cannot be kept (it needs state that
    * cannot be trusted from a file).  load sets idx->priv from what
    * save wrote, given the frames already loaded, checking everything
-   * against them; -1 if it does not match.
+   * against them and the frames against file_size, the size of the
+   * compressed file (see ad_frames_tile); -1 if it does not match.
    */
   int (*save) (struct ad_index *idx, struct ad_source *src,
                struct ad_buf *out, const char **why);
-  int (*load) (struct ad_index *idx, struct ad_cursor *in);
+  int (*load) (struct ad_index *idx, struct ad_cursor *in,
+               uint64_t file_size);
 
   /* Free idx->priv. */
   void (*close) (struct ad_index *idx);

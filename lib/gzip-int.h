@@ -354,6 +354,7 @@ extern int gz_pass_resume (struct ad_index *idx, struct gz_priv *priv,
 extern int gz_save (struct ad_index *idx, struct ad_source *src,
                     struct ad_buf *out, const char **why);
 
-extern int gz_load (struct ad_index *idx, struct ad_cursor *in);
+extern int gz_load (struct ad_index *idx, struct ad_cursor *in,
+                    uint64_t file_size);
 
 #endif /* AUTODECOMP_GZIP_INT_H */

@@ -287,6 +287,12 @@ gz_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
   size_t i, n;
   int r = -1;
 
+  if (priv->kind == GZ_BGZF &&
+      !ad_frames_tile (idx, 0, src->size, AD_BGZF_EOF_SIZE)) {
+    *why = "between its members or after the last is more than one "
+      "end-of-file marker, which a loaded index cannot have";
+    return -1;
+  }
   if (partial && !lazy) {
     *why = "the index is not complete";
     return -1;
@@ -483,7 +489,7 @@ load_partial (struct ad_index *idx, struct gz_priv *priv,
 }
 
 int
-gz_load (struct ad_index *idx, struct ad_cursor *in)
+gz_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
 {
   struct gz_priv *priv;
   uint32_t kind;
@@ -500,6 +506,13 @@ gz_load (struct ad_index *idx, struct ad_cursor *in)
   pthread_mutex_init (&priv->lock, NULL);
   priv->kind = kind;
   idx->priv = priv;
+  /* BGZF members follow each other; between two of them, and at the
+   * end, may come the end-of-file marker (an empty member).  (A span
+   * is bound to its place by its checkpoint.)
+   */
+  if (kind == GZ_BGZF && !ad_frames_tile (idx, 0, file_size,
+                                          AD_BGZF_EOF_SIZE))
+    return -1;
   /* The table grows as checkpoints are read, so a count that the bytes
    * do not back costs nothing.
    */

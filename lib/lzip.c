@@ -58,6 +58,7 @@
 #include <lzma.h>
 
 #include "format-int.h"
+#include "persist.h"
 
 #define HEADER_SIZE 6
 #define TRAILER_SIZE 20
@@ -566,13 +567,21 @@ static int
 lzip_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
            const char **why)
 {
+  if (!ad_frames_tile (idx, 0, src->size, 0)) {
+    *why = "it has an empty member, which a loaded index cannot have";
+    return -1;
+  }
   return 0;
 }
 
 static int
-lzip_load (struct ad_index *idx, struct ad_cursor *in)
+lzip_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
 {
   size_t i;
+
+  if (!ad_frames_tile (idx, 0, file_size, 0))
+    return -1;
+  idx->sizes_unchecked = true;
 
   for (i = 0; i < idx->nframes; i++)
     if (idx->frames[i].aux != 0 || idx->frames[i].aux32 != 0 ||

@@ -312,7 +312,7 @@ static bool
 load_frames (struct ad_index *idx, const char *file, const unsigned char *p,
              uint64_t nframes, bool partial, struct ad_source *src)
 {
-  uint64_t i;
+  uint64_t i, prev_coff = 0;
   struct ad_error e;
 
   for (i = 0; i < nframes; i++, p += FRAME_SIZE) {
@@ -332,6 +332,16 @@ load_frames (struct ad_index *idx, const char *file, const unsigned char *p,
             "the image", file, i);
       return false;
     }
+    /* Frames start in the compressed file in their order too (see
+     * ad_frames_tile for the formats' own, exact checks).
+     */
+    if (i > 0 && f.coff <= prev_coff) {
+      note (idx, "index file %s refused: frame %" PRIu64 " (compressed "
+            "offset %" PRIu64 ") does not follow frame %" PRIu64
+            " in the image", file, i, f.coff, i - 1);
+      return false;
+    }
+    prev_coff = f.coff;
   }
   if (partial ? idx->indexed == 0 || idx->indexed >= idx->size
       : idx->indexed != idx->size) {
@@ -341,6 +351,25 @@ load_frames (struct ad_index *idx, const char *file, const unsigned char *p,
     return false;
   }
   return true;
+}
+
+bool
+ad_frames_tile (const struct ad_index *idx, uint64_t first,
+                uint64_t file_size, uint64_t gap)
+{
+  uint64_t end = first;
+  size_t i;
+
+  for (i = 0; i < idx->nframes; i++) {
+    const struct ad_frame *f = &idx->frames[i];
+
+    if (f->coff != end && (i == 0 || gap == 0 || f->coff - end != gap))
+      return false;
+    if (f->coff > file_size || f->csize > file_size - f->coff)
+      return false;
+    end = f->coff + f->csize;
+  }
+  return end == file_size || (gap > 0 && file_size - end == gap);
 }
 
 static void
@@ -412,7 +441,7 @@ ad_index_load_bytes (struct ad_index *idx, struct ad_source *src,
     struct ad_cursor c = {
       .p = d + HEADER_SIZE + nframes * FRAME_SIZE, .left = priv_len,
     };
-    if (idx->ops->load (idx, &c) == -1 || c.bad || c.left != 0) {
+    if (idx->ops->load (idx, &c, src->size) == -1 || c.bad || c.left != 0) {
       note (idx, "index file %s refused: the %s state in it does not "
             "match its frames", name, idx->ops->name);
       unload (idx);

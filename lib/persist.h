@@ -69,6 +69,22 @@ extern bool ad_cursor_get_le32 (struct ad_cursor *c, uint32_t *v);
 extern bool ad_cursor_get_le64 (struct ad_cursor *c, uint64_t *v);
 extern bool ad_cursor_get_u8 (struct ad_cursor *c, uint8_t *v);
 
+/* Do the frames of idx lie in the compressed file in their order, the
+ * first at first, each starting where the one before ends, and the last
+ * ending at file_size?  Except that a gap of exactly gap bytes (if not
+ * 0) may come between two frames and after the last: a format's empty
+ * member, which cannot hide one with data.  A loaded index must say
+ * where each frame is exactly:
+ * a frame of an index file that points at another frame's bytes (the
+ * frames of most formats check only themselves, so those bytes decode
+ * well) or that leaves a frame out (the later ones then shift) would
+ * serve the bytes of one place of the image at another.  The formats
+ * call it from their load with the layout they write; those that start
+ * frames at a bit check their own.
+ */
+extern bool ad_frames_tile (const struct ad_index *idx, uint64_t first,
+                            uint64_t file_size, uint64_t gap);
+
 /* The image's fingerprint. */
 extern int ad_fingerprint (struct ad_source *src, uint64_t *fp,
                            struct ad_error *err);

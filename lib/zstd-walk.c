@@ -548,18 +548,28 @@ walk_sizes (struct walk_table *t, bool walk_ok, uint64_t *total,
   return 0;
 }
 
-/* Append the frames of t to the index (empty ones are skipped). */
+/* Append the frames of t to the index, so that they tile the file of
+ * file_size bytes (see ad_frames_tile): an empty frame, or skippable
+ * frames, before a frame are part of its range, and those after the
+ * last frame part of the last one's (the decoder skips them, and an
+ * empty frame adds nothing).
+ */
 static int
 walk_append (struct ad_index *idx, const struct walk_table *t,
-             struct ad_error *err)
+             uint64_t file_size, struct ad_error *err)
 {
-  uint64_t uoff = 0;
-  size_t i;
+  uint64_t uoff = 0, cend = 0;
+  size_t i, last = t->n;
 
+  for (i = 0; i < t->n; i++)
+    if (t->frames[i].usize > 0)
+      last = i;
   for (i = 0; i < t->n; i++) {
     struct ad_frame frame = {
       .uoff = uoff, .usize = t->frames[i].usize,
-      .coff = t->frames[i].coff, .csize = t->frames[i].csize,
+      .coff = cend,
+      .csize = i == last ? file_size - cend
+      : t->frames[i].coff + t->frames[i].csize - cend,
       .aux32 = t->frames[i].checksum ? AUX_CHECKSUM : 0,
     };
     if (frame.usize == 0)
@@ -567,6 +577,7 @@ walk_append (struct ad_index *idx, const struct walk_table *t,
     if (ad_index_append_frame (idx, &frame, err) == -1)
       return -1;
     uoff += frame.usize;
+    cend = frame.coff + frame.csize;
   }
   return 0;
 }
@@ -619,7 +630,7 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
   ad_batch_finish (w.batch, !walk_ok);
   if (walk_sizes (&t, walk_ok, &total, err) == 0) {
     idx->size = total;
-    if (walk_append (idx, &t, err) == 0)
+    if (walk_append (idx, &t, src->size, err) == 0)
       r = 0;
   }
   walk_free (&w, &t);

@@ -365,6 +365,10 @@ zstd_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
       : "the seek table is an index already";
     return -1;
   }
+  if (!ad_frames_tile (idx, 0, src->size, 0)) {
+    *why = "its frames do not tile the file";
+    return -1;
+  }
   for (i = 0; i < idx->nframes; i++)
     n += !(idx->frames[i].aux32 & AUX_CHECKSUM);
   ad_buf_put_le64 (out, n);
@@ -383,10 +387,15 @@ zstd_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
 }
 
 static int
-zstd_load (struct ad_index *idx, struct ad_cursor *in)
+zstd_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
 {
   struct zstd_priv *priv;
   uint64_t n, i, unchecked = 0, last = 0;
+
+  /* A walk's frames tile the file (see walk_append). */
+  if (!ad_frames_tile (idx, 0, file_size, 0))
+    return -1;
+  idx->sizes_unchecked = true;
 
   priv = calloc (1, sizeof *priv);
   if (priv == NULL)

@@ -157,6 +157,60 @@ for how in truncated flipped version frame state empty; do
     note "index file $how: refused, image indexed again, file rewritten"
 done
 
+# Frames moved in an index file, its checksum made good again: a frame
+# that points at another frame's bytes (each of which decodes well,
+# its content checksum or CRC checking only itself), two frames
+# swapped, or a frame left out (the later ones moved up to fill its
+# place, the image one frame shorter).  Each is refused, never served.
+head -c $(( 4 * M )) "$tmp/a.img" > "$tmp/c.img"
+split -b $M -a 3 "$tmp/c.img" "$tmp/c-part"
+for p in "$tmp"/c-part*; do zstd -3 -q --check -c "$p"; done \
+    > "$tmp/c.img.zst"
+rm -f "$tmp"/c-part*
+bgzip -c "$tmp/c.img" > "$tmp/c.img.bgz"
+move ()
+{
+    PYTHONPATH="$srcdir" /usr/bin/python3 - "$1" "$2" <<'PYEOF'
+import struct, sys
+from adindex import reseal
+path, how = sys.argv[1:]
+d = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", d[40:48])[0]
+F = lambda i: 64 + 48 * i
+def where(i):                   # coff, csize, aux, aux32
+    return bytes(d[F(i) + 16:F(i) + 48])
+if how == "repeated":
+    d[F(0) + 16:F(0) + 48] = where(1)
+elif how == "swapped":
+    a, b = where(0), where(1)
+    d[F(0) + 16:F(0) + 48] = b
+    d[F(1) + 16:F(1) + 48] = a
+elif how == "left-out":
+    # Frame 1 left out: the frames after it take its place.
+    usize = struct.unpack("<Q", d[F(1) + 8:F(1) + 16])[0]
+    for i in range(1, n - 1):
+        d[F(i) + 16:F(i) + 48] = where(i + 1)
+    size = struct.unpack("<Q", d[32:40])[0]
+    d[32:40] = struct.pack("<Q", size - usize)
+    d[40:48] = struct.pack("<Q", n - 1)
+    del d[F(n - 1):F(n)]
+reseal(d)
+open(path, "wb").write(d)
+PYEOF
+}
+for f in c.img.zst c.img.bgz; do
+    rm -f "$tmp/c.adindex"
+    serve "$f-index" "$tmp/$f" "$tmp/c.adindex" "$tmp/c.img"
+    cp "$tmp/c.adindex" "$tmp/c-good.adindex"
+    for how in repeated swapped left-out; do
+        cp "$tmp/c-good.adindex" "$tmp/c.adindex"
+        move "$tmp/c.adindex" "$how"
+        serve "$f-$how" "$tmp/$f" "$tmp/c.adindex" "$tmp/c.img"
+        logged "$f-$how" "warning: persisted index: .*refused"
+    done
+    note "$f: index files with frames repeated, swapped or left out: refused"
+done
+
 # A changed byte inside the random MiB of the zstd image (frame 15, in
 # raw blocks, without a checksum): same size, same first and last
 # 64 KiB, so the fingerprint matches; the frame's hash does not.
