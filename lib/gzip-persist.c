@@ -513,6 +513,9 @@ gz_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
   if (kind == GZ_BGZF && !ad_frames_tile (idx, 0, file_size,
                                           AD_BGZF_EOF_SIZE))
     return -1;
+  /* As gz_bgzf_index says, whatever the file's flags say. */
+  if (kind == GZ_BGZF)
+    idx->sizes_unchecked = true;
   /* The table grows as checkpoints are read, so a count that the bytes
    * do not back costs nothing.
    */
