@@ -275,6 +275,23 @@ gz_pass_resume (struct ad_index *idx, struct gz_priv *priv,
  * the span's CRC32; a partial index then the member's CRC32 so far.
  * See docs/index-format.md.
  */
+/* Do the frames of idx (an index of that kind) tile the file of
+ * file_size bytes (see ad_frames_tile)?  BGZF members follow each
+ * other, with perhaps the end-of-file marker (an empty member) between
+ * two of them and at the end.  Otherwise each member follows the one
+ * before, and a span ends where the next begins or, since its inflater
+ * reads ahead, a few bytes later (which span of the member it is, its
+ * checkpoint says); a partial index ends before the file.
+ */
+static bool
+frames_tile (const struct ad_index *idx, uint32_t kind, uint64_t file_size)
+{
+  if (kind == GZ_BGZF)
+    return ad_frames_tile (idx, file_size, AD_BGZF_EOF_SIZE, 0);
+  return ad_frames_tile (idx, file_size, 0, AD_TILE_OVERLAP |
+                         (idx->indexed != idx->size ? AD_TILE_PARTIAL : 0));
+}
+
 int
 gz_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
          const char **why)
@@ -287,10 +304,10 @@ gz_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
   size_t i, n;
   int r = -1;
 
-  if (priv->kind == GZ_BGZF &&
-      !ad_frames_tile (idx, 0, src->size, AD_BGZF_EOF_SIZE)) {
-    *why = "between its members or after the last is more than one "
-      "end-of-file marker, which a loaded index cannot have";
+  if (!frames_tile (idx, priv->kind, src->size)) {
+    *why = "its frames leave a gap in the file (more than one BGZF "
+      "end-of-file marker in a row, or data after the last member), "
+      "which a loaded index cannot have";
     return -1;
   }
   if (partial && !lazy) {
@@ -506,12 +523,7 @@ gz_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
   pthread_mutex_init (&priv->lock, NULL);
   priv->kind = kind;
   idx->priv = priv;
-  /* BGZF members follow each other; between two of them, and at the
-   * end, may come the end-of-file marker (an empty member).  (A span
-   * is bound to its place by its checkpoint.)
-   */
-  if (kind == GZ_BGZF && !ad_frames_tile (idx, 0, file_size,
-                                          AD_BGZF_EOF_SIZE))
+  if (!frames_tile (idx, kind, file_size))
     return -1;
   /* As gz_bgzf_index says, whatever the file's flags say. */
   if (kind == GZ_BGZF)

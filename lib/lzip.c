@@ -567,7 +567,7 @@ static int
 lzip_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
            const char **why)
 {
-  if (!ad_frames_tile (idx, 0, src->size, 0)) {
+  if (!ad_frames_tile (idx, src->size, 0, 0)) {
     *why = "it has an empty member, which a loaded index cannot have";
     return -1;
   }
@@ -579,7 +579,7 @@ lzip_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
 {
   size_t i;
 
-  if (!ad_frames_tile (idx, 0, file_size, 0))
+  if (!ad_frames_tile (idx, file_size, 0, 0))
     return -1;
   idx->sizes_unchecked = true;
 

@@ -354,22 +354,25 @@ load_frames (struct ad_index *idx, const char *file, const unsigned char *p,
 }
 
 bool
-ad_frames_tile (const struct ad_index *idx, uint64_t first,
-                uint64_t file_size, uint64_t gap)
+ad_frames_tile (const struct ad_index *idx, uint64_t file_size,
+                uint64_t gap, unsigned flags)
 {
-  uint64_t end = first;
+  uint64_t end = 0;
   size_t i;
 
   for (i = 0; i < idx->nframes; i++) {
     const struct ad_frame *f = &idx->frames[i];
+    bool follows = f->coff == end ||
+      (i > 0 && (flags & AD_TILE_OVERLAP) && f->coff < end) ||
+      (i > 0 && gap > 0 && f->coff > end && f->coff - end == gap);
 
-    if (f->coff != end && (i == 0 || gap == 0 || f->coff - end != gap))
+    if (!follows || f->coff > file_size || f->csize > file_size - f->coff)
       return false;
-    if (f->coff > file_size || f->csize > file_size - f->coff)
-      return false;
-    end = f->coff + f->csize;
+    if (f->coff + f->csize > end)
+      end = f->coff + f->csize;
   }
-  return end == file_size || (gap > 0 && file_size - end == gap);
+  return end == file_size || (flags & AD_TILE_PARTIAL) ||
+    (gap > 0 && file_size - end == gap);
 }
 
 static void

@@ -69,21 +69,27 @@ extern bool ad_cursor_get_le32 (struct ad_cursor *c, uint32_t *v);
 extern bool ad_cursor_get_le64 (struct ad_cursor *c, uint64_t *v);
 extern bool ad_cursor_get_u8 (struct ad_cursor *c, uint8_t *v);
 
-/* Do the frames of idx lie in the compressed file in their order, the
- * first at first, each starting where the one before ends, and the last
- * ending at file_size?  Except that a gap of exactly gap bytes (if not
- * 0) may come between two frames and after the last: a format's empty
- * member, which cannot hide one with data.  A loaded index must say
- * where each frame is exactly:
- * a frame of an index file that points at another frame's bytes (the
- * frames of most formats check only themselves, so those bytes decode
- * well) or that leaves a frame out (the later ones then shift) would
- * serve the bytes of one place of the image at another.  The formats
- * call it from their load with the layout they write; those that start
- * frames at a bit check their own.
+/* Do the frames of idx tile the compressed file of file_size bytes:
+ * the first starting at 0, each where the one before ends, the last
+ * ending at file_size?  Except that, if gap is not 0, a gap of exactly
+ * gap bytes may come between two frames and after the last (a format's
+ * empty member, which cannot hide one with data); with AD_TILE_OVERLAP,
+ * a frame's range may reach past the next one's start (a gzip span's
+ * inflater reads a few bytes ahead), though never leave a gap; with
+ * AD_TILE_PARTIAL, the frames may end before the file does (an index
+ * built as reads go).  A loaded index must say where each frame is
+ * exactly: a frame of an index file that points at another frame's
+ * bytes (the frames of most formats check only themselves, so those
+ * bytes decode well) or that leaves a frame out (the later ones then
+ * move up) would serve the bytes of one place of the image at another.
+ * The formats call it from their load with the layout they write, and
+ * from their save, so that they never write a file that would be
+ * refused; bzip2, whose blocks start at a bit, checks its own.
  */
-extern bool ad_frames_tile (const struct ad_index *idx, uint64_t first,
-                            uint64_t file_size, uint64_t gap);
+#define AD_TILE_OVERLAP 1
+#define AD_TILE_PARTIAL 2
+extern bool ad_frames_tile (const struct ad_index *idx, uint64_t file_size,
+                            uint64_t gap, unsigned flags);
 
 /* The image's fingerprint. */
 extern int ad_fingerprint (struct ad_source *src, uint64_t *fp,

@@ -365,7 +365,7 @@ zstd_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
       : "the seek table is an index already";
     return -1;
   }
-  if (!ad_frames_tile (idx, 0, src->size, 0)) {
+  if (!ad_frames_tile (idx, src->size, 0, 0)) {
     *why = "its frames do not tile the file";
     return -1;
   }
@@ -393,7 +393,7 @@ zstd_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
   uint64_t n, i, unchecked = 0, last = 0;
 
   /* A walk's frames tile the file (see walk_append). */
-  if (!ad_frames_tile (idx, 0, file_size, 0))
+  if (!ad_frames_tile (idx, file_size, 0, 0))
     return -1;
   idx->sizes_unchecked = true;
 

@@ -157,15 +157,17 @@ for how in truncated flipped version frame state empty; do
     note "index file $how: refused, image indexed again, file rewritten"
 done
 
-# Frames moved in an index file, its checksum made good again: a frame
-# that points at another frame's bytes (each of which decodes well,
-# its content checksum or CRC checking only itself), two frames
+# Frames moved in an index file, its checksum made good again (zstd
+# frames, BGZF, gzip members): a frame that points at another frame's
+# bytes (each of which decodes well, its content checksum or CRC
+# checking only itself), two frames
 # swapped, or a frame left out (the later ones moved up to fill its
 # place, the image one frame shorter).  Each is refused, never served.
 head -c $(( 4 * M )) "$tmp/a.img" > "$tmp/c.img"
 split -b $M -a 3 "$tmp/c.img" "$tmp/c-part"
 for p in "$tmp"/c-part*; do zstd -3 -q --check -c "$p"; done \
     > "$tmp/c.img.zst"
+for p in "$tmp"/c-part*; do gzip -c "$p"; done > "$tmp/c.img.gz"
 rm -f "$tmp"/c-part*
 bgzip -c "$tmp/c.img" > "$tmp/c.img.bgz"
 move ()
@@ -198,7 +200,7 @@ reseal(d)
 open(path, "wb").write(d)
 PYEOF
 }
-for f in c.img.zst c.img.bgz; do
+for f in c.img.zst c.img.bgz c.img.gz; do
     rm -f "$tmp/c.adindex"
     serve "$f-index" "$tmp/$f" "$tmp/c.adindex" "$tmp/c.img"
     cp "$tmp/c.adindex" "$tmp/c-good.adindex"
