@@ -4,17 +4,18 @@
  * autodecomp: libFuzzer target for the persisted index loader
  * (lib/persist.c and the formats' load functions).
  *
- * Five small images are made in memory at start, one per format that
- * keeps a persisted index: zstd frames (one of them without a content
+ * Six small images are made in memory at start, of the formats that
+ * keep a persisted index: zstd frames (one of them without a content
  * checksum, so its compressed bytes are hashed), two bzip2 streams of
  * several blocks, BGZF members, one plain gzip member cut into spans
- * (its checkpoints kept as restorable points), and one gzip member of
- * 16 MiB indexed as reads go, whose index is kept partial (after four
- * spans).  The input's
- * first byte picks the image (its low bits), the rest is taken as an
- * index file for it; with bit 7 of that byte set, the file's checksum
- * is made right first, so that mutations reach the field checks and
- * the formats' load functions instead of stopping at the checksum.
+ * (its checkpoints kept as restorable points), one gzip member of 16
+ * MiB indexed as reads go, whose index is kept partial (after four
+ * spans), and three gzip members of the same size (whole members).
+ * The input's first byte picks the image (its low bits), the rest is
+ * taken as an index file for it; with bit 7 of that byte set, the
+ * file's checksum is made right first, so that mutations reach the
+ * field checks and the formats' load functions instead of stopping at
+ * the checksum.
  * Whatever the file says, loading it must not crash, and if it is
  * accepted, every byte of the image read through it must be the
  * image's own or an error: never a wrong byte.  A partial index is
@@ -41,7 +42,7 @@
 #include "format-int.h"
 #include "persist.h"
 
-#define NIMAGES 5
+#define NIMAGES 6
 
 struct image {
   enum ad_format format;
@@ -211,6 +212,32 @@ make_gzip_lazy (struct image *im)
   make_gzip_member (im, LAZY_SIZE, 5);
 }
 
+/* Three gzip members of 20000 bytes each: frames that are whole
+ * members, each checked by its own CRC32 only.
+ */
+static void
+make_gzip_members (struct image *im)
+{
+  struct image m;
+  int i;
+
+  memset (&m, 0, sizeof m);
+  im->format = AD_FORMAT_GZIP;
+  im->dlen = 0;
+  im->data = NULL;
+  for (i = 0; i < 3; i++) {
+    make_gzip_member (&m, 20000, 6 + i);
+    append (im, m.comp, m.clen);
+    im->data = realloc (im->data, im->dlen + m.dlen);
+    if (im->data == NULL)
+      abort ();
+    memcpy (im->data + im->dlen, m.data, m.dlen);
+    im->dlen += m.dlen;
+    free (m.comp);
+    free (m.data);
+  }
+}
+
 static void
 init_options (struct ad_options *opts)
 {
@@ -231,6 +258,7 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   make_bgzf (&images[2]);
   make_gzip (&images[3]);
   make_gzip_lazy (&images[4]);
+  make_gzip_members (&images[5]);
   for (i = 0; i < NIMAGES; i++) {
     struct image *im = &images[i];
     struct ad_source src;
