@@ -30,6 +30,7 @@
 
 #include "format-int.h"
 #include "pool.h"
+#include "persist.h"
 
 #define BLOCK_MAGIC 0x314159265359ULL
 #define EOS_MAGIC 0x177245385090ULL
@@ -184,6 +185,37 @@ bz_hit_at (struct hit_table *t, size_t k)
 /* A block of nbits bits rewrapped as a one-block stream: its size, the
  * size of a buffer to rewrap it in place, and the rewrapping.
  */
+/* What the index keeps per frame (block). */
+struct bz_block {
+  uint64_t start_bit;           /* Block magic. */
+  uint64_t end_bit;             /* The next magic (exclusive end). */
+  uint32_t crc;                 /* blockCRC. */
+  uint32_t usize;
+  uint32_t stream;
+  uint8_t level;
+  uint8_t zero;                 /* Decoded to zeros at open (never set
+                                   by a persisted index). */
+  uint8_t kept;                 /* Its bytes are in the keep file, */
+  uint64_t keep_off;            /* from this offset. */
+};
+
+struct bz_priv {
+  struct bz_block *blocks;
+  size_t n;
+  int keep_fd;                  /* The keep file, or -1. */
+  /* libbz2's memory for the decoders (see "libbz2's memory" in
+   * bzip2-block.c); every decoder is freed before the index is closed.
+   */
+  pthread_mutex_t arena_lock;
+  struct bz_arena arena;
+};
+
+/* The persisted index's bzip2 state (see docs/index-format.md). */
+extern int bzip2_save (struct ad_index *idx, struct ad_source *src,
+                       struct ad_buf *out, const char **why);
+extern int bzip2_load (struct ad_index *idx, struct ad_cursor *in,
+                       uint64_t file_size);
+
 extern size_t bz_rewrap_size (uint64_t nbits);
 extern size_t bz_rewrap_buffer_size (uint64_t nbits);
 extern void bz_rewrap (unsigned char *out, const unsigned char *in,
