@@ -9,7 +9,7 @@
 # full nbdcopy and a QEMU boot.  Prints one markdown table per measure, with the
 # targets of issue 12, and writes them to --out.
 import argparse, json, math, os, platform, queue, random, re, shutil, signal, socket
-import subprocess, sys, threading, time
+import statistics, subprocess, sys, threading, time
 import nbd
 
 ap = argparse.ArgumentParser()
@@ -576,9 +576,8 @@ if a.boot and isinstance(results["A:file"].get("boot", {}).get("time"), float):
         first = results["A:file"]["boot"]
         samples = sorted(first.get("samples", [first["time"]]) +
                          again.get("samples", [again["time"]]))
-        n = len(samples)
-        med = samples[n // 2] if n % 2 else (samples[n // 2 - 1] + samples[n // 2]) / 2
-        results["A:file"]["boot"].update(time=med, samples=samples)
+        results["A:file"]["boot"].update(time=statistics.median(samples),
+                                         samples=samples)
 elapsed = time.monotonic() - TSTART
 
 

@@ -182,9 +182,6 @@ bz_hit_at (struct hit_table *t, size_t k)
 
 /* bzip2-block.c */
 
-/* A block of nbits bits rewrapped as a one-block stream: its size, the
- * size of a buffer to rewrap it in place, and the rewrapping.
- */
 /* What the index keeps per frame (block). */
 struct bz_block {
   uint64_t start_bit;           /* Block magic. */
@@ -216,6 +213,9 @@ extern int bzip2_save (struct ad_index *idx, struct ad_source *src,
 extern int bzip2_load (struct ad_index *idx, struct ad_cursor *in,
                        uint64_t file_size);
 
+/* A block of nbits bits rewrapped as a one-block stream: its size, the
+ * size of a buffer to rewrap it in place, and the rewrapping.
+ */
 extern size_t bz_rewrap_size (uint64_t nbits);
 extern size_t bz_rewrap_buffer_size (uint64_t nbits);
 extern void bz_rewrap (unsigned char *out, const unsigned char *in,

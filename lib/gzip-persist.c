@@ -269,12 +269,6 @@ gz_pass_resume (struct ad_index *idx, struct gz_priv *priv,
   return ad_error_in_frame (err, "gzip", last, f.coff);
 }
 
-/* The persisted index keeps the frame table, the kind of index, and
- * every checkpoint: a member header, or the restorable point of a span
- * (found by gz_scan_all, or by lazy_points as GZ_LAZY goes), with
- * the span's CRC32; a partial index then the member's CRC32 so far.
- * See docs/index-format.md.
- */
 /* Do the frames of idx (an index of that kind) tile the file of
  * file_size bytes (see ad_frames_tile)?  BGZF members follow each
  * other, with perhaps the end-of-file marker (an empty member) between
@@ -292,6 +286,12 @@ frames_tile (const struct ad_index *idx, uint32_t kind, uint64_t file_size)
                          (idx->indexed != idx->size ? AD_TILE_PARTIAL : 0));
 }
 
+/* The persisted index keeps the frame table, the kind of index, and
+ * every checkpoint: a member header, or the restorable point of a span
+ * (found by gz_scan_all, or by lazy_points as GZ_LAZY goes), with
+ * the span's CRC32; a partial index then the member's CRC32 so far.
+ * See docs/index-format.md.
+ */
 int
 gz_save (struct ad_index *idx, struct ad_source *src, struct ad_buf *out,
          const char **why)

@@ -160,9 +160,9 @@ done
 # Frames moved in an index file, its checksum made good again (zstd
 # frames, BGZF, gzip members): a frame that points at another frame's
 # bytes (each of which decodes well, its content checksum or CRC
-# checking only itself), two frames
-# swapped, or a frame left out (the later ones moved up to fill its
-# place, the image one frame shorter).  Each is refused, never served.
+# checking only itself), two frames swapped, or a frame left out (the
+# later ones moved up to fill its place, the image one frame shorter).
+# Each is refused, never served.
 head -c $(( 4 * M )) "$tmp/a.img" > "$tmp/c.img"
 split -b $M -a 3 "$tmp/c.img" "$tmp/c-part"
 for p in "$tmp"/c-part*; do zstd -3 -q --check -c "$p"; done \
