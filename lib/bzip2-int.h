@@ -29,6 +29,7 @@
 #include <bzlib.h>
 
 #include "format-int.h"
+#include "window.h"
 #include "pool.h"
 #include "persist.h"
 
@@ -158,11 +159,11 @@ struct bz_open {
   int have_nonzero;
   uint64_t last_nonzero;        /* Offset of the last nonzero byte. */
 
-  /* The read window: file bytes [wstart, wstart + wlen). */
-  unsigned char *win;
-  size_t win_cap;
-  uint64_t wstart;
-  size_t wlen;
+  /* The file, scanned up to wend, holding the bytes from where the
+   * first hit not finalized may need them.
+   */
+  struct ad_window win;
+  uint64_t wend;
 
   size_t next_fin;              /* First hit not finalized yet. */
   int cur_level;                /* Level of the last header seen. */

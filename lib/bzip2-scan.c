@@ -470,17 +470,17 @@ scan_bytes (struct bz_open *st, const unsigned char *p, size_t n,
 static void
 snapshot (struct bz_open *st, struct bz_hit *h)
 {
-  uint64_t wend = st->wstart + st->wlen;
+  uint64_t wend = st->wend, wstart = st->win.base;
   uint64_t hb = h->bit / 8;
 
-  if (h->bit % 8 == 0 && hb >= 4 && hb - 4 >= st->wstart && hb <= wend) {
-    const unsigned char *q = st->win + (hb - 4 - st->wstart);
+  if (h->bit % 8 == 0 && hb >= 4 && hb - 4 >= wstart && hb <= wend) {
+    const unsigned char *q = ad_window_at (&st->win, hb - 4);
     if (q[0] == 'B' && q[1] == 'Z' && q[2] == 'h' &&
         q[3] >= '1' && q[3] <= '9')
       h->pre_level = q[3] - '0';
   }
-  if ((h->bit + MARKER_BITS + 7) / 8 <= wend && hb >= st->wstart) {
-    h->crc = get_bits32 (st->win + (hb - st->wstart), h->bit % 8 + 48);
+  if ((h->bit + MARKER_BITS + 7) / 8 <= wend && hb >= wstart) {
+    h->crc = get_bits32 (ad_window_at (&st->win, hb), h->bit % 8 + 48);
     h->crc_ok = 1;
   }
 }
@@ -525,8 +525,8 @@ queue_span (struct bz_open *st, struct bz_hit *h, uint64_t end_bit,
     free (job);
     return ad_error_set (err, ENOMEM, "malloc: %m");
   }
-  bz_rewrap (job->buf, st->win + (h->bit / 8 - st->wstart), h->bit % 8, nbits,
-          level, h->crc);
+  bz_rewrap (job->buf, ad_window_at (&st->win, h->bit / 8), h->bit % 8,
+             nbits, level, h->crc);
   h->status = SPEC_PENDING;
   if (ad_batch_push (st->batch, job, err) == -1) {
     h->status = SPEC_NONE;
@@ -543,7 +543,7 @@ queue_span (struct bz_open *st, struct bz_hit *h, uint64_t end_bit,
 static int
 finalize_hits (struct bz_open *st, int eof, struct ad_error *err)
 {
-  uint64_t wend = st->wstart + st->wlen;
+  uint64_t wend = st->wend;
 
   while (st->next_fin < st->hits.n) {
     struct bz_hit *h = bz_hit_at (&st->hits, st->next_fin);
@@ -566,13 +566,14 @@ finalize_hits (struct bz_open *st, int eof, struct ad_error *err)
   return 0;
 }
 
-/* Drop window bytes nobody needs any more, finalizing hits whose span
- * has grown too long for any block.
+/* Where the window may start: before it lie only bytes nobody needs
+ * any more.  Finalizes the hits whose span has grown too long for any
+ * block.
  */
-static void
-compact_window (struct bz_open *st)
+static uint64_t
+window_keep (struct bz_open *st)
 {
-  uint64_t wend = st->wstart + st->wlen;
+  uint64_t wend = st->wend;
   uint64_t keep;
 
   while (st->next_fin < st->hits.n) {
@@ -593,12 +594,9 @@ compact_window (struct bz_open *st)
     if (hb < keep)
       keep = hb;
   }
-  if (keep < st->wstart)
-    keep = st->wstart;
-  if (keep > st->wstart)
-    memmove (st->win, st->win + (keep - st->wstart), wend - keep);
-  st->wlen = wend - keep;
-  st->wstart = keep;
+  if (keep < st->win.base)
+    keep = st->win.base;
+  return keep;
 }
 
 /* Read the whole image, finding its magics and queueing the decodes of
@@ -610,33 +608,29 @@ bz_sizing_scan (struct bz_open *st, struct ad_error *err)
   struct ad_source *src = st->src;
 
   pthread_once (&scan_table_once, init_scan_table);
-  while (st->wstart + st->wlen < src->size) {
-    uint64_t wend;
-    size_t n, i;
+  ad_window_init (&st->win, src, 0, src->size);
+  st->win.chunk = 0;            /* Each read holds what is asked. */
+  st->wend = 0;
+  while (st->wend < src->size) {
+    uint64_t wend = st->wend, keep = window_keep (st);
+    size_t n, i, avail;
+    const unsigned char *p;
 
-    compact_window (st);
-    wend = st->wstart + st->wlen;
     n = src->size - wend < SCAN_CHUNK ? src->size - wend : SCAN_CHUNK;
-    if (st->wlen + n > st->win_cap) {
-      size_t cap = st->wlen + n;
-      unsigned char *p = realloc (st->win, cap);
-      if (p == NULL)
-        return ad_error_set (err, ENOMEM, "realloc: %m");
-      st->win = p;
-      st->win_cap = cap;
-    }
-    if (ad_source_pread (src, st->win + st->wlen, n, wend, err) == -1)
+    if (ad_window_need (&st->win, keep, wend - keep + n, &avail,
+                        err) == NULL)
       return -1;
+    p = ad_window_at (&st->win, wend);
     for (i = n; i > 0; i--)
-      if (st->win[st->wlen + i - 1] != 0) {
+      if (p[i - 1] != 0) {
         st->have_nonzero = 1;
         st->last_nonzero = wend + i - 1;
         break;
       }
-    if (scan_bytes (st, st->win + st->wlen, n, err) == -1)
+    if (scan_bytes (st, p, n, err) == -1)
       return -1;
-    st->wlen += n;
-    if (finalize_hits (st, st->wstart + st->wlen == src->size, err) == -1)
+    st->wend += n;
+    if (finalize_hits (st, st->wend == src->size, err) == -1)
       return -1;
   }
   return finalize_hits (st, 1, err);

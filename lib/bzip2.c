@@ -403,8 +403,7 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
   if (st.batch == NULL || bz_sizing_scan (&st, err) == -1)
     goto out;
   ad_batch_finish (st.batch, false);
-  free (st.win);
-  st.win = NULL;
+  ad_window_free (&st.win);
 
   if (parse_streams (&st, &blocks, &nblocks, &total, err) == -1)
     goto out;
@@ -439,7 +438,7 @@ bzip2_open (struct ad_index *idx, struct ad_source *src,
  out:
   ad_batch_free (st.batch);
   free (blocks);
-  free (st.win);
+  ad_window_free (&st.win);
   free (st.scratch);
   bz_arena_release (&st.arena);
   bz_hit_table_free (&st.hits);

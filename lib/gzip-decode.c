@@ -18,7 +18,6 @@
 #include "seekable-formats.h"
 #include "gzip-int.h"
 
-#define ONE_READ_MAX (16 * 1024 * 1024) /* A frame read in one go. */
 #define POINT_SCRATCH (64 * 1024)       /* At least WINDOW_SIZE. */
 
 /* Decoders. */
@@ -70,7 +69,7 @@ gz_decoder_free (void *decoder)
   if (d == NULL)
     return;
   free (d->st);
-  free (d->in.buf);
+  ad_window_free (&d->in);
   free (d);
 }
 
@@ -167,18 +166,15 @@ dec_start (struct gz_decoder *d, struct ad_source *src, struct ad_error *err)
     return ad_error_set (err, EIO, "compressed range of %" PRIu64 " bytes "
                          "is outside the %" PRIu64 "-byte file",
                          d->f.csize, src->size);
-  d->in.alloc = d->f.csize <= ONE_READ_MAX ? d->f.csize : CHUNK;
-  d->in.buf = malloc (d->in.alloc);
+  ad_window_init (&d->in, src, d->f.coff, d->f.coff + d->f.csize);
   d->st = malloc (sizeof *d->st);
-  if (d->in.buf == NULL || d->st == NULL)
+  if (d->st == NULL)
     return ad_error_set (err, ENOMEM, "malloc: %m");
   if (d->at_header || d->ck.is_point)
     gz_isal_start (d->st);
   else if (gz_snap_restore (d->st, &d->ck, err) == -1)
     return -1;
-  d->in.base = d->in.rpos = d->f.coff;
-  d->in.end = d->f.coff + d->f.csize;
-  d->st->next_in = d->in.buf;
+  d->st->next_in = NULL;
   d->st->avail_in = 0;
   if (dec_fill (d, src, 1, err) == -1)
     return -1;
@@ -294,22 +290,16 @@ dec_whole_fast (struct gz_decoder *d, struct ad_source *src, void *out,
   struct gz_header h;
   struct ad_error scratch;
   const unsigned char *p, *t;
-  size_t clen = d->f.csize, in_used, out_used;
+  size_t clen = d->f.csize, in_used, out_used, avail;
   enum libdeflate_result r;
 
-  if (clen > ONE_READ_MAX || clen < MEMBER_MIN ||
+  if (clen > AD_WINDOW_WHOLE || clen < MEMBER_MIN ||
       d->f.coff > src->size || clen > src->size - d->f.coff)
     return 0;
-  p = ad_source_map (src, d->f.coff, clen);  /* In place, no copy. */
-  if (p == NULL) {
-    d->in.buf = malloc (clen);
-    if (d->in.buf == NULL)
-      return 0;
-    d->in.alloc = clen;
-    if (ad_source_pread (src, d->in.buf, clen, d->f.coff, err) == -1)
-      return -1;
-    p = d->in.buf;
-  }
+  ad_window_init (&d->in, src, d->f.coff, d->f.coff + clen);
+  p = ad_window_need (&d->in, d->f.coff, clen, &avail, err);
+  if (p == NULL)
+    return -1;
   if (gz_parse_header (p, clen < HEADER_MAX ? clen : HEADER_MAX, d->f.coff, &h,
                        &scratch) == -1 ||
       clen - h.len < 2 + AD_GZIP_TRAILER_SIZE)
@@ -352,7 +342,7 @@ dec_inflate (struct gz_decoder *d, struct ad_source *src, void *out,
      * bit buffer, or decoded but not delivered): call it anyway, and
      * only call the data short when it makes no progress.
      */
-    if (d->st->avail_in == 0 && d->in.rpos < d->in.end &&
+    if (d->st->avail_in == 0 && d->in.held < d->in.end &&
         dec_fill (d, src, 1, err) == -1)
       return -1;
     before_in = d->st->avail_in;
@@ -366,7 +356,7 @@ dec_inflate (struct gz_decoder *d, struct ad_source *src, void *out,
       break;
     }
     if (d->st->avail_in == before_in && d->st->avail_out == before_out) {
-      if (d->st->avail_in == 0 && d->in.rpos >= d->in.end) {
+      if (d->st->avail_in == 0 && d->in.held >= d->in.end) {
         *starved = true;
         break;
       }
@@ -396,9 +386,7 @@ dec_read (struct gz_decoder *d, struct ad_source *src, void *out,
     if (r == 1)
       return d->f.usize;
     /* Start again with ISA-L, from a clean state. */
-    free (d->in.buf);
-    d->in.buf = NULL;
-    d->in.alloc = 0;
+    ad_window_free (&d->in);
     d->crc = 0;
     d->done = 0;
   }

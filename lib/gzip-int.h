@@ -32,8 +32,8 @@
 #include <zstd.h>
 
 #include "format-int.h"
+#include "window.h"
 
-#define CHUNK (8 * 1024 * 1024)         /* Sequential reads. */
 #define NAME_MAX_LEN 65536              /* FNAME, FCOMMENT incl. NUL. */
 #define HEADER_MAX (10 + 2 + 65535 + 2 * NAME_MAX_LEN + 2)
 #define MEMBER_MIN 20                   /* 10 + 2 (empty block) + 8. */
@@ -81,13 +81,6 @@ struct gz_ckpt {
  * [base, base + len), read from the source up to end.  The state's
  * next_in and avail_in point into it.
  */
-struct gz_input {
-  unsigned char *buf;
-  size_t alloc;
-  uint64_t base;                /* File offset of buf[0]. */
-  uint64_t rpos;                /* Next file offset to read. */
-  uint64_t end;                 /* Read no further. */
-};
 
 /* The sequential inflate pass (GZ_LAZY and GZ_FULL). */
 enum pass_state { PS_HEADER, PS_DATA, PS_DONE };
@@ -99,7 +92,7 @@ struct gz_pass {
   uint64_t span;                /* Output per span. */
 
   struct inflate_state *st;
-  struct gz_input in;           /* min (CHUNK, file size) bytes. */
+  struct ad_window in;          /* The file, in AD_WINDOW_CHUNK reads. */
   ZSTD_CCtx *cctx;              /* Compresses snapshots, */
   unsigned char *zbuf;          /* into this (gz_snap_take). */
 
@@ -195,17 +188,17 @@ extern int gz_snap_restore (struct inflate_state *st, const struct gz_ckpt *ck,
 /* Input buffers: the file offset of next_in, fill, seek, and where
  * a finished deflate stream ends.
  */
-extern uint64_t gz_input_pos (const struct gz_input *in,
+extern uint64_t gz_input_pos (const struct ad_window *in,
                               const struct inflate_state *st);
 
-extern int gz_input_fill (struct gz_input *in, struct inflate_state *st,
+extern int gz_input_fill (struct ad_window *in, struct inflate_state *st,
                           struct ad_source *src, size_t want,
                           struct ad_error *err);
 
-extern void gz_input_seek (struct gz_input *in, struct inflate_state *st,
+extern void gz_input_seek (struct ad_window *in, struct inflate_state *st,
                            uint64_t pos);
 
-extern uint64_t gz_input_stream_end (const struct gz_input *in,
+extern uint64_t gz_input_stream_end (const struct ad_window *in,
                                      const struct inflate_state *st);
 
 /* gzip-pass.c */
@@ -259,8 +252,8 @@ extern int gz_single_member_size (struct ad_source *src, unsigned char *buf,
 
 /* GZ_BGZF: walk the member headers. */
 extern int gz_bgzf_index (struct ad_index *idx, struct gz_priv *priv,
-                          struct ad_source *src, unsigned char *buf, size_t n,
-                          struct ad_error *err);
+                          struct ad_source *src, const unsigned char *buf,
+                          size_t n, struct ad_error *err);
 
 /* gzip-decode.c */
 
@@ -275,7 +268,7 @@ struct gz_decoder {
 
   struct inflate_state *st;
   bool started, ended, failed;
-  struct gz_input in;           /* Up to the end of the frame's range. */
+  struct ad_window in;          /* The frame's range. */
   uint64_t done;
   uint32_t crc;
 };
@@ -299,14 +292,14 @@ extern void gz_decoder_free (void *decoder);
 
 /* gzip-points.c */
 
-/* A member's scan: zlib reads the file in CHUNK reads into in. */
+/* A member's scan: zlib reads the file through in. */
 struct pt_scan {
   struct ad_source *src;
   z_stream zs;
   bool zs_ready;
-  unsigned char *in, *out;      /* out: WINDOW_SIZE + POINT_OUT bytes. */
-  size_t in_alloc, opos;
-  uint64_t in_base, rpos;
+  struct ad_window in;
+  unsigned char *out;           /* WINDOW_SIZE + POINT_OUT bytes. */
+  size_t opos;
   uint64_t total;               /* Member output so far. */
   uint64_t b_off, b_out;        /* The last block boundary seen, */
   uint8_t b_bits;

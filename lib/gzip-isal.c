@@ -134,54 +134,67 @@ gz_snap_restore (struct inflate_state *st, const struct gz_ckpt *ck,
   return 0;
 }
 
-/* Input buffers. */
+/* Input: a window on the compressed bytes, of which st->next_in points
+ * at the next to inflate.  ISA-L counts its input in 32 bits, so it is
+ * given at most INPUT_MAX bytes at a time.
+ */
+#define INPUT_MAX (1024 * 1024 * 1024)
+
+static void
+input_set (struct ad_window *in, struct inflate_state *st, uint64_t pos)
+{
+  size_t n = in->held - pos;
+
+  st->next_in = (uint8_t *) ad_window_at (in, pos);
+  st->avail_in = n < INPUT_MAX ? n : INPUT_MAX;
+}
 
 uint64_t
-gz_input_pos (const struct gz_input *in, const struct inflate_state *st)
+gz_input_pos (const struct ad_window *in, const struct inflate_state *st)
 {
-  return in->base + (st->next_in - in->buf);
+  if (in->data == NULL)
+    return in->base;
+  return in->base + (st->next_in - in->data);
 }
 
 /* Make at least want bytes available at next_in, or all that is left
- * before in->end.
+ * before the window's end.
  */
 int
-gz_input_fill (struct gz_input *in, struct inflate_state *st,
+gz_input_fill (struct ad_window *in, struct inflate_state *st,
                struct ad_source *src, size_t want, struct ad_error *err)
 {
+  uint64_t pos = gz_input_pos (in, st);
   size_t n;
 
-  if (st->avail_in >= want || in->rpos >= in->end)
+  if (st->avail_in >= want)
     return 0;
-  in->base = gz_input_pos (in, st);
-  if (st->avail_in > 0)
-    memmove (in->buf, st->next_in, st->avail_in);
-  st->next_in = in->buf;
-  n = in->alloc - st->avail_in;
-  if (n > in->end - in->rpos)
-    n = in->end - in->rpos;
-  if (ad_source_pread (src, in->buf + st->avail_in, n, in->rpos, err) == -1)
+  if (in->data && in->held - pos > st->avail_in) {
+    input_set (in, st, pos);    /* More is held than ISA-L was given. */
+    if (st->avail_in >= want)
+      return 0;
+  }
+  if (in->held >= in->end)
+    return 0;
+  in->src = src;                /* The reader's, which may change. */
+  if (ad_window_need (in, pos, want, &n, err) == NULL)
     return -1;
-  in->rpos += n;
-  st->avail_in += n;
+  input_set (in, st, pos);
   return 0;
 }
 
-/* Go back (or on) to file offset pos: within the buffer if it still
+/* Go back (or on) to file offset pos: within the window if it still
  * holds it, else by reading from there at the next fill.
  */
 void
-gz_input_seek (struct gz_input *in, struct inflate_state *st, uint64_t pos)
+gz_input_seek (struct ad_window *in, struct inflate_state *st, uint64_t pos)
 {
-  uint64_t have_end = gz_input_pos (in, st) + st->avail_in;
-
-  if (pos >= in->base && pos <= have_end) {
-    st->next_in = in->buf + (pos - in->base);
-    st->avail_in = have_end - pos;
-  }
+  if (in->data == NULL || pos < in->base || pos > in->held)
+    ad_window_drop (in, pos);
+  if (in->data)
+    input_set (in, st, pos);
   else {
-    in->base = in->rpos = pos;
-    st->next_in = in->buf;
+    st->next_in = NULL;
     st->avail_in = 0;
   }
 }
@@ -191,7 +204,7 @@ gz_input_seek (struct gz_input *in, struct inflate_state *st, uint64_t pos)
  * byte after the stream is read_in_length / 8 bytes before next_in.
  */
 uint64_t
-gz_input_stream_end (const struct gz_input *in, const struct inflate_state *st)
+gz_input_stream_end (const struct ad_window *in, const struct inflate_state *st)
 {
   return gz_input_pos (in, st) - st->read_in_length / 8;
 }

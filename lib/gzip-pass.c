@@ -157,7 +157,7 @@ gz_pass_free (struct gz_pass *P)
   if (P == NULL)
     return;
   free (P->st);
-  free (P->in.buf);
+  ad_window_free (&P->in);
   if (P->lazy)
     ad_buffer_free (P->out, P->out_alloc);
   else
@@ -167,10 +167,10 @@ gz_pass_free (struct gz_pass *P)
   free (P);
 }
 
-/* Start a pass at the beginning of the file.  buf (n bytes, read from
- * offset 0, where n = min (CHUNK, file size)) becomes the pass's input
- * buffer, so those bytes are not read again; it is freed on error.
- * Buffers are sized by the file, so a tiny file costs little memory.
+/* Start a pass at the beginning of the file.  buf (n bytes from malloc,
+ * read from offset 0), if not NULL, becomes the pass's input, so those
+ * bytes are not read again; it is freed on error.  Buffers are sized
+ * by the file, so a tiny file costs little memory.
  */
 struct gz_pass *
 gz_pass_new (struct ad_index *idx, struct ad_source *src, bool lazy,
@@ -186,9 +186,10 @@ gz_pass_new (struct ad_index *idx, struct ad_source *src, bool lazy,
   P->lazy = lazy;
   P->limit = idx->size;
   P->span = span;
-  P->in.buf = buf;
-  P->in.alloc = n;
-  P->in.end = src->size;
+  ad_window_init (&P->in, src, 0, src->size);
+  P->in.chunk = AD_WINDOW_CHUNK;
+  if (buf)
+    ad_window_adopt (&P->in, buf, n);
   if (lazy) {
     /* Output stops at every span's end (see pass_inflate), so a span
      * never holds more than span bytes, nor more than the image.  The
@@ -203,20 +204,18 @@ gz_pass_new (struct ad_index *idx, struct ad_source *src, bool lazy,
   else {
     P->out_alloc = PASS_OUTPUT;
     /* A ring: any size works, a small file needs little. */
-    if (n < CHUNK && n < PASS_OUTPUT / 16)
+    if (n < AD_WINDOW_CHUNK && n < PASS_OUTPUT / 16)
       P->out_alloc = PASS_OUTPUT / 16;
     P->out = malloc (P->out_alloc);
   }
   P->st = malloc (sizeof *P->st);
-  if (P->in.buf == NULL || P->out == NULL || P->st == NULL) {
+  if (P->out == NULL || P->st == NULL) {
     ad_error_set (err, ENOMEM, "malloc: %m");
     gz_pass_free (P);
     return NULL;
   }
   gz_isal_start (P->st);
-  P->st->next_in = P->in.buf;
-  P->st->avail_in = n;
-  P->in.rpos = n;
+  gz_input_seek (&P->in, P->st, 0);
   P->state = PS_HEADER;
   P->resume_ckpt = NO_CKPT;
   return P;
@@ -572,7 +571,7 @@ pass_inflate (struct gz_priv *priv, struct ad_index *idx, struct gz_pass *P,
     if (P->span_len >= P->span && !(P->lazy && P->uoff >= P->limit))
       return pass_checkpoint (priv, idx, P, src, emit, opaque, err);
     if (n == 0 && P->st->avail_in == in_before) {
-      if (P->st->avail_in == 0 && P->in.rpos >= src->size)
+      if (P->st->avail_in == 0 && P->in.held >= P->in.end)
         return ad_error_set (err, EIO, "member at offset %" PRIu64 " is "
                              "truncated: the file ends inside its deflate "
                              "data", P->member_coff);
@@ -648,11 +647,9 @@ gz_pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
   P->out_pos = 0;
 
   if (keep == 0) {
-    /* From the start of the file, as gz_pass_new left it (read again). */
+    /* From the start of the file, as gz_pass_new left it. */
     gz_isal_start (P->st);
-    P->in.base = P->in.rpos = 0;
-    P->st->next_in = P->in.buf;
-    P->st->avail_in = 0;
+    gz_input_seek (&P->in, P->st, 0);
     P->members = 0;
     P->uoff = P->span_uoff = 0;
     P->member_crc = 0;
@@ -665,8 +662,7 @@ gz_pass_rewind (struct gz_priv *priv, struct gz_pass *P, struct ad_source *src,
 
   if (gz_snap_restore (P->st, &ck, err) == -1)
     return -1;
-  P->st->next_in = P->in.buf;
-  P->in.base = P->in.rpos = ck.coff;
+  gz_input_seek (&P->in, P->st, ck.coff);
   if (gz_pass_fill (P, src, 1, err) == -1)
     return -1;
   P->members = 1;

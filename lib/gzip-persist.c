@@ -198,22 +198,19 @@ int
 gz_pass_resume (struct ad_index *idx, struct gz_priv *priv,
                 struct ad_source *src, struct ad_error *err)
 {
-  size_t last = ad_index_nframes (idx) - 1, n;
+  size_t last = ad_index_nframes (idx) - 1;
   struct gz_decoder *d = NULL;
   struct gz_pass *P;
   struct gz_ckpt ck;
   struct ad_frame f, first;
-  unsigned char *buf;
+  uint64_t pos;
   void *dv;
   ssize_t r;
 
   ad_index_get_frame (idx, last, &f);
   ad_index_get_frame (idx, 0, &first);
-  n = src->size < CHUNK ? src->size : CHUNK;
-  buf = malloc (n);
-  if (buf == NULL)
-    return ad_error_set (err, ENOMEM, "malloc: %m");
-  P = gz_pass_new (idx, src, true, gz_pass_span (idx, idx->size), buf, n, err);
+  P = gz_pass_new (idx, src, true, gz_pass_span (idx, idx->size), NULL, 0,
+                   err);
   if (P == NULL)
     return ad_error_in_frame (err, "gzip", last, f.coff);
   if (gz_decoder_new (idx, &f, last, &dv, err) == -1)
@@ -231,12 +228,11 @@ gz_pass_resume (struct ad_index *idx, struct gz_priv *priv,
   /* The decoder's state, at the end of the last span, is the pass's;
    * its input goes on where the decoder's stopped.
    */
-  P->in.base = P->in.rpos = gz_dec_pos (d);
+  pos = gz_dec_pos (d);
   free (P->st);
   P->st = d->st;
   d->st = NULL;
-  P->st->next_in = P->in.buf;
-  P->st->avail_in = 0;
+  gz_input_seek (&P->in, P->st, pos);
   if (gz_pass_fill (P, src, 1, err) == -1)
     goto fail;
   P->members = 1;

@@ -52,22 +52,28 @@
 static uint64_t
 scan_pos (const struct pt_scan *S)
 {
-  return S->in_base + (S->zs.next_in - S->in);
+  if (S->in.data == NULL)
+    return S->in.base;
+  return S->in.base + (S->zs.next_in - S->in.data);
 }
+
+/* Give zlib the bytes from its position on (zlib counts its input in
+ * 32 bits: at most INPUT_MAX at a time).
+ */
+#define INPUT_MAX (1024 * 1024 * 1024)
 
 static int
 scan_fill (struct pt_scan *S, struct ad_error *err)
 {
-  size_t n = S->in_alloc;
+  uint64_t pos = scan_pos (S);
+  const unsigned char *p;
+  size_t n;
 
-  if (n > S->src->size - S->rpos)
-    n = S->src->size - S->rpos;
-  if (n > 0 && ad_source_pread (S->src, S->in, n, S->rpos, err) == -1)
+  p = ad_window_need (&S->in, pos, 1, &n, err);
+  if (p == NULL)
     return -1;
-  S->in_base = S->rpos;
-  S->rpos += n;
-  S->zs.next_in = S->in;
-  S->zs.avail_in = n;
+  S->zs.next_in = (Bytef *) p;
+  S->zs.avail_in = n < INPUT_MAX ? n : INPUT_MAX;
   return 0;
 }
 
@@ -124,7 +130,7 @@ scan_to (struct pt_scan *S, uint64_t target, uint64_t mcoff,
     if ((S->zs.data_type & 128) && !(S->zs.data_type & 64))
       scan_boundary (S);
     else if (n == 0 && S->zs.avail_in == in_before &&
-             (S->zs.avail_in > 0 || S->rpos >= S->src->size))
+             (S->zs.avail_in > 0 || S->in.held >= S->in.end))
       return ad_error_set (err, EIO, "member at offset %" PRIu64 ": no "
                            "progress finding points near offset %" PRIu64,
                            mcoff, scan_pos (S));
@@ -183,13 +189,11 @@ gz_scan_new (struct ad_source *src, struct ad_error *err)
     return NULL;
   }
   S->src = src;
-  S->in_alloc = src->size < CHUNK ? src->size : CHUNK;
-  S->in = malloc (S->in_alloc);
+  ad_window_init (&S->in, src, 0, src->size);
+  S->in.chunk = AD_WINDOW_CHUNK;
   S->out = malloc (WINDOW_SIZE + POINT_OUT);
-  if (S->in == NULL || S->out == NULL) {
+  if (S->out == NULL) {
     ad_error_set (err, ENOMEM, "malloc: %m");
-    free (S->in);
-    free (S->out);
     free (S);
     return NULL;
   }
@@ -204,7 +208,7 @@ gz_scan_free (struct pt_scan *S)
   if (S->zs_ready)
     inflateEnd (&S->zs);
   ZSTD_freeCCtx (S->cctx);
-  free (S->in);
+  ad_window_free (&S->in);
   free (S->out);
   free (S);
 }
@@ -220,7 +224,9 @@ scan_reset (struct pt_scan *S, uint64_t coff, struct ad_error *err)
   if (inflateInit2 (&S->zs, -15) != Z_OK)
     return ad_error_set (err, ENOMEM, "inflateInit2 failed");
   S->zs_ready = true;
-  S->rpos = coff;
+  if (S->in.data == NULL || coff < S->in.base || coff > S->in.held)
+    ad_window_drop (&S->in, coff);
+  S->zs.next_in = (Bytef *) (S->in.data ? ad_window_at (&S->in, coff) : NULL);
   S->win_len = 0;
   S->opos = 0;
   return scan_fill (S, err);

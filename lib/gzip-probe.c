@@ -103,7 +103,7 @@ scan_chunk (struct ad_source *src, const unsigned char *buf, uint64_t coff,
 }
 
 /* GZ_LAZY: is the file one member whose trailer gives the size?
- * buf holds the first n bytes of the file (n = min (CHUNK, file size))
+ * buf holds the first n bytes of the file (n = min (AD_WINDOW_CHUNK, file size))
  * and is not changed.  Returns 1 (yes, *size set), 0 (no: use GZ_FULL)
  * or -1.
  *
@@ -144,8 +144,8 @@ gz_single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
   if (isize + (UINT64_C (1) << 32) <= umax && !trust_isize)
     return 0;
 
-  /* Any other member?  Scan the file in CHUNK reads (chunk c at
-   * c * (CHUNK - 3): an overlap of 3 bytes so that no header is split)
+  /* Any other member?  Scan the file in AD_WINDOW_CHUNK reads (chunk c at
+   * c * (AD_WINDOW_CHUNK - 3): an overlap of 3 bytes so that no header is split)
    * for the bytes 1f 8b 08 (memchr for the first: faster here than
    * memmem), and trial-decode every candidate, from the chunk itself
    * when its trial input lies in it.  Every chunk is read into buf
@@ -162,10 +162,10 @@ gz_single_member_size (struct ad_source *src, unsigned char *buf, size_t n,
     goto out;
   }
   start = h->len + 2 + AD_GZIP_TRAILER_SIZE;
-  nchunks = fsize <= CHUNK ? 1 : (fsize - 3 - 1) / (CHUNK - 3) + 1;
+  nchunks = fsize <= AD_WINDOW_CHUNK ? 1 : (fsize - 3 - 1) / (AD_WINDOW_CHUNK - 3) + 1;
   for (c = scan_all ? 1 : nchunks; c <= nchunks; c++) {
-    uint64_t coff = (c % nchunks) * (uint64_t) (CHUNK - 3);
-    size_t clen = fsize - coff < CHUNK ? fsize - coff : CHUNK;
+    uint64_t coff = (c % nchunks) * (uint64_t) (AD_WINDOW_CHUNK - 3);
+    size_t clen = fsize - coff < AD_WINDOW_CHUNK ? fsize - coff : AD_WINDOW_CHUNK;
     bool last = coff + clen == fsize;
     size_t lim = last ? clen : clen - 3;
     size_t i = coff < start ? start - coff : 0;
@@ -227,51 +227,49 @@ empty_member_ok (const unsigned char *b, size_t msize, size_t hlen)
   return ok;
 }
 
-/* GZ_BGZF: walk BGZF member headers.  buf holds the first n bytes.
+/* GZ_BGZF: walk BGZF member headers.  buf holds the first n bytes (it
+ * is not changed).
  * Returns 1 if the index is done, 0 if the file is not BGZF-shaped
  * (use GZ_FULL), -1 on error.
  */
 int
 gz_bgzf_index (struct ad_index *idx, struct gz_priv *priv,
-               struct ad_source *src, unsigned char *buf, size_t n,
+               struct ad_source *src, const unsigned char *buf, size_t n,
                struct ad_error *err)
 {
   struct ad_error scratch;
-  uint64_t fsize = src->size, pos = 0, boff = 0, total = 0;
-  size_t blen = n;
+  struct ad_window w;
+  uint64_t fsize = src->size, pos = 0, total = 0;
+  int r = 0;
 
+  ad_window_init (&w, src, 0, fsize);
+  w.chunk = AD_WINDOW_CHUNK;
+  ad_window_show (&w, buf, n);
   while (pos < fsize) {
-    uint64_t want = fsize - pos < AD_BGZF_MEMBER_MAX ? fsize - pos
-      : AD_BGZF_MEMBER_MAX;
+    size_t want = fsize - pos < AD_BGZF_MEMBER_MAX ? fsize - pos
+      : AD_BGZF_MEMBER_MAX, avail;
     struct gz_header h;
     struct ad_frame f;
     const unsigned char *b;
     uint64_t msize;
     uint32_t isize;
 
-    if (pos + want > boff + blen) {
-      boff = pos;
-      blen = fsize - pos < CHUNK ? fsize - pos : CHUNK;
-      if (ad_source_pread (src, buf, blen, boff, err) == -1)
-        return -1;
-    }
-    b = buf + (pos - boff);
-
+    b = ad_window_need (&w, pos, want, &avail, err);
+    if (b == NULL)
+      goto fail;
     if (b[0] == 0) {
       /* Zero padding to the end, or not BGZF. */
       for (;;) {
-        size_t avail = boff + blen - pos, i;
+        size_t i;
         for (i = 0; i < avail; i++)
           if (b[i] != 0)
             goto not_bgzf;
         pos += avail;
         if (pos >= fsize)
           break;
-        boff = pos;
-        blen = fsize - pos < CHUNK ? fsize - pos : CHUNK;
-        if (ad_source_pread (src, buf, blen, boff, err) == -1)
-          return -1;
-        b = buf;
+        b = ad_window_need (&w, pos, 1, &avail, err);
+        if (b == NULL)
+          goto fail;
       }
       break;
     }
@@ -293,17 +291,23 @@ gz_bgzf_index (struct ad_index *idx, struct gz_priv *priv,
     f.csize = msize;
     f.aux = AUX_WHOLE;
     if (isize > 0 && gz_coll_push (priv, &f, err) == -1)
-      return -1;
+      goto fail;
     total += isize;
     pos += msize;
   }
   priv->kind = GZ_BGZF;
   idx->sizes_unchecked = true;
   if (gz_coll_append_all (idx, priv, total, err) == -1)
-    return -1;
-  return 1;
+    goto fail;
+  r = 1;
+  goto out;
 
  not_bgzf:
   priv->ncoll = 0;
-  return 0;
+  goto out;
+ fail:
+  r = -1;
+ out:
+  ad_window_free (&w);
+  return r;
 }

@@ -290,7 +290,7 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
     return ad_error_set (err, EIO, "the file (%" PRIu64 " bytes) is too "
                          "short for a member (at least %d bytes)",
                          src->size, MEMBER_MIN);
-  n = src->size < CHUNK ? src->size : CHUNK;
+  n = src->size < AD_WINDOW_CHUNK ? src->size : AD_WINDOW_CHUNK;
   buf = malloc (n);
   if (buf == NULL)
     return ad_error_set (err, ENOMEM, "malloc: %m");
@@ -324,9 +324,6 @@ gz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
       return priv->pass ? 0 : -1;
     }
   }
-  /* A failed BGZF walk may have overwritten buf: read it again. */
-  if (h.bgzf && ad_source_pread (src, buf, n, 0, err) == -1)
-    goto fail;
   idx->index_from = "a pass over the whole file at open";
   return gz_sizing_pass (idx, priv, span, src, buf, n, err);
 

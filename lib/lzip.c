@@ -58,6 +58,7 @@
 #include <lzma.h>
 
 #include "format-int.h"
+#include "window.h"
 #include "persist.h"
 
 #define HEADER_SIZE 6
@@ -75,12 +76,6 @@
  * MAX_RATIO times the member's LZMA stream is a lie.
  */
 #define MAX_RATIO 8192
-
-/* A member's compressed bytes are read in one go up to this size, in
- * chunks of CHUNK_SIZE beyond it.
- */
-#define WHOLE_READ_MAX (16 * 1024 * 1024)
-#define CHUNK_SIZE (8 * 1024 * 1024)
 
 /* The lzip format allows dictionaries of 4 KiB to 512 MiB. */
 #define MAX_DECODER_MEM (512 * 1024 * 1024ULL + 64 * 1024 * 1024ULL)
@@ -302,9 +297,8 @@ struct lzip_decoder {
   bool failed;                  /* An error was returned: keep failing. */
   lzma_stream strm;
   bool strm_init;
-  unsigned char *in;            /* One chunk of compressed bytes. */
-  size_t in_alloc;
-  uint64_t next;                /* File offset of the next chunk. */
+  struct ad_window win;         /* Its compressed bytes, */
+  uint64_t next;                /* fed to liblzma up to here. */
   uint64_t end;                 /* End of the member in the file. */
 };
 
@@ -336,45 +330,31 @@ lzip_decoder_free (void *decoder)
     return;
   if (d->strm_init)
     lzma_end (&d->strm);
-  free (d->in);
+  ad_window_free (&d->win);
   free (d);
 }
 
-/* Read the next chunk of the member's compressed bytes into d->in. */
+/* Give liblzma the next piece of the member's compressed bytes (it has
+ * consumed those before d->next).
+ */
 static int
 read_chunk (struct lzip_decoder *d, struct ad_source *src,
             struct ad_error *err)
 {
-  uint64_t left = d->end - d->next;
-  size_t len = left <= WHOLE_READ_MAX ? left : CHUNK_SIZE;
+  const unsigned char *p;
+  size_t avail;
 
-  if (len == 0)
+  if (d->next == d->end)
     return ad_error_set (err, EIO, "member is empty");
-  /* The whole member in place: no copy. */
-  if (d->in == NULL) {
-    const void *p = ad_source_map (src, d->next, left);
-
-    if (p) {
-      d->strm.next_in = p;
-      d->strm.avail_in = left;
-      d->next += left;
-      return 0;
-    }
-  }
-  if (d->in == NULL) {
-    d->in = malloc (len);
-    if (d->in == NULL)
-      return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for "
-                           "compressed data: %m", len);
-    d->in_alloc = len;
-  }
-  if (len > d->in_alloc)
-    len = d->in_alloc;
-  if (ad_source_pread (src, d->in, len, d->next, err) == -1)
+  if (d->win.src == NULL)
+    ad_window_init (&d->win, src, d->frame.coff, d->end);
+  d->win.src = src;             /* The reader's, which may change. */
+  p = ad_window_need (&d->win, d->next, 1, &avail, err);
+  if (p == NULL)
     return -1;
-  d->strm.next_in = d->in;
-  d->strm.avail_in = len;
-  d->next += len;
+  d->strm.next_in = p;
+  d->strm.avail_in = avail;
+  d->next += avail;
   return 0;
 }
 

@@ -142,9 +142,12 @@ in_window (const struct ad_open_window *w, uint64_t offset, size_t count)
     count <= w->len - (offset - w->off);
 }
 
+/* Reads that miss both windows go to the source below, which may lend
+ * what it holds (see ad_source_read).
+ */
 static int
-open_pread (void *opaque, void *buf, size_t count, uint64_t offset,
-            struct ad_error *err)
+open_read (void *opaque, void *buf, size_t count, uint64_t offset,
+           const void **data, struct ad_loan **loan, struct ad_error *err)
 {
   struct ad_open_source *os = opaque;
   struct ad_source *inner = os->inner;
@@ -181,7 +184,16 @@ open_pread (void *opaque, void *buf, size_t count, uint64_t offset,
     memcpy ((char *) buf + n, os->tail.buf, count - n);
     return 0;
   }
-  return ad_source_pread (inner, buf, count, offset, err);
+  return ad_source_read (inner, buf, count, offset, data, loan, err);
+}
+
+static int
+open_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+            struct ad_error *err)
+{
+  const void *data;
+
+  return open_read (opaque, buf, count, offset, &data, NULL, err);
 }
 
 void
@@ -190,6 +202,7 @@ ad_open_source_init (struct ad_open_source *os, struct ad_source *inner)
   memset (os, 0, sizeof *os);
   os->inner = inner;
   os->src.pread = open_pread;
+  os->src.lend = open_read;
   os->src.opaque = os;
   os->src.size = inner->size;
 }

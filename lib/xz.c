@@ -50,6 +50,7 @@
 #include <lzma.h>
 
 #include "format-int.h"
+#include "window.h"
 
 /* Reads while walking the file backwards cover at least this much, so
  * that the footer, the Index and the padding of a small Stream come in
@@ -59,12 +60,6 @@
 
 /* Stream Padding is scanned in chunks growing up to this size. */
 #define PADDING_CHUNK_MAX (8 * 1024 * 1024)
-
-/* A Block's compressed bytes are read in one go up to this size, in
- * chunks of CHUNK_SIZE beyond it.
- */
-#define WHOLE_READ_MAX (16 * 1024 * 1024)
-#define CHUNK_SIZE (8 * 1024 * 1024)
 
 /* Largest LZMA2 dictionary, and decoder memory, we accept (xz itself
  * never writes a dictionary larger than 1.5 GiB).
@@ -486,9 +481,8 @@ struct xz_decoder {
   bool strm_init;
   lzma_block block;
   lzma_filter filters[LZMA_FILTERS_MAX + 1];
-  unsigned char *in;            /* One chunk of compressed bytes. */
-  size_t in_alloc;
-  uint64_t next;                /* File offset of the next chunk. */
+  struct ad_window win;         /* Its compressed bytes, */
+  uint64_t next;                /* fed to liblzma up to here. */
   uint64_t end;                 /* End of the Block in the file. */
 };
 
@@ -538,44 +532,30 @@ xz_decoder_free (void *decoder)
   if (d->strm_init)
     lzma_end (&d->strm);
   free_filters (d->filters);
-  free (d->in);
+  ad_window_free (&d->win);
   free (d);
 }
 
-/* Read the next chunk of the Block's compressed bytes into d->in. */
+/* Give liblzma the next piece of the Block's compressed bytes (it has
+ * consumed those before d->next).
+ */
 static int
 read_chunk (struct xz_decoder *d, struct ad_source *src, struct ad_error *err)
 {
-  uint64_t left = d->end - d->next;
-  size_t len = left <= WHOLE_READ_MAX ? left : CHUNK_SIZE;
+  const unsigned char *p;
+  size_t avail;
 
-  if (len == 0)
+  if (d->next == d->end)
     return ad_error_set (err, EIO, "block is empty");
-  /* The whole Block in place: no copy. */
-  if (d->in == NULL) {
-    const void *p = ad_source_map (src, d->next, left);
-
-    if (p) {
-      d->strm.next_in = p;
-      d->strm.avail_in = left;
-      d->next += left;
-      return 0;
-    }
-  }
-  if (d->in == NULL) {
-    d->in = malloc (len);
-    if (d->in == NULL)
-      return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for "
-                           "compressed data: %m", len);
-    d->in_alloc = len;
-  }
-  if (len > d->in_alloc)
-    len = d->in_alloc;
-  if (ad_source_pread (src, d->in, len, d->next, err) == -1)
+  if (d->win.src == NULL)
+    ad_window_init (&d->win, src, d->frame.coff, d->end);
+  d->win.src = src;             /* The reader's, which may change. */
+  p = ad_window_need (&d->win, d->next, 1, &avail, err);
+  if (p == NULL)
     return -1;
-  d->strm.next_in = d->in;
-  d->strm.avail_in = len;
-  d->next += len;
+  d->strm.next_in = p;
+  d->strm.avail_in = avail;
+  d->next += avail;
   return 0;
 }
 

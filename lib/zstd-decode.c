@@ -20,7 +20,6 @@
 #include "seekable-formats.h"
 #include "zstd-int.h"
 
-#define WHOLE_READ_MAX (16 * 1024 * 1024)  /* Frames read in one go. */
 #define DCTX_KEEP_MAX (32 * 1024 * 1024)   /* Larger ones are freed. */
 
 /* Decoder contexts are reused: creating one per frame costs more than
@@ -70,8 +69,7 @@ struct zstd_decoder {
   ZSTD_DCtx *dctx;
   uint64_t coff, cend;          /* The compressed range. */
   uint64_t next;                /* Next compressed offset to read. */
-  unsigned char *in;
-  size_t in_alloc;
+  struct ad_window win;         /* The range's bytes. */
   ZSTD_inBuffer inb;            /* Bytes read, not yet consumed. */
   uint64_t usize, produced;
   enum dec_state state;
@@ -97,47 +95,31 @@ dec_offset (const struct zstd_decoder *d)
 }
 
 /* Make at least want bytes available at inb.pos, or all that is left
- * of the range.  Reads as much as the buffer holds.
+ * of the range.  Hashes the bytes read for the first time.
  */
 static int
 dec_fill (struct zstd_decoder *d, struct ad_source *src, size_t want,
           struct ad_error *err)
 {
   size_t avail = d->inb.size - d->inb.pos;
-  uint64_t n;
+  uint64_t pos = dec_offset (d), old = d->win.held;
+  const unsigned char *p;
 
   if (avail >= want || d->next == d->cend)
     return 0;
-  if (d->in == NULL) {
-    /* The whole frame in place, no copy; else a buffer. */
-    const void *p = ad_source_map (src, d->next, d->cend - d->next);
-
-    if (p) {
-      d->inb.src = p;
-      d->inb.size = d->cend - d->next;
-      d->inb.pos = 0;
-      d->next = d->cend;
-      if (d->chashing)
-        XXH64_update (d->cxxh, p, d->inb.size);
-      return 0;
-    }
-    d->in = malloc (d->in_alloc);
-    if (d->in == NULL)
-      return ad_error_set (err, ENOMEM, "cannot allocate %zu bytes for "
-                           "compressed data: %m", d->in_alloc);
-  }
-  if (avail > 0)
-    memmove (d->in, d->in + d->inb.pos, avail);
-  n = d->in_alloc - avail;
-  if (n > d->cend - d->next)
-    n = d->cend - d->next;
-  if (ad_source_pread (src, d->in + avail, n, d->next, err) == -1)
+  if (d->win.src == NULL)
+    ad_window_init (&d->win, src, d->coff, d->cend);
+  d->win.src = src;             /* The reader's, which may change. */
+  p = ad_window_need (&d->win, pos, want, &avail, err);
+  if (p == NULL)
     return -1;
-  if (d->chashing)
-    XXH64_update (d->cxxh, d->in + avail, n);
-  d->next += n;
-  d->inb.src = d->in;
-  d->inb.size = avail + n;
+  if (old < pos)
+    old = pos;                  /* The bytes skipped were not read. */
+  if (d->chashing && d->win.held > old)
+    XXH64_update (d->cxxh, ad_window_at (&d->win, old), d->win.held - old);
+  d->next = d->win.held;
+  d->inb.src = p;
+  d->inb.size = avail;
   d->inb.pos = 0;
   return 0;
 }
@@ -157,14 +139,12 @@ dec_new (struct zstd_priv *priv, const struct ad_frame *frame,
   d->priv = priv;
   d->coff = d->next = frame->coff;
   d->cend = frame->coff + frame->csize;
-  d->in_alloc = frame->csize <= WHOLE_READ_MAX ? frame->csize : CHUNK_SIZE;
   d->dctx = get_dctx (priv);
   if (d->dctx == NULL) {
     put_dctx (priv, d->dctx);
     free (d);
     return ad_error_set (err, ENOMEM, "out of memory for the decoder");
   }
-  d->inb.src = d->in;
   d->usize = frame->usize;
   d->state = DEC_BETWEEN;
   d->has_sum = has_sum;
@@ -211,7 +191,7 @@ zstd_decoder_free (void *decoder)
     XXH64_freeState (d->xxh);
   if (d->cxxh)
     XXH64_freeState (d->cxxh);
-  free (d->in);
+  ad_window_free (&d->win);
   free (d);
 }
 

@@ -22,6 +22,7 @@
 #include <zstd.h>
 
 #include "format-int.h"
+#include "window.h"
 
 #define FRAME_MAGIC 0xFD2FB528U
 #define SKIPPABLE_MASK 0xFFFFFFF0U
@@ -33,7 +34,6 @@
 #define BLOCK_SIZE_MAX (128 * 1024)
 #define CHECKSUM_SIZE 4
 
-#define CHUNK_SIZE (8 * 1024 * 1024)       /* Sequential reads. */
 #define WALK_CHUNK (1024 * 1024)           /* Reads of the frame walk. */
 #define DCTX_POOL_MAX 16                   /* Decoder contexts kept. */
 #define AUX_CHECKSUM 1                     /* aux32: the frame has a

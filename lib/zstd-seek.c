@@ -79,8 +79,8 @@ read_seek_table (struct ad_source *src, uint32_t nentries,
   }
   for (done = 0; done < AD_SKIPPABLE_HEADER_SIZE + entries_size; ) {
     uint64_t n = AD_SKIPPABLE_HEADER_SIZE + entries_size - done;
-    if (n > CHUNK_SIZE)
-      n = CHUNK_SIZE;
+    if (n > AD_WINDOW_CHUNK)
+      n = AD_WINDOW_CHUNK;
     if (ad_source_pread (src, table + done, n, table_start + done,
                          err) == -1)
       goto fail;

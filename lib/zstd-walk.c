@@ -65,15 +65,26 @@ struct walk_frame {
  */
 struct walker {
   struct ad_source *src;
-  unsigned char *buf;           /* The buffer being walked, or NULL. */
-  size_t alloc;                 /* Its size. */
-  uint64_t start;               /* File offset of buf[0]. */
-  size_t len;                   /* Bytes valid in buf. */
+  struct ad_window win;         /* The file, in the batch's buffers, */
+  struct ad_window_buffers buffers; /* or lent while no job is queued. */
   struct ad_batch *batch;
   uint64_t max_frame;
   struct job *job;              /* Frame whose bytes are being queued... */
   uint64_t copied;              /* ...up to here. */
 };
+
+/* The window's buffers are the batch's. */
+static void *
+walk_buffer_get (void *batch, struct ad_error *err)
+{
+  return ad_batch_buffer_get (batch, err);
+}
+
+static void
+walk_buffer_put (void *batch, void *buf)
+{
+  ad_batch_buffer_put (batch, buf);
+}
 
 /* A worker's decoder and output buffer. */
 struct counter {
@@ -230,11 +241,15 @@ count_job (void *ctx, void *state, void *vjob, bool drop)
   return !job->failed;
 }
 
-/* Queue the bytes [w->copied, upto) of the buffer on the current job. */
+/* Queue the bytes [w->copied, upto) of the window on the current job:
+ * the buffer that holds them, or a copy where they are lent or mapped.
+ */
 static int
 walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
 {
   struct ad_batch *b = w->batch;
+  const unsigned char *from = ad_window_at (&w->win, w->copied);
+  unsigned char *copy = NULL;
   struct chunk *c;
 
   if (upto <= w->copied)
@@ -243,17 +258,29 @@ walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
   if (c == NULL)
     return ad_error_set (err, ENOMEM, "malloc: %m");
   c->next = NULL;
-  c->buffer = w->buf;
-  c->data = w->buf + (w->copied - w->start);
+  c->buffer = w->win.buf;
+  c->data = from;
   c->len = upto - w->copied;
+  if (w->win.data != w->win.buf) {
+    copy = ad_batch_buffer_get (b, err);
+    if (copy == NULL) {
+      free (c);
+      return -1;
+    }
+    memcpy (copy, from, c->len);
+    c->buffer = copy;
+    c->data = copy;
+  }
 
   ad_batch_lock (b);
   if (ad_batch_failed (b)) {
     ad_batch_unlock (b);
+    ad_batch_buffer_put (b, copy);
     free (c);
     return ad_error_set (err, EIO, "parallel decoding failed");
   }
-  ad_batch_buffer_hold (w->buf);
+  if (copy == NULL)
+    ad_batch_buffer_hold (c->buffer);
   if (w->job->tail)
     w->job->tail->next = c;
   else
@@ -265,11 +292,12 @@ walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
   return 0;
 }
 
-/* Make the bytes [pos, pos + n) available in the buffer (n is small).
- * A refill moves to a fresh buffer (the old one may still be in use by
- * chunks), keeping the few bytes before its end that are still needed.
- * While a frame is being queued the reads stay contiguous, so that
- * every byte of it passes through a buffer.
+/* Make the bytes [pos, pos + n) available in the window (n is small).
+ * While no frame is being queued, the window borrows the fetcher's
+ * memory where it can (the walk reads only headers; copying the rest
+ * would cost more than the walk).  While a frame is being queued its
+ * bytes go to the workers in the batch's buffers, and the reads stay
+ * contiguous, so that every byte of it passes through a buffer.
  */
 static int
 walk_need (struct walker *w, uint64_t pos, size_t n, struct ad_error *err)
@@ -280,38 +308,23 @@ walk_need (struct walker *w, uint64_t pos, size_t n, struct ad_error *err)
     return ad_error_set (err, EIO, "truncated: %zu bytes needed at offset %"
                          PRIu64 ", the file ends at %" PRIu64, n, pos,
                          size);
-  while (pos < w->start || pos + n > w->start + w->len) {
-    uint64_t end = w->start + w->len;
-    uint64_t ns = pos;
-    size_t keep = 0, want;
-    unsigned char *nb;
+  while (w->win.data == NULL || pos < w->win.base ||
+         pos + n > w->win.held) {
+    uint64_t from = pos;
+    size_t want, avail;
 
+    w->win.lend = w->job == NULL;
     if (w->job) {
-      if (walk_flush (w, end, err) == -1)
+      if (w->win.data && walk_flush (w, w->win.held, err) == -1)
         return -1;
-      if (ns > end)
-        ns = end;
+      if (from > w->win.held)
+        from = w->win.held;
     }
-    nb = ad_batch_buffer_get (w->batch, err);
-    if (nb == NULL)
+    want = pos + n - from;
+    if (want > w->buffers.size)
+      want = w->buffers.size;
+    if (ad_window_need (&w->win, from, want, &avail, err) == NULL)
       return -1;
-    if (w->buf && ns >= w->start && ns < end) {
-      keep = end - ns;
-      memcpy (nb, w->buf + (ns - w->start), keep);
-    }
-    ad_batch_buffer_put (w->batch, w->buf);
-    w->buf = nb;
-    w->start = ns;
-    w->len = keep;
-    want = w->alloc - keep;
-    if (want > size - (ns + keep))
-      want = size - (ns + keep);
-    if (want == 0)
-      return ad_error_set (err, EIO, "internal error: walk buffer is full "
-                           "at offset %" PRIu64, ns);
-    if (ad_source_pread (w->src, w->buf + keep, want, ns + keep, err) == -1)
-      return -1;
-    w->len += want;
   }
   return 0;
 }
@@ -319,7 +332,7 @@ walk_need (struct walker *w, uint64_t pos, size_t n, struct ad_error *err)
 static const unsigned char *
 walk_ptr (struct walker *w, uint64_t pos)
 {
-  return w->buf + (pos - w->start);
+  return ad_window_at (&w->win, pos);
 }
 
 /* Walk the Data_Blocks of the frame number frame_no at pos, from *p
@@ -618,13 +631,19 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
   bool walk_ok;
   int r = -1;
 
-  w.alloc = src->size < WALK_CHUNK ? src->size : WALK_CHUNK;
-  if (w.alloc < 64)
-    w.alloc = 64;
-  spec.buffer_size = w.alloc;
+  spec.buffer_size = src->size < WALK_CHUNK ? src->size : WALK_CHUNK;
+  if (spec.buffer_size < 64)
+    spec.buffer_size = 64;
   w.batch = ad_batch_new (&spec, &w, err);
   if (w.batch == NULL)
     return -1;
+  w.buffers.get = walk_buffer_get;
+  w.buffers.put = walk_buffer_put;
+  w.buffers.opaque = w.batch;
+  w.buffers.size = spec.buffer_size;
+  ad_window_init (&w.win, src, 0, src->size);
+  w.win.chunk = spec.buffer_size;
+  w.win.buffers = &w.buffers;
 
   walk_ok = walk_frames (&w, idx, &t, err) == 0;
   ad_batch_finish (w.batch, !walk_ok);
@@ -634,7 +653,7 @@ zstd_open_walk (struct ad_index *idx, struct ad_source *src,
       r = 0;
   }
   walk_free (&w, &t);
-  ad_batch_buffer_put (w.batch, w.buf);
+  ad_window_free (&w.win);
   ad_batch_free (w.batch);
   return r;
 }

@@ -326,28 +326,29 @@ hash_range (struct ad_source *src, uint64_t coff, uint64_t csize,
             uint64_t *hash)
 {
   XXH64_state_t *st = XXH64_createState ();
-  size_t alloc = csize < CHUNK_SIZE ? csize : CHUNK_SIZE;
-  unsigned char *buf = malloc (alloc ? alloc : 1);
+  struct ad_window w;
   struct ad_error e;
+  uint64_t pos = coff;
   int r = -1;
 
-  if (st == NULL || buf == NULL)
-    goto out;
+  if (st == NULL)
+    return -1;
+  ad_window_init (&w, src, coff, coff + csize);
   XXH64_reset (st, 0);
-  while (csize > 0) {
-    size_t n = csize < alloc ? csize : alloc;
-    if (ad_source_pread (src, buf, n, coff, &e) == -1)
+  while (pos < coff + csize) {
+    size_t n;
+    const unsigned char *p = ad_window_need (&w, pos, 1, &n, &e);
+
+    if (p == NULL)
       goto out;
-    XXH64_update (st, buf, n);
-    coff += n;
-    csize -= n;
+    XXH64_update (st, p, n);
+    pos += n;
   }
   *hash = XXH64_digest (st);
   r = 0;
  out:
-  if (st)
-    XXH64_freeState (st);
-  free (buf);
+  ad_window_free (&w);
+  XXH64_freeState (st);
   return r;
 }
 
