@@ -126,22 +126,20 @@ ad_window_need (struct ad_window *w, uint64_t pos, size_t n, size_t *avail,
     if (old)
       keep = 0;
     nb = own_memory (w, NULL, 0, len, err);
-    if (nb == NULL)
-      return NULL;
-    if (ad_source_read (w->src, nb, len, pos, &data,
+    if (nb == NULL ||
+        ad_source_read (w->src, nb, len, pos, &data,
                         w->lend ? &loan : NULL, err) == -1)
-      return NULL;
+      goto fail;
     ad_loan_return (old);
     w->loan = loan;
     w->data = data;
   }
   else {
     nb = own_memory (w, keep ? ad_window_at (w, pos) : NULL, keep, len, err);
-    if (nb == NULL)
-      return NULL;
-    if (ad_source_pread (w->src, nb + keep, len - keep, pos + keep,
+    if (nb == NULL ||
+        ad_source_pread (w->src, nb + keep, len - keep, pos + keep,
                          err) == -1)
-      return NULL;
+      goto fail;
     w->data = nb;
   }
   w->mapped = false;
@@ -149,6 +147,11 @@ ad_window_need (struct ad_window *w, uint64_t pos, size_t n, size_t *avail,
   w->held = pos + len;
   *avail = len;
   return w->data;
+
+ fail:
+  /* What was held may have moved or gone: hold nothing. */
+  ad_window_drop (w, pos);
+  return NULL;
 }
 
 void
