@@ -115,16 +115,14 @@ ad_window_need (struct ad_window *w, uint64_t pos, size_t n, size_t *avail,
     len = left;
   if (w->buffers && len > w->buffers->size)
     len = w->buffers->size > n ? w->buffers->size : n;
-  keep = w->data && pos >= w->base && pos < w->held ? w->held - pos : 0;
 
   if (w->lend || old) {
-    /* Borrow all of [pos, pos + len), the kept bytes included: a lent
-     * piece is lent whole, and the kept bytes are still the source's
-     * (held by the old loan), so reading them again copies nothing.
-     * Where the source copies instead, it copies into own memory.
+    /* Read all of [pos, pos + len), the kept bytes included: a lent
+     * piece is lent whole.  Bytes kept from a loan are still in the
+     * source's memory (the old loan holds them), so reading them again
+     * reads nothing below.  Where the source does not lend, it copies
+     * into own memory.
      */
-    if (old)
-      keep = 0;
     nb = own_memory (w, NULL, 0, len, err);
     if (nb == NULL ||
         ad_source_read (w->src, nb, len, pos, &data,
@@ -135,6 +133,7 @@ ad_window_need (struct ad_window *w, uint64_t pos, size_t n, size_t *avail,
     w->data = data;
   }
   else {
+    keep = w->data && pos >= w->base && pos < w->held ? w->held - pos : 0;
     nb = own_memory (w, keep ? ad_window_at (w, pos) : NULL, keep, len, err);
     if (nb == NULL ||
         ad_source_pread (w->src, nb + keep, len - keep, pos + keep,

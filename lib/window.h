@@ -16,7 +16,10 @@
  *   - in place, where the source maps the whole rest of the range
  *     (the input of a decode job is already in memory);
  *   - lent by the source, where the window may borrow (w->lend) and the
- *     source holds the bytes in memory (the fetcher's buffers): no copy;
+ *     source holds the bytes in memory (the fetcher's buffers): no copy.
+ *     A borrowing window reads the bytes it keeps again with the rest
+ *     (from the source's memory where they were lent), so it suits a
+ *     consumer that keeps a few bytes (a walk that reads headers);
  *   - read into the window's own memory: the whole range in one read
  *     when it is at most AD_WINDOW_WHOLE bytes, else AD_WINDOW_CHUNK
  *     bytes a read (or w->chunk, when the user sets it).
