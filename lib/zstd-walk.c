@@ -242,53 +242,56 @@ count_job (void *ctx, void *state, void *vjob, bool drop)
 }
 
 /* Queue the bytes [w->copied, upto) of the window on the current job:
- * the buffer that holds them, or a copy where they are lent or mapped.
+ * in the buffer that holds them, or where they are lent or mapped, in
+ * copies of at most a buffer each.
  */
 static int
 walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
 {
   struct ad_batch *b = w->batch;
-  const unsigned char *from = ad_window_at (&w->win, w->copied);
-  unsigned char *copy = NULL;
-  struct chunk *c;
 
-  if (upto <= w->copied)
-    return 0;
-  c = malloc (sizeof *c);
-  if (c == NULL)
-    return ad_error_set (err, ENOMEM, "malloc: %m");
-  c->next = NULL;
-  c->buffer = w->win.buf;
-  c->data = from;
-  c->len = upto - w->copied;
-  if (w->win.data != w->win.buf) {
-    copy = ad_batch_buffer_get (b, err);
-    if (copy == NULL) {
-      free (c);
-      return -1;
+  while (w->copied < upto) {
+    const unsigned char *from = ad_window_at (&w->win, w->copied);
+    unsigned char *copy = NULL;
+    struct chunk *c = malloc (sizeof *c);
+
+    if (c == NULL)
+      return ad_error_set (err, ENOMEM, "malloc: %m");
+    c->next = NULL;
+    c->buffer = w->win.buf;
+    c->data = from;
+    c->len = upto - w->copied;
+    if (w->win.data != w->win.buf) {
+      if (c->len > w->buffers.size)
+        c->len = w->buffers.size;
+      copy = ad_batch_buffer_get (b, err);
+      if (copy == NULL) {
+        free (c);
+        return -1;
+      }
+      memcpy (copy, from, c->len);
+      c->buffer = copy;
+      c->data = copy;
     }
-    memcpy (copy, from, c->len);
-    c->buffer = copy;
-    c->data = copy;
-  }
 
-  ad_batch_lock (b);
-  if (ad_batch_failed (b)) {
+    ad_batch_lock (b);
+    if (ad_batch_failed (b)) {
+      ad_batch_unlock (b);
+      ad_batch_buffer_put (b, copy);
+      free (c);
+      return ad_error_set (err, EIO, "parallel decoding failed");
+    }
+    if (copy == NULL)
+      ad_batch_buffer_hold (c->buffer);
+    if (w->job->tail)
+      w->job->tail->next = c;
+    else
+      w->job->head = c;
+    w->job->tail = c;
+    ad_batch_wake (b);
     ad_batch_unlock (b);
-    ad_batch_buffer_put (b, copy);
-    free (c);
-    return ad_error_set (err, EIO, "parallel decoding failed");
+    w->copied += c->len;
   }
-  if (copy == NULL)
-    ad_batch_buffer_hold (c->buffer);
-  if (w->job->tail)
-    w->job->tail->next = c;
-  else
-    w->job->head = c;
-  w->job->tail = c;
-  ad_batch_wake (b);
-  ad_batch_unlock (b);
-  w->copied = upto;
   return 0;
 }
 
