@@ -162,8 +162,9 @@ find_known (struct ad_export *exp, struct ad_source *src, uint64_t uoff,
 }
 
 /* Look ahead of a read of reader that ended at end: decode the frames
- * that follow, then fetch the next compressed bytes while they decode.
- * Called with reader->ahead_lock held.
+ * that follow (the caller then has the fetcher fetch the next
+ * compressed bytes while they decode, ad_fetch_ahead).  Called with
+ * reader->ahead_lock held.
  */
 static void
 look_ahead (struct ad_export *exp, struct ad_reader *reader,
@@ -183,7 +184,6 @@ look_ahead (struct ad_export *exp, struct ad_reader *reader,
                      other_reader_start (exp, reader, offset));
   if (next > ahead)
     __atomic_store_n (&reader->ahead, next, __ATOMIC_RELAXED);
-  ad_fetch_ahead (src);
 }
 
 /* The read-ahead thread of a reader (see ad_reader_set_background). */
@@ -196,7 +196,7 @@ ahead_thread (void *arg)
   for (;;) {
     struct ad_fetch_source fs;
     struct ad_source *src;
-    uint64_t offset, end;
+    uint64_t offset, end, now;
 
     while (!reader->pending && !reader->quit)
       pthread_cond_wait (&reader->cond, &reader->lock);
@@ -213,6 +213,14 @@ ahead_thread (void *arg)
                                        offset);
     pthread_mutex_lock (&reader->ahead_lock);
     look_ahead (reader->exp, reader, src, offset, end);
+    /* The decodes queued may have taken round trips, and the reader
+     * may have read on, or elsewhere, meanwhile: the fetch ahead goes
+     * as far as its run reaches now (nowhere if it has left the run).
+     */
+    now = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
+    fs.horizon = export_fetch_horizon (reader->exp, reader, reader->bg,
+                                       now > offset ? now - 1 : offset);
+    ad_fetch_ahead (src);
     pthread_mutex_unlock (&reader->ahead_lock);
     pthread_mutex_lock (&reader->lock);
   }
@@ -342,6 +350,7 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
   if (pthread_mutex_trylock (&reader->ahead_lock) != 0)
     return;
   look_ahead (exp, reader, src, offset, end);
+  ad_fetch_ahead (src);
   pthread_mutex_unlock (&reader->ahead_lock);
 }
 

@@ -44,6 +44,7 @@ struct ad_fetch_stream {
   unsigned streak;              /* Reads that extended it. */
   bool seq;                     /* Judged sequential since it began. */
   uint64_t used;                /* Tick of the last use (0: free). */
+  uint64_t born;                /* Tick at which it (last) began. */
 };
 
 struct ad_fetch {
@@ -186,7 +187,7 @@ note_stream_locked (struct ad_fetch *f, const void *reader, uint64_t offset,
   lru->next = end;
   lru->streak = 0;
   lru->seq = false;
-  lru->used = ++f->tick;
+  lru->used = lru->born = ++f->tick;
   return lru;
 }
 
@@ -456,6 +457,7 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
   if (fs->sequential || s->streak >= FETCH_STREAK) {
     s->seq = true;
     fs->stream = s;
+    fs->born = s->born;
   }
   else
     fs->stream = NULL;
@@ -580,10 +582,12 @@ ad_fetch_ahead (struct ad_source *src)
   pthread_mutex_lock (&f->lock);
   /* The stream's reads are within the buffers, with less than half of
    * the next fetch left ahead, and its horizon is past them: fetch
-   * that.
+   * that.  Not if the stream has begun again since fs read through it
+   * (the reader's next run, elsewhere): fs->horizon is that of the run
+   * before.
    */
   pos = fs->stream->next;
-  if (fs->stream->seq && pos > 0 &&
+  if (fs->stream->born == fs->born && fs->stream->seq && pos > 0 &&
       pos < fs->inner->size && slot_at_locked (f, pos - 1) != NULL) {
     end = chain_end_locked (f, pos - 1, pos + f->size, &loading);
     want = fetch_size_for (f, fs, end);

@@ -90,6 +90,7 @@ struct ad_fetch_source {
   uint64_t horizon;             /* Where the reader's fetches stop */
                                 /* (UINT64_MAX: after fetch_size). */
   struct ad_fetch_stream *stream; /* Of the last read, if sequential. */
+  uint64_t born;                /* When that stream began (its tick). */
 };
 
 /* Wrap inner in fs and return the source to read: &fs->src, or inner
@@ -114,8 +115,10 @@ extern struct ad_source *ad_fetch_wrap_reader (struct ad_fetch_source *fs,
 extern void ad_fetch_forget (struct ad_fetch *f, const void *reader);
 
 /* If src is a fetcher's source (ad_fetch_wrap) whose last read was
- * part of a sequential stream, and that stream has less than half a
- * fetch of its bytes left in the buffers, fetch the next bytes now.
+ * part of a sequential stream, that stream has not begun again since
+ * (its reader's next run, elsewhere, which src's horizon is not for),
+ * and it has less than half a fetch of its bytes left in the buffers,
+ * fetch the next bytes now.
  */
 extern void ad_fetch_ahead (struct ad_source *src);
 
