@@ -29,6 +29,8 @@
  * read in a row, but at least one frame: a short run of reads (a file
  * that a booting guest reads) then decodes and fetches little that it
  * does not use, while a long one (a copy) soon has the whole window.
+ * (look_ahead also caps the run of a reader of one request at a time
+ * at INTERACTIVE_WINDOW.)
  */
 static uint64_t
 readahead_window (const struct ad_export *exp, uint64_t usize, uint64_t run)
@@ -171,6 +173,7 @@ look_ahead (struct ad_export *exp, struct ad_reader *reader,
             struct ad_source *src, uint64_t offset, uint64_t end)
 {
   uint64_t start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
+  uint64_t run;
   size_t from, next, ahead;
   struct ad_frame f;
 
@@ -180,7 +183,16 @@ look_ahead (struct ad_export *exp, struct ad_reader *reader,
   ahead = __atomic_load_n (&reader->ahead, __ATOMIC_RELAXED);
   if (ahead > from)
     from = ahead;
-  next = read_ahead (exp, src, from, end, end > start ? end - start : 0,
+  /* A reader of one request at a time (a guest reading its files)
+   * decodes at most INTERACTIVE_WINDOW ahead, however long its run:
+   * its run may end at any read, and what was decoded past that end
+   * (and fetched for it) is waste.
+   */
+  run = end > start ? end - start : 0;
+  if (!__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED) &&
+      run > INTERACTIVE_WINDOW)
+    run = INTERACTIVE_WINDOW;
+  next = read_ahead (exp, src, from, end, run,
                      other_reader_start (exp, reader, offset));
   if (next > ahead)
     __atomic_store_n (&reader->ahead, next, __ATOMIC_RELAXED);
