@@ -376,7 +376,15 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
 
   if (reader == NULL)
     return UINT64_MAX;
-  if (!export_sequential (reader, offset))
+  /* A reader that reads in runs (not in bulk) and has begun its next
+   * one fetches for it from its second read on, before it is
+   * sequential again: a guest's first reads of a file skip ahead a few
+   * frames at a time (its metadata, then its data).
+   */
+  if (!export_sequential (reader, offset) &&
+      !(__atomic_load_n (&reader->ran, __ATOMIC_RELAXED) &&
+        !__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED) &&
+        export_in_run (reader, offset)))
     return 0;
   start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
   /* With many requests in flight (nbdcopy), the run reaches as far as
