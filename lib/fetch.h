@@ -50,10 +50,15 @@
  * nobody is about to read, so that over a slow link the next bytes
  * arrive while the decoders work.
  *
- * The buffers are allocated on first use, counted against the frame
- * cache (ad_cache_reserve) so that what the process holds stays within
- * the cache size, at most a quarter of it (fewer buffers, then smaller
- * ones), and shared by every reader of the export.  A fetch
+ * The buffers are allocated on first use, each as large as its fetch
+ * (rounded up to a power of two times FETCH_MIN), counted against the
+ * frame cache (ad_cache_reserve) so that what the process holds stays
+ * within the cache size: together at most FETCH_BIG times fetch_size
+ * and a quarter of the cache (fewer, then smaller ones), and shared by
+ * every reader of the export.  A copy's fetches hold a few whole
+ * buffers; a guest's short ones up to FETCH_SLOTS, whose bytes its
+ * later reads nearby may find (the least recently used are freed to
+ * make room).  A fetch
  * that fails (the bytes past what was asked may be unreadable) is
  * retried as the exact read, whose error is the one reported.
  */
