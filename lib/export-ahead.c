@@ -282,6 +282,15 @@ export_fetches_run (const struct ad_reader *reader, uint64_t offset)
      !__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED));
 }
 
+void
+export_reader_run (struct ad_reader *reader, uint64_t *start, uint64_t *end)
+{
+  pthread_mutex_lock (&reader->lock);
+  *start = reader->start;
+  *end = reader->end;
+  pthread_mutex_unlock (&reader->lock);
+}
+
 bool
 export_bulk (struct ad_reader *reader, uint64_t start, uint64_t end)
 {
@@ -386,11 +395,10 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
         !__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED) &&
         export_in_run (reader, offset)))
     return 0;
-  start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
   /* With many requests in flight (nbdcopy), the run reaches as far as
    * the furthest of them.
    */
-  end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
+  export_reader_run (reader, &start, &end);
   if (end < offset + 1)
     end = offset + 1;
   if (export_bulk (reader, start, end)) {

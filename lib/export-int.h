@@ -168,6 +168,14 @@ extern bool export_sequential (const struct ad_reader *reader,
 #define BULK_DEPTH 8
 #define BULK_RUN (16 * 1024 * 1024ULL)
 
+/* Where reader's current run of reads starts and ends, as one pair:
+ * export_note_read moves both (under reader->lock) when a read begins
+ * a new run, and the start of a new run with the end of the one before
+ * it may look like a run of hundreds of MiB (a bulk reader, for good).
+ */
+extern void export_reader_run (struct ad_reader *reader, uint64_t *start,
+                               uint64_t *end);
+
 /* Is reader's run of reads from start to end a bulk read (BULK_DEPTH
  * reads in flight, or BULK_RUN bytes)?  If it is, reader is marked as
  * having been a bulk reader (ad_reader.bulk), for good.
