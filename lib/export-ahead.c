@@ -29,6 +29,8 @@
  * read in a row, but at least one frame: a short run of reads (a file
  * that a booting guest reads) then decodes and fetches little that it
  * does not use, while a long one (a copy) soon has the whole window.
+ * (look_ahead also caps the run of a reader of one request at a time
+ * at INTERACTIVE_WINDOW.)
  */
 static uint64_t
 readahead_window (const struct ad_export *exp, uint64_t usize, uint64_t run)
@@ -162,14 +164,16 @@ find_known (struct ad_export *exp, struct ad_source *src, uint64_t uoff,
 }
 
 /* Look ahead of a read of reader that ended at end: decode the frames
- * that follow, then fetch the next compressed bytes while they decode.
- * Called with reader->ahead_lock held.
+ * that follow (the caller then has the fetcher fetch the next
+ * compressed bytes while they decode, ad_fetch_ahead).  Called with
+ * reader->ahead_lock held.
  */
 static void
 look_ahead (struct ad_export *exp, struct ad_reader *reader,
             struct ad_source *src, uint64_t offset, uint64_t end)
 {
   uint64_t start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
+  uint64_t run;
   size_t from, next, ahead;
   struct ad_frame f;
 
@@ -179,11 +183,19 @@ look_ahead (struct ad_export *exp, struct ad_reader *reader,
   ahead = __atomic_load_n (&reader->ahead, __ATOMIC_RELAXED);
   if (ahead > from)
     from = ahead;
-  next = read_ahead (exp, src, from, end, end > start ? end - start : 0,
+  /* A reader of one request at a time (a guest reading its files)
+   * decodes at most INTERACTIVE_WINDOW ahead, however long its run:
+   * its run may end at any read, and what was decoded past that end
+   * (and fetched for it) is waste.
+   */
+  run = end > start ? end - start : 0;
+  if (!__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED) &&
+      run > INTERACTIVE_WINDOW)
+    run = INTERACTIVE_WINDOW;
+  next = read_ahead (exp, src, from, end, run,
                      other_reader_start (exp, reader, offset));
   if (next > ahead)
     __atomic_store_n (&reader->ahead, next, __ATOMIC_RELAXED);
-  ad_fetch_ahead (src);
 }
 
 /* The read-ahead thread of a reader (see ad_reader_set_background). */
@@ -196,7 +208,7 @@ ahead_thread (void *arg)
   for (;;) {
     struct ad_fetch_source fs;
     struct ad_source *src;
-    uint64_t offset, end;
+    uint64_t offset, end, now;
 
     while (!reader->pending && !reader->quit)
       pthread_cond_wait (&reader->cond, &reader->lock);
@@ -213,6 +225,14 @@ ahead_thread (void *arg)
                                        offset);
     pthread_mutex_lock (&reader->ahead_lock);
     look_ahead (reader->exp, reader, src, offset, end);
+    /* The decodes queued may have taken round trips, and the reader
+     * may have read on, or elsewhere, meanwhile: the fetch ahead goes
+     * as far as its run reaches now (nowhere if it has left the run).
+     */
+    now = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
+    fs.horizon = export_fetch_horizon (reader->exp, reader, reader->bg,
+                                       now > offset ? now - 1 : offset);
+    ad_fetch_ahead (src);
     pthread_mutex_unlock (&reader->ahead_lock);
     pthread_mutex_lock (&reader->lock);
   }
@@ -260,6 +280,15 @@ export_fetches_run (const struct ad_reader *reader, uint64_t offset)
   return export_sequential (reader, offset) ||
     (__atomic_load_n (&reader->ran, __ATOMIC_RELAXED) &&
      !__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED));
+}
+
+void
+export_reader_run (struct ad_reader *reader, uint64_t *start, uint64_t *end)
+{
+  pthread_mutex_lock (&reader->lock);
+  *start = reader->start;
+  *end = reader->end;
+  pthread_mutex_unlock (&reader->lock);
 }
 
 bool
@@ -342,6 +371,7 @@ export_note_read (struct ad_export *exp, struct ad_reader *reader,
   if (pthread_mutex_trylock (&reader->ahead_lock) != 0)
     return;
   look_ahead (exp, reader, src, offset, end);
+  ad_fetch_ahead (src);
   pthread_mutex_unlock (&reader->ahead_lock);
 }
 
@@ -355,13 +385,20 @@ export_fetch_horizon (struct ad_export *exp, struct ad_reader *reader,
 
   if (reader == NULL)
     return UINT64_MAX;
-  if (!export_sequential (reader, offset))
+  /* A reader that reads in runs (not in bulk) and has begun its next
+   * one fetches for it from its second read on, before it is
+   * sequential again: a guest's first reads of a file skip ahead a few
+   * frames at a time (its metadata, then its data).
+   */
+  if (!export_sequential (reader, offset) &&
+      !(__atomic_load_n (&reader->ran, __ATOMIC_RELAXED) &&
+        !__atomic_load_n (&reader->bulk, __ATOMIC_RELAXED) &&
+        export_in_run (reader, offset)))
     return 0;
-  start = __atomic_load_n (&reader->start, __ATOMIC_RELAXED);
   /* With many requests in flight (nbdcopy), the run reaches as far as
    * the furthest of them.
    */
-  end = __atomic_load_n (&reader->end, __ATOMIC_RELAXED);
+  export_reader_run (reader, &start, &end);
   if (end < offset + 1)
     end = offset + 1;
   if (export_bulk (reader, start, end)) {

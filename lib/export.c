@@ -405,11 +405,12 @@ ad_export_read (struct ad_export *exp, struct ad_reader *reader,
 
   if (reader) {
     unsigned n = __atomic_add_fetch (&reader->inflight, 1, __ATOMIC_RELAXED);
+    uint64_t start, end;
 
     if (n > __atomic_load_n (&reader->depth, __ATOMIC_RELAXED))
       __atomic_store_n (&reader->depth, n, __ATOMIC_RELAXED);
-    export_bulk (reader, __atomic_load_n (&reader->start, __ATOMIC_RELAXED),
-                 __atomic_load_n (&reader->end, __ATOMIC_RELAXED));
+    export_reader_run (reader, &start, &end);
+    export_bulk (reader, start, end);
   }
   src = ad_fetch_wrap_reader (&fs, exp->fetch, src, reader,
                               reader && export_fetches_run (reader, offset));

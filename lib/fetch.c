@@ -14,7 +14,7 @@
 #include "buffer.h"
 #include "fetch.h"
 
-#define FETCH_SLOTS 8           /* Buffers of fetch_size bytes. */
+#define FETCH_SLOTS 16          /* Buffers of up to fetch_size bytes. */
 #define FETCH_STREAMS 4         /* Streams of reads followed. */
 #define FETCH_STREAK 2          /* Reads that extend a stream before */
                                 /* it fetches. */
@@ -22,12 +22,14 @@
 #define FETCH_AHEAD (256 * 1024)    /* before and after its end. */
 #define FETCH_RUN (16 * 1024 * 1024) /* The same for a reader's stream. */
 #define FETCH_MIN (1024 * 1024)    /* The least a run's fetch reads. */
+#define FETCH_BIG 8             /* Buffers of fetch_size, at most. */
 
 struct slot {
   struct ad_loan loan;          /* What a borrower gives back. */
   struct ad_fetch *f;
   unsigned lent;                /* Loans of buf not given back. */
-  char *buf;                    /* fetch_size bytes, or NULL. */
+  char *buf;                    /* cap bytes, or NULL. */
+  size_t cap;
   uint64_t off;                 /* The bytes [off, off + len) */
   size_t len;                   /* (0: none). */
   bool loading;                 /* Being read (they are not there yet). */
@@ -44,6 +46,7 @@ struct ad_fetch_stream {
   unsigned streak;              /* Reads that extended it. */
   bool seq;                     /* Judged sequential since it began. */
   uint64_t used;                /* Tick of the last use (0: free). */
+  uint64_t born;                /* Tick at which it (last) began. */
 };
 
 struct ad_fetch {
@@ -53,7 +56,8 @@ struct ad_fetch {
   struct ad_cache *cache;
   uint64_t tick;
   struct slot slots[FETCH_SLOTS];
-  size_t nslots;                /* Of them in use. */
+  size_t nbig;                  /* Buffers of size that may be held. */
+  uint64_t held;                /* Bytes of the buffers held. */
   struct ad_fetch_stream streams[FETCH_STREAMS];
   uint64_t hits, fetches, ahead;
 };
@@ -70,6 +74,21 @@ give_back (struct ad_loan *loan)
   pthread_mutex_unlock (&f->lock);
 }
 
+/* Free sl's buffer (what it held is gone). */
+static void
+drop_buffer_locked (struct ad_fetch *f, struct slot *sl)
+{
+  if (sl->buf == NULL)
+    return;
+  ad_buffer_free (sl->buf, sl->cap);
+  if (f->cache)
+    ad_cache_unreserve (f->cache, sl->cap);
+  f->held -= sl->cap;
+  sl->buf = NULL;
+  sl->cap = 0;
+  sl->len = 0;
+}
+
 struct ad_fetch *
 ad_fetch_new (size_t fetch_size, struct ad_cache *cache)
 {
@@ -82,13 +101,13 @@ ad_fetch_new (size_t fetch_size, struct ad_cache *cache)
     return NULL;
   pthread_mutex_init (&f->lock, NULL);
   pthread_cond_init (&f->loaded, NULL);
-  f->nslots = FETCH_SLOTS;
+  f->nbig = FETCH_BIG;
   /* At most a quarter of the cache: fewer buffers, then smaller ones. */
   if (cache) {
     ad_cache_get_stats (cache, &st);
     quarter = st.max_bytes / 4;
-    if (quarter / fetch_size < f->nslots)
-      f->nslots = quarter / fetch_size > 0 ? quarter / fetch_size : 1;
+    if (quarter / fetch_size < f->nbig)
+      f->nbig = quarter / fetch_size > 0 ? quarter / fetch_size : 1;
     if (fetch_size > quarter)
       fetch_size = quarter;
   }
@@ -109,11 +128,7 @@ ad_fetch_free (struct ad_fetch *f)
   if (f == NULL)
     return;
   for (i = 0; i < FETCH_SLOTS; i++)
-    if (f->slots[i].buf) {
-      ad_buffer_free (f->slots[i].buf, f->size);
-      if (f->cache)
-        ad_cache_unreserve (f->cache, f->size);
-    }
+    drop_buffer_locked (f, &f->slots[i]);
   pthread_cond_destroy (&f->loaded);
   pthread_mutex_destroy (&f->lock);
   free (f);
@@ -186,7 +201,7 @@ note_stream_locked (struct ad_fetch *f, const void *reader, uint64_t offset,
   lru->next = end;
   lru->streak = 0;
   lru->seq = false;
-  lru->used = ++f->tick;
+  lru->used = lru->born = ++f->tick;
   return lru;
 }
 
@@ -304,35 +319,77 @@ takeable_locked (struct ad_fetch *f, const struct slot *sl, bool spare,
   return true;
 }
 
-/* A slot to fetch into: free, or the least recently used of those
- * that no reader is about to use (see takeable_locked), or for a fetch
- * that a reader waits for (not ahead), of any that may be taken; NULL
- * if there is none or no buffer can be had.
+/* The least recently used slot other than not that may be taken (see
+ * takeable_locked; spare: one that no reader is about to use) and, if
+ * with_buf, holds a buffer; NULL if none.
  */
 static struct slot *
-take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep)
+lru_slot_locked (struct ad_fetch *f, bool spare, uint64_t keep,
+                 const struct slot *not, bool with_buf)
 {
   struct slot *best = NULL;
   size_t i;
+
+  for (i = 0; i < FETCH_SLOTS; i++) {
+    struct slot *sl = &f->slots[i];
+
+    if (sl == not || (with_buf && sl->buf == NULL) ||
+        !takeable_locked (f, sl, spare, keep))
+      continue;
+    if (best == NULL || sl->used < best->used)
+      best = sl;
+  }
+  return best;
+}
+
+/* A slot to fetch up to want bytes into: free, or the least recently
+ * used of those that no reader is about to use (see takeable_locked),
+ * or for a fetch that a reader waits for (not ahead), of any that may
+ * be taken; NULL if there is none or no buffer can be had.  Its buffer
+ * holds want bytes rounded up to a power of two times FETCH_MIN (at
+ * most fetch_size), and all the buffers together at most nbig times
+ * fetch_size: the short fetches of a guest's runs keep many buffers,
+ * whose bytes its later reads nearby find, where a copy's fetches keep
+ * a few whole ones.  Buffers are freed (least recently used first) to
+ * make room.
+ */
+static struct slot *
+take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep,
+                  uint64_t want)
+{
+  uint64_t budget = (uint64_t) f->nbig * f->size;
+  struct slot *best = NULL, *o;
+  size_t cap = FETCH_MIN < f->size ? FETCH_MIN : f->size;
+  bool spare;
   int pass;
 
-  for (pass = 0; pass < (ahead ? 1 : 2) && best == NULL; pass++) {
-    for (i = 0; i < f->nslots; i++) {
-      struct slot *sl = &f->slots[i];
-
-      if (!takeable_locked (f, sl, pass == 0, keep))
-        continue;
-      if (best == NULL || sl->used < best->used)
-        best = sl;
+  while (cap < want && cap < f->size)
+    cap = cap * 2 < f->size ? cap * 2 : f->size;
+  for (pass = 0; pass < (ahead ? 1 : 2) && best == NULL; pass++)
+    best = lru_slot_locked (f, pass == 0, keep, NULL, false);
+  if (best == NULL)
+    return NULL;
+  if (best->buf && best->cap >= cap)
+    return best;
+  drop_buffer_locked (f, best);
+  spare = true;
+  while (f->held + cap > budget) {
+    o = lru_slot_locked (f, spare, keep, best, true);
+    if (o == NULL && spare && !ahead) {
+      spare = false;
+      continue;
     }
-  }
-  if (best && best->buf == NULL) {
-    best->buf = ad_buffer_alloc (f->size);
-    if (best->buf == NULL)
+    if (o == NULL)
       return NULL;
-    if (f->cache)
-      ad_cache_reserve (f->cache, f->size);
+    drop_buffer_locked (f, o);
   }
+  best->buf = ad_buffer_alloc (cap);
+  if (best->buf == NULL)
+    return NULL;
+  best->cap = cap;
+  f->held += cap;
+  if (f->cache)
+    ad_cache_reserve (f->cache, cap);
   return best;
 }
 
@@ -362,8 +419,8 @@ fetch_locked (struct ad_fetch *f, struct ad_source *inner, struct slot *sl,
 
   if (want < need - start)
     want = need - start;
-  if (want > f->size)
-    want = f->size;
+  if (want > sl->cap)
+    want = sl->cap;
   if (limit - start > want)
     limit = start + want;
   for (i = 0; i < FETCH_SLOTS; i++) {
@@ -420,10 +477,10 @@ deliver_locked (struct ad_fetch *f, char *buf, size_t count, uint64_t offset,
   size_t i, lent = 0;
 
   if (data && offset + count <= sl->off + sl->len) {
-    for (i = 0; i < f->nslots; i++)
+    for (i = 0; i < FETCH_SLOTS; i++)
       if (f->slots[i].lent > 0 || &f->slots[i] == sl)
         lent++;
-    if (lent <= f->nslots / 2) {
+    if (lent <= f->nbig / 2) {
       sl->lent++;
       sl->read = true;
       sl->used = ++f->tick;
@@ -442,7 +499,7 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
   struct ad_fetch_source *fs = opaque;
   struct ad_fetch *f = fs->f;
   struct ad_source *inner = fs->inner;
-  uint64_t end = offset + count, covered, start;
+  uint64_t end = offset + count, covered, start, want;
   struct ad_fetch_stream *s;
   struct slot *sl;
   bool loading;
@@ -456,6 +513,7 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
   if (fs->sequential || s->streak >= FETCH_STREAK) {
     s->seq = true;
     fs->stream = s;
+    fs->born = s->born;
   }
   else
     fs->stream = NULL;
@@ -471,7 +529,7 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
     pthread_mutex_unlock (&f->lock);
     return 0;
   }
-  if (fs->stream == NULL || (sl = take_slot_locked (f, false, offset)) == NULL)
+  if (fs->stream == NULL)
     goto exact;
 
   /* Fetch from the end of the buffers that hold the start of the read,
@@ -480,7 +538,7 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
    */
   start = covered;
   if (covered == offset) {
-    for (i = 0; i < f->nslots; i++) {
+    for (i = 0; i < FETCH_SLOTS; i++) {
       const struct slot *o = &f->slots[i];
       uint64_t oend = o->off + o->len;
 
@@ -490,8 +548,11 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
         start = oend;
     }
   }
-  if (fetch_locked (f, inner, sl, start, end, fetch_size_for (f, fs, start),
-                    fs->stream) == -1)
+  want = fetch_size_for (f, fs, start);
+  if (want < end - start)
+    want = end - start;
+  if ((sl = take_slot_locked (f, false, offset, want)) == NULL ||
+      fetch_locked (f, inner, sl, start, end, want, fs->stream) == -1)
     goto exact;
   if (chain_end_locked (f, offset, end, &loading) < end || loading)
     goto exact;
@@ -580,16 +641,18 @@ ad_fetch_ahead (struct ad_source *src)
   pthread_mutex_lock (&f->lock);
   /* The stream's reads are within the buffers, with less than half of
    * the next fetch left ahead, and its horizon is past them: fetch
-   * that.
+   * that.  Not if the stream has begun again since fs read through it
+   * (the reader's next run, elsewhere): fs->horizon is that of the run
+   * before.
    */
   pos = fs->stream->next;
-  if (fs->stream->seq && pos > 0 &&
+  if (fs->stream->born == fs->born && fs->stream->seq && pos > 0 &&
       pos < fs->inner->size && slot_at_locked (f, pos - 1) != NULL) {
     end = chain_end_locked (f, pos - 1, pos + f->size, &loading);
     want = fetch_size_for (f, fs, end);
     if (end - pos < want / 2 && end < fs->inner->size &&
         fs->horizon > end &&
-        (sl = take_slot_locked (f, true, pos - 1)) != NULL &&
+        (sl = take_slot_locked (f, true, pos - 1, want)) != NULL &&
         fetch_locked (f, fs->inner, sl, end, end + 1, want, fs->stream) == 0)
       f->ahead++;
   }

@@ -50,10 +50,15 @@
  * nobody is about to read, so that over a slow link the next bytes
  * arrive while the decoders work.
  *
- * The buffers are allocated on first use, counted against the frame
- * cache (ad_cache_reserve) so that what the process holds stays within
- * the cache size, at most a quarter of it (fewer buffers, then smaller
- * ones), and shared by every reader of the export.  A fetch
+ * The buffers are allocated on first use, each as large as its fetch
+ * (rounded up to a power of two times FETCH_MIN), counted against the
+ * frame cache (ad_cache_reserve) so that what the process holds stays
+ * within the cache size: together at most FETCH_BIG times fetch_size
+ * and a quarter of the cache (fewer, then smaller ones), and shared by
+ * every reader of the export.  A copy's fetches hold a few whole
+ * buffers; a guest's short ones up to FETCH_SLOTS, whose bytes its
+ * later reads nearby may find (the least recently used are freed to
+ * make room).  A fetch
  * that fails (the bytes past what was asked may be unreadable) is
  * retried as the exact read, whose error is the one reported.
  */
@@ -90,6 +95,7 @@ struct ad_fetch_source {
   uint64_t horizon;             /* Where the reader's fetches stop */
                                 /* (UINT64_MAX: after fetch_size). */
   struct ad_fetch_stream *stream; /* Of the last read, if sequential. */
+  uint64_t born;                /* When that stream began (its tick). */
 };
 
 /* Wrap inner in fs and return the source to read: &fs->src, or inner
@@ -114,8 +120,10 @@ extern struct ad_source *ad_fetch_wrap_reader (struct ad_fetch_source *fs,
 extern void ad_fetch_forget (struct ad_fetch *f, const void *reader);
 
 /* If src is a fetcher's source (ad_fetch_wrap) whose last read was
- * part of a sequential stream, and that stream has less than half a
- * fetch of its bytes left in the buffers, fetch the next bytes now.
+ * part of a sequential stream, that stream has not begun again since
+ * (its reader's next run, elsewhere, which src's horizon is not for),
+ * and it has less than half a fetch of its bytes left in the buffers,
+ * fetch the next bytes now.
  */
 extern void ad_fetch_ahead (struct ad_source *src);
 
