@@ -320,12 +320,12 @@ takeable_locked (struct ad_fetch *f, const struct slot *sl, bool spare,
 }
 
 /* The least recently used slot other than not that may be taken (see
- * takeable_locked; spare: one that no reader is about to use) and, if
- * with_buf, holds a buffer; NULL if none.
+ * takeable_locked; spare: one that no reader is about to use) and holds
+ * a buffer of at least min_cap bytes (0: or none); NULL if none.
  */
 static struct slot *
 lru_slot_locked (struct ad_fetch *f, bool spare, uint64_t keep,
-                 const struct slot *not, bool with_buf)
+                 const struct slot *not, size_t min_cap)
 {
   struct slot *best = NULL;
   size_t i;
@@ -333,7 +333,8 @@ lru_slot_locked (struct ad_fetch *f, bool spare, uint64_t keep,
   for (i = 0; i < FETCH_SLOTS; i++) {
     struct slot *sl = &f->slots[i];
 
-    if (sl == not || (with_buf && sl->buf == NULL) ||
+    if (sl == not ||
+        (min_cap > 0 && (sl->buf == NULL || sl->cap < min_cap)) ||
         !takeable_locked (f, sl, spare, keep))
       continue;
     if (best == NULL || sl->used < best->used)
@@ -351,11 +352,13 @@ lru_slot_locked (struct ad_fetch *f, bool spare, uint64_t keep,
  * fetch_size: the short fetches of a guest's runs keep many buffers,
  * whose bytes its later reads nearby find, where a copy's fetches keep
  * a few whole ones.  Buffers are freed (least recently used first) to
- * make room.
+ * make room.  With reuse (the reads of an open, which pass once), a
+ * buffer that fits and that nobody is about to use is taken first, so
+ * that such a pass goes round two buffers instead of mapping all.
  */
 static struct slot *
 take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep,
-                  uint64_t want)
+                  uint64_t want, bool reuse)
 {
   uint64_t budget = (uint64_t) f->nbig * f->size;
   struct slot *best = NULL, *o;
@@ -365,16 +368,27 @@ take_slot_locked (struct ad_fetch *f, bool ahead, uint64_t keep,
 
   while (cap < want && cap < f->size)
     cap = cap * 2 < f->size ? cap * 2 : f->size;
+  if (reuse && (o = lru_slot_locked (f, true, keep, NULL, cap)) != NULL)
+    return o;
   for (pass = 0; pass < (ahead ? 1 : 2) && best == NULL; pass++)
-    best = lru_slot_locked (f, pass == 0, keep, NULL, false);
+    best = lru_slot_locked (f, pass == 0, keep, NULL, 0);
   if (best == NULL)
     return NULL;
   if (best->buf && best->cap >= cap)
     return best;
+  if (f->held - (best->buf ? best->cap : 0) + cap > budget) {
+    /* Room would have to be made: rather than free a buffer and map a
+     * new one (its pages faulted in again), take the least recently
+     * used that fits.
+     */
+    for (pass = 0; pass < (ahead ? 1 : 2); pass++)
+      if ((o = lru_slot_locked (f, pass == 0, keep, NULL, cap)) != NULL)
+        return o;
+  }
   drop_buffer_locked (f, best);
   spare = true;
   while (f->held + cap > budget) {
-    o = lru_slot_locked (f, spare, keep, best, true);
+    o = lru_slot_locked (f, spare, keep, best, 1);
     if (o == NULL && spare && !ahead) {
       spare = false;
       continue;
@@ -551,7 +565,8 @@ fetch_read (void *opaque, void *buf, size_t count, uint64_t offset,
   want = fetch_size_for (f, fs, start);
   if (want < end - start)
     want = end - start;
-  if ((sl = take_slot_locked (f, false, offset, want)) == NULL ||
+  if ((sl = take_slot_locked (f, false, offset, want,
+                              fs->reader == NULL)) == NULL ||
       fetch_locked (f, inner, sl, start, end, want, fs->stream) == -1)
     goto exact;
   if (chain_end_locked (f, offset, end, &loading) < end || loading)
@@ -652,7 +667,7 @@ ad_fetch_ahead (struct ad_source *src)
     want = fetch_size_for (f, fs, end);
     if (end - pos < want / 2 && end < fs->inner->size &&
         fs->horizon > end &&
-        (sl = take_slot_locked (f, true, pos - 1, want)) != NULL &&
+        (sl = take_slot_locked (f, true, pos - 1, want, false)) != NULL &&
         fetch_locked (f, fs->inner, sl, end, end + 1, want, fs->stream) == 0)
       f->ahead++;
   }
