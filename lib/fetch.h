@@ -58,9 +58,11 @@
  * every reader of the export.  A copy's fetches hold a few whole
  * buffers; a guest's short ones up to FETCH_SLOTS, whose bytes its
  * later reads nearby may find (the least recently used are freed to
- * make room).  A fetch
- * that fails (the bytes past what was asked may be unreadable) is
- * retried as the exact read, whose error is the one reported.
+ * make room, unless one that fits can be taken instead).  The reads of
+ * an open, which pass once (a zstd frame walk), go round two or three
+ * buffers rather than mapping new ones.  A fetch that fails (the bytes
+ * past what was asked may be unreadable) is retried as the exact read,
+ * whose error is the one reported.
  */
 #ifndef AUTODECOMP_FETCH_H
 #define AUTODECOMP_FETCH_H
