@@ -34,6 +34,11 @@
 #include "format-int.h"
 #include "window.h"
 
+/* ISA-L and zlib count their input in 32 bits: the most bytes of a
+ * window given to them at a time.
+ */
+#define GZ_INPUT_MAX (1024 * 1024 * 1024)
+
 #define NAME_MAX_LEN 65536              /* FNAME, FCOMMENT incl. NUL. */
 #define HEADER_MAX (10 + 2 + 65535 + 2 * NAME_MAX_LEN + 2)
 #define MEMBER_MIN 20                   /* 10 + 2 (empty block) + 8. */

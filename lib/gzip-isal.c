@@ -135,26 +135,21 @@ gz_snap_restore (struct inflate_state *st, const struct gz_ckpt *ck,
 }
 
 /* Input: a window on the compressed bytes, of which st->next_in points
- * at the next to inflate.  ISA-L counts its input in 32 bits, so it is
- * given at most INPUT_MAX bytes at a time.
+ * at the next to inflate (at most GZ_INPUT_MAX of them at a time).
  */
-#define INPUT_MAX (1024 * 1024 * 1024)
-
 static void
 input_set (struct ad_window *in, struct inflate_state *st, uint64_t pos)
 {
   size_t n = in->held - pos;
 
   st->next_in = (uint8_t *) ad_window_at (in, pos);
-  st->avail_in = n < INPUT_MAX ? n : INPUT_MAX;
+  st->avail_in = n < GZ_INPUT_MAX ? n : GZ_INPUT_MAX;
 }
 
 uint64_t
 gz_input_pos (const struct ad_window *in, const struct inflate_state *st)
 {
-  if (in->data == NULL)
-    return in->base;
-  return in->base + (st->next_in - in->data);
+  return ad_window_offset (in, st->next_in);
 }
 
 /* Make at least want bytes available at next_in, or all that is left
@@ -189,8 +184,7 @@ gz_input_fill (struct ad_window *in, struct inflate_state *st,
 void
 gz_input_seek (struct ad_window *in, struct inflate_state *st, uint64_t pos)
 {
-  if (in->data == NULL || pos < in->base || pos > in->held)
-    ad_window_drop (in, pos);
+  ad_window_seek (in, pos);
   if (in->data)
     input_set (in, st, pos);
   else {

@@ -52,16 +52,10 @@
 static uint64_t
 scan_pos (const struct pt_scan *S)
 {
-  if (S->in.data == NULL)
-    return S->in.base;
-  return S->in.base + (S->zs.next_in - S->in.data);
+  return ad_window_offset (&S->in, S->zs.next_in);
 }
 
-/* Give zlib the bytes from its position on (zlib counts its input in
- * 32 bits: at most INPUT_MAX at a time).
- */
-#define INPUT_MAX (1024 * 1024 * 1024)
-
+/* Give zlib the bytes from its position on (at most GZ_INPUT_MAX). */
 static int
 scan_fill (struct pt_scan *S, struct ad_error *err)
 {
@@ -73,7 +67,7 @@ scan_fill (struct pt_scan *S, struct ad_error *err)
   if (p == NULL)
     return -1;
   S->zs.next_in = (Bytef *) p;
-  S->zs.avail_in = n < INPUT_MAX ? n : INPUT_MAX;
+  S->zs.avail_in = n < GZ_INPUT_MAX ? n : GZ_INPUT_MAX;
   return 0;
 }
 
@@ -224,8 +218,7 @@ scan_reset (struct pt_scan *S, uint64_t coff, struct ad_error *err)
   if (inflateInit2 (&S->zs, -15) != Z_OK)
     return ad_error_set (err, ENOMEM, "inflateInit2 failed");
   S->zs_ready = true;
-  if (S->in.data == NULL || coff < S->in.base || coff > S->in.held)
-    ad_window_drop (&S->in, coff);
+  ad_window_seek (&S->in, coff);
   S->zs.next_in = (Bytef *) (S->in.data ? ad_window_at (&S->in, coff) : NULL);
   S->win_len = 0;
   S->opos = 0;

@@ -164,6 +164,13 @@ ad_window_drop (struct ad_window *w, uint64_t pos)
 }
 
 void
+ad_window_seek (struct ad_window *w, uint64_t pos)
+{
+  if (w->data == NULL || pos < w->base || pos > w->held)
+    ad_window_drop (w, pos);
+}
+
+void
 ad_window_show (struct ad_window *w, const unsigned char *data, size_t len)
 {
   ad_window_drop (w, w->start);

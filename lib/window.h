@@ -90,10 +90,26 @@ ad_window_at (const struct ad_window *w, uint64_t pos)
   return w->data + (pos - w->base);
 }
 
+/* The file offset of p, a pointer into what the window holds (base
+ * when it holds nothing): where a consumer's library stands.
+ */
+static inline uint64_t
+ad_window_offset (const struct ad_window *w, const void *p)
+{
+  if (w->data == NULL)
+    return w->base;
+  return w->base + ((const unsigned char *) p - w->data);
+}
+
 /* Forget what the window holds and stand at pos (start <= pos <= end):
  * the next ad_window_need reads from there.
  */
 extern void ad_window_drop (struct ad_window *w, uint64_t pos);
+
+/* Go back (or on) to pos: keep what the window holds if that holds
+ * pos, else drop it (ad_window_drop).
+ */
+extern void ad_window_seek (struct ad_window *w, uint64_t pos);
 
 /* The window holds the bytes [start, start + len) at data, which stays
  * the caller's and valid while the window holds them.
