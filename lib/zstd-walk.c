@@ -254,6 +254,7 @@ walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
     const unsigned char *from = ad_window_at (&w->win, w->copied);
     unsigned char *copy = NULL;
     struct chunk *c = malloc (sizeof *c);
+    size_t len;
 
     if (c == NULL)
       return ad_error_set (err, ENOMEM, "malloc: %m");
@@ -283,6 +284,7 @@ walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
     }
     if (copy == NULL)
       ad_batch_buffer_hold (c->buffer);
+    len = c->len;               /* A worker may take and free c at once. */
     if (w->job->tail)
       w->job->tail->next = c;
     else
@@ -290,7 +292,7 @@ walk_flush (struct walker *w, uint64_t upto, struct ad_error *err)
     w->job->tail = c;
     ad_batch_wake (b);
     ad_batch_unlock (b);
-    w->copied += c->len;
+    w->copied += len;
   }
   return 0;
 }
