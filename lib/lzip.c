@@ -58,7 +58,7 @@
 #include <lzma.h>
 
 #include "format-int.h"
-#include "window.h"
+#include "lzma-frame.h"
 #include "persist.h"
 
 #define HEADER_SIZE 6
@@ -82,26 +82,6 @@
 
 static const unsigned char lzip_magic[4] = { 'L', 'Z', 'I', 'P' };
 
-static const char *
-lzma_ret_string (lzma_ret r)
-{
-  switch (r) {
-  case LZMA_OK: return "ok";
-  case LZMA_STREAM_END: return "end of stream";
-  case LZMA_MEM_ERROR: return "out of memory";
-  case LZMA_MEMLIMIT_ERROR: return "memory usage limit reached";
-  case LZMA_FORMAT_ERROR: return "file format not recognized";
-  case LZMA_OPTIONS_ERROR: return "unsupported options";
-  case LZMA_DATA_ERROR: return "compressed data is corrupt";
-  case LZMA_BUF_ERROR: return "unexpected end of input";
-  case LZMA_PROG_ERROR: return "programming error";
-  default: return "unknown liblzma error";
-  }
-}
-
-/* The dictionary size a Coded Dictionary Size byte stands for, or 0 if
- * it is not valid (the rule of lzip and of liblzma's decoder).
- */
 static uint32_t
 dict_size_decode (unsigned char ds)
 {
@@ -289,75 +269,6 @@ lzip_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   return ret;
 }
 
-/* The decoder of one member. */
-struct lzip_decoder {
-  struct ad_frame frame;
-  bool started;
-  bool finished;
-  bool failed;                  /* An error was returned: keep failing. */
-  lzma_stream strm;
-  bool strm_init;
-  struct ad_window win;         /* Its compressed bytes, */
-  uint64_t next;                /* fed to liblzma up to here. */
-  uint64_t end;                 /* End of the member in the file. */
-};
-
-static int
-lzip_decoder_new (struct ad_index *idx __attribute__ ((unused)),
-                  const struct ad_frame *frame,
-                  size_t frame_no __attribute__ ((unused)),
-                  void **decoder, struct ad_error *err)
-{
-  struct lzip_decoder *d = calloc (1, sizeof *d);
-  lzma_stream init = LZMA_STREAM_INIT;
-
-  if (d == NULL)
-    return ad_error_set (err, ENOMEM, "calloc: %m");
-  d->frame = *frame;
-  d->strm = init;
-  d->next = frame->coff;
-  d->end = frame->coff + frame->csize;
-  *decoder = d;
-  return 0;
-}
-
-static void
-lzip_decoder_free (void *decoder)
-{
-  struct lzip_decoder *d = decoder;
-
-  if (d == NULL)
-    return;
-  if (d->strm_init)
-    lzma_end (&d->strm);
-  ad_window_free (&d->win);
-  free (d);
-}
-
-/* Give liblzma the next piece of the member's compressed bytes (it has
- * consumed those before d->next).
- */
-static int
-read_chunk (struct lzip_decoder *d, struct ad_source *src,
-            struct ad_error *err)
-{
-  const unsigned char *p;
-  size_t avail;
-
-  if (d->next == d->end)
-    return ad_error_set (err, EIO, "member is empty");
-  if (d->win.src == NULL)
-    ad_window_init (&d->win, src, d->frame.coff, d->end);
-  d->win.src = src;             /* The reader's, which may change. */
-  p = ad_window_need (&d->win, d->next, 1, &avail, err);
-  if (p == NULL)
-    return -1;
-  d->strm.next_in = p;
-  d->strm.avail_in = avail;
-  d->next += avail;
-  return 0;
-}
-
 /* The Coded Dictionary Size of the smallest power of two that holds
  * usize bytes, if it is smaller than dict_size, else coded.
  */
@@ -376,24 +287,24 @@ shrink_dict (unsigned char coded, uint32_t dict_size, uint64_t usize)
  * its header.
  */
 static int
-feed_header (struct lzip_decoder *d, const unsigned char *header,
+feed_header (struct ad_lzma_frame *f, const unsigned char *header,
              struct ad_error *err)
 {
-  const uint8_t *next_in = d->strm.next_in + HEADER_SIZE;
-  size_t avail_in = d->strm.avail_in - HEADER_SIZE;
+  const uint8_t *next_in = f->strm.next_in + HEADER_SIZE;
+  size_t avail_in = f->strm.avail_in - HEADER_SIZE;
   unsigned char none;
   lzma_ret r;
 
-  d->strm.next_in = header;
-  d->strm.avail_in = HEADER_SIZE;
-  d->strm.next_out = &none;
-  d->strm.avail_out = 0;
-  r = lzma_code (&d->strm, LZMA_RUN);
-  if (r != LZMA_OK || d->strm.avail_in != 0)
+  f->strm.next_in = header;
+  f->strm.avail_in = HEADER_SIZE;
+  f->strm.next_out = &none;
+  f->strm.avail_out = 0;
+  r = lzma_code (&f->strm, LZMA_RUN);
+  if (r != LZMA_OK || f->strm.avail_in != 0)
     return ad_error_set (err, EIO, "member header at offset %" PRIu64
-                         ": %s", d->frame.coff, lzma_ret_string (r));
-  d->strm.next_in = next_in;
-  d->strm.avail_in = avail_in;
+                         ": %s", f->frame.coff, ad_lzma_ret_string (r));
+  f->strm.next_in = next_in;
+  f->strm.avail_in = avail_in;
   return 0;
 }
 
@@ -402,112 +313,62 @@ feed_header (struct lzip_decoder *d, const unsigned char *header,
  * the member's data size.
  */
 static int
-start_member (struct lzip_decoder *d, struct ad_error *err)
+start_member (struct ad_lzma_frame *f, struct ad_error *err)
 {
   unsigned char header[HEADER_SIZE];
   uint32_t dict_size;
   lzma_ret r;
 
-  if (d->strm.avail_in < HEADER_SIZE)
+  if (f->strm.avail_in < HEADER_SIZE)
     return ad_error_set (err, EIO, "member (%zu bytes) is too small for "
-                         "its header", d->strm.avail_in);
-  memcpy (header, d->strm.next_in, HEADER_SIZE);
-  if (check_header (header, d->frame.coff, &dict_size, err) == -1)
+                         "its header", f->strm.avail_in);
+  memcpy (header, f->strm.next_in, HEADER_SIZE);
+  if (check_header (header, f->frame.coff, &dict_size, err) == -1)
     return -1;
-  header[5] = shrink_dict (header[5], dict_size, d->frame.usize);
+  header[5] = shrink_dict (header[5], dict_size, f->frame.usize);
 
-  r = lzma_lzip_decoder (&d->strm, MAX_DECODER_MEM, 0);
+  r = lzma_lzip_decoder (&f->strm, MAX_DECODER_MEM, 0);
   if (r != LZMA_OK)
-    return ad_error_set (err, r == LZMA_MEM_ERROR ? ENOMEM : EIO,
+    return ad_error_set (err, ad_lzma_errno (r),
                          "cannot start the lzip decoder: %s",
-                         lzma_ret_string (r));
-  d->strm_init = true;
-  return feed_header (d, header, err);
+                         ad_lzma_ret_string (r));
+  f->strm_init = true;
+  return feed_header (f, header, err);
 }
 
-/* The error for what lzma_code returned in the middle of a member. */
+/* The decoder of one member. */
 static int
-code_error (struct lzip_decoder *d, lzma_ret r, struct ad_error *err)
+lzip_decoder_new (struct ad_index *idx __attribute__ ((unused)),
+                  const struct ad_frame *frame,
+                  size_t frame_no __attribute__ ((unused)),
+                  void **decoder, struct ad_error *err)
 {
-  if (r == LZMA_DATA_ERROR)
-    return ad_error_set (err, EIO, "compressed data is corrupt, or does not "
-                         "match the CRC32 or sizes of its trailer (near "
-                         "compressed offset %" PRIu64 ")",
-                         d->next - d->strm.avail_in);
-  if (r == LZMA_BUF_ERROR)
-    return ad_error_set (err, EIO, "member is truncated: its compressed "
-                         "data ends before its trailer does");
-  return ad_error_set (err, r == LZMA_MEM_ERROR ? ENOMEM : EIO,
-                       "lzma_code: %s", lzma_ret_string (r));
+  struct ad_lzma_frame *f = malloc (sizeof *f);
+
+  if (f == NULL)
+    return ad_error_set (err, ENOMEM, "malloc: %m");
+  ad_lzma_frame_init (f, frame, "member",
+                      "the CRC32 or sizes of its trailer", start_member);
+  *decoder = f;
+  return 0;
+}
+
+static void
+lzip_decoder_free (void *decoder)
+{
+  struct ad_lzma_frame *f = decoder;
+
+  if (f == NULL)
+    return;
+  ad_lzma_frame_end (f);
+  free (f);
 }
 
 static ssize_t
 lzip_decoder_read (void *decoder, struct ad_source *src, void *out,
                    size_t count, struct ad_error *err)
 {
-  struct lzip_decoder *d = decoder;
-  size_t produced;
-  lzma_ret r;
-
-  if (d->failed)
-    return ad_error_set (err, EIO, "member decoder failed earlier");
-  if (d->finished)
-    return 0;
-  if (!d->started) {
-    d->started = true;
-    if (read_chunk (d, src, err) == -1 || start_member (d, err) == -1)
-      goto fail;
-  }
-
-  if (count > SSIZE_MAX)
-    count = SSIZE_MAX;
-  d->strm.next_out = out;
-  d->strm.avail_out = count;
-  for (;;) {
-    lzma_action action = LZMA_RUN;
-    uint64_t in_before, out_before;
-
-    if (d->strm.avail_in == 0) {
-      if (d->next < d->end) {
-        if (read_chunk (d, src, err) == -1)
-          goto fail;
-      }
-      else
-        action = LZMA_FINISH;
-    }
-    in_before = d->strm.total_in;
-    out_before = d->strm.total_out;
-    r = lzma_code (&d->strm, action);
-    produced = count - d->strm.avail_out;
-    if (r == LZMA_STREAM_END) {
-      /* The trailer's CRC32, Data Size and Member Size are verified;
-       * it must be the trailer at the end of the member.
-       */
-      d->finished = true;
-      if (d->next != d->end || d->strm.avail_in != 0) {
-        ad_error_set (err, EIO, "member ends before its last %" PRIu64
-                      " compressed bytes",
-                      (d->end - d->next) + d->strm.avail_in);
-        goto fail;
-      }
-      return produced;
-    }
-    if (r != LZMA_OK) {
-      code_error (d, r, err);
-      goto fail;
-    }
-    if (produced > 0)
-      return produced;
-    if (action == LZMA_FINISH && d->strm.total_in == in_before &&
-        d->strm.total_out == out_before) {
-      code_error (d, LZMA_BUF_ERROR, err);
-      goto fail;
-    }
-  }
-
- fail:
-  d->failed = true;
-  return -1;
+  return ad_lzma_frame_read (decoder, src, out, count, err);
 }
 
 /* A member whose trailer says it is empty: it must decode to nothing,

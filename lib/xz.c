@@ -50,7 +50,7 @@
 #include <lzma.h>
 
 #include "format-int.h"
-#include "window.h"
+#include "lzma-frame.h"
 
 /* Reads while walking the file backwards cover at least this much, so
  * that the footer, the Index and the padding of a small Stream come in
@@ -66,32 +66,6 @@
  */
 #define MAX_DICT_SIZE (1536 * 1024 * 1024ULL)
 #define MAX_DECODER_MEM (MAX_DICT_SIZE + 64 * 1024 * 1024ULL)
-
-static const char *
-lzma_ret_string (lzma_ret r)
-{
-  switch (r) {
-  case LZMA_OK: return "ok";
-  case LZMA_STREAM_END: return "end of stream";
-  case LZMA_NO_CHECK: return "no integrity check";
-  case LZMA_UNSUPPORTED_CHECK: return "unsupported integrity check";
-  case LZMA_GET_CHECK: return "integrity check type available";
-  case LZMA_MEM_ERROR: return "out of memory";
-  case LZMA_MEMLIMIT_ERROR: return "memory usage limit reached";
-  case LZMA_FORMAT_ERROR: return "file format not recognized";
-  case LZMA_OPTIONS_ERROR: return "unsupported options";
-  case LZMA_DATA_ERROR: return "compressed data is corrupt";
-  case LZMA_BUF_ERROR: return "unexpected end of input";
-  case LZMA_PROG_ERROR: return "programming error";
-  default: return "unknown liblzma error";
-  }
-}
-
-static int
-lzma_errno (lzma_ret r)
-{
-  return r == LZMA_MEM_ERROR ? ENOMEM : EIO;
-}
 
 /* A window of the file kept while walking it backwards, so that the
  * padding scan, the footer and a small Index share one read.
@@ -201,7 +175,7 @@ parse_stream_footer (struct window *w, uint64_t end, lzma_stream_flags *flags,
   if (r != LZMA_OK)
     return ad_error_set (err, EIO, "stream footer at offset %" PRIu64
                          ": %s", end - LZMA_STREAM_HEADER_SIZE,
-                         lzma_ret_string (r));
+                         ad_lzma_ret_string (r));
   if (!lzma_check_is_supported (flags->check))
     return ad_error_set (err, EIO, "stream footer at offset %" PRIu64
                          " declares integrity check type %d, which cannot "
@@ -250,8 +224,8 @@ parse_index (struct window *w, uint64_t end, lzma_vli backward_size,
                          " bytes) is corrupt or does not end where the "
                          "stream footer says", start, backward_size);
   if (r != LZMA_OK)
-    return ad_error_set (err, lzma_errno (r), "index at offset %" PRIu64
-                         ": %s", start, lzma_ret_string (r));
+    return ad_error_set (err, ad_lzma_errno (r), "index at offset %" PRIu64
+                         ": %s", start, ad_lzma_ret_string (r));
   if (in_pos != backward_size || lzma_index_size (*index) != backward_size) {
     lzma_index_end (*index, NULL);
     *index = NULL;
@@ -284,7 +258,7 @@ parse_stream_header (struct window *w, uint64_t start,
                          " fails its CRC32", start);
   if (r != LZMA_OK)
     return ad_error_set (err, EIO, "stream header at offset %" PRIu64
-                         ": %s", start, lzma_ret_string (r));
+                         ": %s", start, ad_lzma_ret_string (r));
   r = lzma_stream_flags_compare (&header, footer);
   if (r != LZMA_OK)
     return ad_error_set (err, EIO, "stream header at offset %" PRIu64
@@ -330,8 +304,8 @@ parse_stream (struct window *w, uint64_t *pos, uint64_t padding,
   if (r == LZMA_OK)
     r = lzma_index_stream_padding (*index, padding);
   if (r != LZMA_OK) {
-    ad_error_set (err, lzma_errno (r), "stream at offset %" PRIu64 ": %s",
-                  start, lzma_ret_string (r));
+    ad_error_set (err, ad_lzma_errno (r), "stream at offset %" PRIu64 ": %s",
+                  start, ad_lzma_ret_string (r));
     goto fail;
   }
   *pos = start;
@@ -400,10 +374,10 @@ read_indexes (struct window *w, struct ad_source *src,
   while (nstreams > 0) {
     r = lzma_index_cat (*combined, streams[nstreams - 1], NULL);
     if (r != LZMA_OK) {
-      ad_error_set (err, lzma_errno (r), "cannot join the index of the "
+      ad_error_set (err, ad_lzma_errno (r), "cannot join the index of the "
                     "stream at offset %" PRIu64 " with the streams before "
                     "it: %s", (uint64_t) lzma_index_file_size (*combined),
-                    lzma_ret_string (r));
+                    ad_lzma_ret_string (r));
       goto out;
     }
     nstreams--;
@@ -473,18 +447,13 @@ xz_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
 
 /* The decoder of one Block. */
 struct xz_decoder {
-  struct ad_frame frame;
-  bool started;
-  bool finished;
-  bool failed;                  /* An error was returned: keep failing. */
-  lzma_stream strm;
-  bool strm_init;
+  struct ad_lzma_frame f;       /* First: the start hook gets it. */
   lzma_block block;
   lzma_filter filters[LZMA_FILTERS_MAX + 1];
-  struct ad_window win;         /* Its compressed bytes, */
-  uint64_t next;                /* fed to liblzma up to here. */
-  uint64_t end;                 /* End of the Block in the file. */
 };
+
+static int parse_block_header (struct ad_lzma_frame *f,
+                               struct ad_error *err);
 
 static void
 free_filters (lzma_filter *filters)
@@ -505,19 +474,16 @@ xz_decoder_new (struct ad_index *idx __attribute__ ((unused)),
                 void **decoder, struct ad_error *err)
 {
   struct xz_decoder *d = calloc (1, sizeof *d);
-  lzma_stream init = LZMA_STREAM_INIT;
   size_t i;
 
   if (d == NULL)
     return ad_error_set (err, ENOMEM, "calloc: %m");
-  d->frame = *frame;
-  d->strm = init;
+  ad_lzma_frame_init (&d->f, frame, "block", "its sizes or integrity check",
+                      parse_block_header);
   for (i = 0; i <= LZMA_FILTERS_MAX; i++) {
     d->filters[i].id = LZMA_VLI_UNKNOWN;
     d->filters[i].options = NULL;
   }
-  d->next = frame->coff;
-  d->end = frame->coff + frame->csize;
   *decoder = d;
   return 0;
 }
@@ -529,44 +495,20 @@ xz_decoder_free (void *decoder)
 
   if (d == NULL)
     return;
-  if (d->strm_init)
-    lzma_end (&d->strm);
+  ad_lzma_frame_end (&d->f);
   free_filters (d->filters);
-  ad_window_free (&d->win);
   free (d);
-}
-
-/* Give liblzma the next piece of the Block's compressed bytes (it has
- * consumed those before d->next).
- */
-static int
-read_chunk (struct xz_decoder *d, struct ad_source *src, struct ad_error *err)
-{
-  const unsigned char *p;
-  size_t avail;
-
-  if (d->next == d->end)
-    return ad_error_set (err, EIO, "block is empty");
-  if (d->win.src == NULL)
-    ad_window_init (&d->win, src, d->frame.coff, d->end);
-  d->win.src = src;             /* The reader's, which may change. */
-  p = ad_window_need (&d->win, d->next, 1, &avail, err);
-  if (p == NULL)
-    return -1;
-  d->strm.next_in = p;
-  d->strm.avail_in = avail;
-  d->next += avail;
-  return 0;
 }
 
 /* Block Header: at the start of the first chunk.  Sets up the block
  * decoder with the sizes from the Index.
  */
 static int
-parse_block_header (struct xz_decoder *d, struct ad_error *err)
+parse_block_header (struct ad_lzma_frame *f, struct ad_error *err)
 {
-  const unsigned char *p = d->strm.next_in;
-  size_t avail = d->strm.avail_in;
+  struct xz_decoder *d = (struct xz_decoder *) f;
+  const unsigned char *p = f->strm.next_in;
+  size_t avail = f->strm.avail_in;
   uint64_t declared_usize;
   uint64_t memusage;
   lzma_ret r;
@@ -576,7 +518,7 @@ parse_block_header (struct xz_decoder *d, struct ad_error *err)
     return ad_error_set (err, EIO, "found an index indicator where a block "
                          "header should be");
   d->block.version = 1;
-  d->block.check = (lzma_check) d->frame.aux32;
+  d->block.check = (lzma_check) f->frame.aux32;
   d->block.header_size = lzma_block_header_size_decode (p[0]);
   d->block.filters = d->filters;
   if (d->block.header_size > avail)
@@ -588,21 +530,21 @@ parse_block_header (struct xz_decoder *d, struct ad_error *err)
     return ad_error_set (err, EIO, "block header is corrupt (CRC32 "
                          "mismatch or invalid fields)");
   if (r != LZMA_OK)
-    return ad_error_set (err, lzma_errno (r), "block header: %s",
-                         lzma_ret_string (r));
+    return ad_error_set (err, ad_lzma_errno (r), "block header: %s",
+                         ad_lzma_ret_string (r));
 
   /* The sizes the header may declare must agree with the Index. */
   declared_usize = d->block.uncompressed_size;
-  if (declared_usize != LZMA_VLI_UNKNOWN && declared_usize != d->frame.usize)
+  if (declared_usize != LZMA_VLI_UNKNOWN && declared_usize != f->frame.usize)
     return ad_error_set (err, EIO, "block header declares %" PRIu64
                          " uncompressed bytes, the index %" PRIu64,
-                         declared_usize, d->frame.usize);
-  r = lzma_block_compressed_size (&d->block, d->frame.aux);
+                         declared_usize, f->frame.usize);
+  r = lzma_block_compressed_size (&d->block, f->frame.aux);
   if (r != LZMA_OK)
     return ad_error_set (err, EIO, "block header disagrees with the "
                          "index's unpadded size %" PRIu64 ": %s",
-                         d->frame.aux, lzma_ret_string (r));
-  d->block.uncompressed_size = d->frame.usize;
+                         f->frame.aux, ad_lzma_ret_string (r));
+  d->block.uncompressed_size = f->frame.usize;
 
   /* A valid Block never refers further back than its own output, so a
    * dictionary larger than the Block's uncompressed size is never used:
@@ -613,9 +555,9 @@ parse_block_header (struct xz_decoder *d, struct ad_error *err)
        i++) {
     if (d->filters[i].id == LZMA_FILTER_LZMA2 && d->filters[i].options) {
       lzma_options_lzma *opt = d->filters[i].options;
-      if (opt->dict_size > d->frame.usize)
-        opt->dict_size = d->frame.usize < LZMA_DICT_SIZE_MIN
-          ? LZMA_DICT_SIZE_MIN : d->frame.usize;
+      if (opt->dict_size > f->frame.usize)
+        opt->dict_size = f->frame.usize < LZMA_DICT_SIZE_MIN
+          ? LZMA_DICT_SIZE_MIN : f->frame.usize;
       if (opt->dict_size > MAX_DICT_SIZE)
         return ad_error_set (err, EIO, "block needs a %" PRIu32 "-byte "
                              "dictionary, more than the %llu we allow",
@@ -631,13 +573,13 @@ parse_block_header (struct xz_decoder *d, struct ad_error *err)
                          "decoder memory, more than the %llu we allow",
                          memusage, MAX_DECODER_MEM);
 
-  r = lzma_block_decoder (&d->strm, &d->block);
+  r = lzma_block_decoder (&f->strm, &d->block);
   if (r != LZMA_OK)
-    return ad_error_set (err, lzma_errno (r), "cannot start the block "
-                         "decoder: %s", lzma_ret_string (r));
-  d->strm_init = true;
-  d->strm.next_in += d->block.header_size;
-  d->strm.avail_in -= d->block.header_size;
+    return ad_error_set (err, ad_lzma_errno (r), "cannot start the block "
+                         "decoder: %s", ad_lzma_ret_string (r));
+  f->strm_init = true;
+  f->strm.next_in += d->block.header_size;
+  f->strm.avail_in -= d->block.header_size;
   return 0;
 }
 
@@ -646,77 +588,8 @@ xz_decoder_read (void *decoder, struct ad_source *src, void *out,
                  size_t count, struct ad_error *err)
 {
   struct xz_decoder *d = decoder;
-  size_t produced;
-  lzma_ret r;
 
-  if (d->failed)
-    return ad_error_set (err, EIO, "block decoder failed earlier");
-  if (d->finished)
-    return 0;
-  if (!d->started) {
-    d->started = true;
-    if (read_chunk (d, src, err) == -1 || parse_block_header (d, err) == -1)
-      goto fail;
-  }
-
-  if (count > SSIZE_MAX)
-    count = SSIZE_MAX;
-  d->strm.next_out = out;
-  d->strm.avail_out = count;
-  for (;;) {
-    lzma_action action = LZMA_RUN;
-    uint64_t in_before, out_before;
-
-    if (d->strm.avail_in == 0) {
-      if (d->next < d->end) {
-        if (read_chunk (d, src, err) == -1)
-          goto fail;
-      }
-      else
-        action = LZMA_FINISH;
-    }
-    in_before = d->strm.total_in;
-    out_before = d->strm.total_out;
-    r = lzma_code (&d->strm, action);
-    produced = count - d->strm.avail_out;
-    if (r == LZMA_STREAM_END) {
-      /* The Block's sizes and Check have been verified. */
-      d->finished = true;
-      if (d->next != d->end || d->strm.avail_in != 0) {
-        ad_error_set (err, EIO, "block ends before its last %" PRIu64
-                      " compressed bytes",
-                      (d->end - d->next) + d->strm.avail_in);
-        goto fail;
-      }
-      return produced;
-    }
-    if (r != LZMA_OK) {
-      if (r == LZMA_DATA_ERROR)
-        ad_error_set (err, EIO, "compressed data is corrupt, or does not "
-                      "match its sizes or integrity check (near "
-                      "compressed offset %" PRIu64 ")",
-                      d->next - d->strm.avail_in);
-      else if (r == LZMA_BUF_ERROR)
-        ad_error_set (err, EIO, "block is truncated: its compressed data "
-                      "ends before the block does");
-      else
-        ad_error_set (err, lzma_errno (r), "lzma_code: %s",
-                      lzma_ret_string (r));
-      goto fail;
-    }
-    if (produced > 0)
-      return produced;
-    if (action == LZMA_FINISH && d->strm.total_in == in_before &&
-        d->strm.total_out == out_before) {
-      ad_error_set (err, EIO, "block is truncated: its compressed data "
-                    "ends before the block does");
-      goto fail;
-    }
-  }
-
- fail:
-  d->failed = true;
-  return -1;
+  return ad_lzma_frame_read (&d->f, src, out, count, err);
 }
 
 const struct ad_format_ops ad_xz_ops = {
