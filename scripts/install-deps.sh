@@ -18,7 +18,7 @@ packages="
   liblzma-dev libzstd-dev zlib1g-dev libdeflate-dev libisal-dev libbz2-dev libxxhash-dev
   libnbd-bin libnbd-dev python3-libnbd fuse3
   qemu-utils qemu-system-x86 fio nginx-light curl busybox-static
-  xz-utils zstd gzip pigz bzip2 lbzip2 lzip plzip tabix xxhash e2fsprogs python3
+  xz-utils zstd gzip pigz isal bzip2 lbzip2 lzip plzip tabix xxhash e2fsprogs python3
   clang libclang-rt-14-dev
   debhelper dpkg-dev
 "
