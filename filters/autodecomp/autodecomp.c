@@ -5,10 +5,11 @@
  * holds.
  *
  * This file is the glue between nbdkit and the format library in lib/:
- * it reads the parameters, wraps the plugin below as an ad_source,
- * keeps one ad_export per export name (index, spill) and one frame
- * cache for the whole process, and answers NBD requests from them.  It
- * reads top to bottom in the order nbdkit calls it.
+ * it reads the parameters, opens one ad_export per export name (index,
+ * spill) over the plugin below (next.c) and keeps one frame cache for
+ * the whole process, and answers NBD requests from them.  It reads top
+ * to bottom in the order nbdkit calls it.  exports.c keeps the exports
+ * by name, shared by the connections to each.
  *
  * Raw images (no known magic, or autodecomp-format=raw) are passed
  * through: reads, size and extents go straight to the plugin.
@@ -31,6 +32,8 @@
 #include "format.h"
 #include "cache.h"
 #include "export.h"
+
+#include "autodecomp.h"
 
 /* -D autodecomp.frames=1: log every frame decoded into the cache. */
 NBDKIT_DLL_PUBLIC int autodecomp_debug_frames = 0;
@@ -56,72 +59,6 @@ static char *index_path;                /* autodecomp-index. */
 static struct ad_cache *cache;
 static struct ad_pool *pool;
 
-/* Exports, by name, opened by the first connection that needs them
- * and shared by every connection to the same name.  Opening one (a
- * bzip2 sizing pass can take seconds) holds only that export's lock,
- * so connections to other exports go on meanwhile.
- *
- * An export lives while connections use it, and after that among the
- * MAX_IDLE_EXPORTS most recently used idle ones, so that reconnecting
- * does not index the image again while a server with many names (file
- * dir=) does not keep them all.  If the plugin reports a different
- * size for the image than when the export was opened, the image has
- * changed: the export leaves the list (the connections using it keep
- * it until they close) and the next connection opens a new one.
- *
- * When the plugin below fails while an export is opened (its own open,
- * e.g. the curl plugin against a web server without Range requests, or
- * a read of the image), the failure is logged once, and connections to
- * that export for the next RETRY_DELAY_MIN fail at once without asking
- * the plugin again: clients that reconnect in a loop do not make the
- * plugin log the same cause many times a second.  Each failure in a row
- * doubles the delay, up to RETRY_DELAY_MAX; an export that opens starts
- * over.
- */
-#define MAX_IDLE_EXPORTS 16
-#define RETRY_DELAY_MIN 1000    /* ms */
-#define RETRY_DELAY_MAX 16000   /* ms */
-
-struct named_export {
-  char *name;
-  pthread_mutex_t open_lock;    /* Held while the image is opened. */
-  bool opened;                  /* Then exp or failed is set. */
-  struct ad_export *exp;        /* NULL if the image could not be opened. */
-  char *failed;                 /* Then why (not a failure below). */
-  uint64_t compressed_size;
-  /* The last error logged for a request, so that a request failing
-   * again for the same reason (every read of the end of an image whose
-   * declared size was wrong, say) is logged once at error level, then
-   * at debug level.
-   */
-  pthread_mutex_t error_lock;
-  char last_error[AD_ERROR_MSG_MAX];
-  /* Under exports_lock: */
-  uint64_t retry_at;            /* ms (now_ms): fail at once before it. */
-  uint64_t retry_delay;         /* ms, after the last failure below. */
-  char why[AD_ERROR_MSG_MAX];   /* That failure. */
-  unsigned users;               /* Connections holding it. */
-  uint64_t last_used;           /* export_clock when last released. */
-  bool listed;                  /* In exports (else freed by the last user). */
-  struct named_export *next;
-};
-static pthread_mutex_t exports_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct named_export *exports;
-static uint64_t export_clock;
-
-static void release_export (struct named_export *e);
-static bool failing_at_once (struct named_export *e, const char *name);
-static void failed_below (struct named_export *e, const char *name,
-                          const char *why);
-
-/* The plugin below as a source: its context, and the lock that its
- * reads take turns on, or NULL.
- */
-struct next_source {
-  nbdkit_next *next;
-  pthread_mutex_t *turns;
-};
-
 struct handle {
   char *exportname;
   struct named_export *export;  /* Set in prepare. */
@@ -145,45 +82,9 @@ autodecomp_load (void)
 }
 
 static void
-free_export (struct named_export *e)
-{
-  struct ad_export_stats st;
-
-  if (e->exp) {
-    ad_export_get_stats (e->exp, &st);
-    if (st.fetcher)
-      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " compressed reads "
-                    "served from %" PRIu64 " large fetches (%" PRIu64
-                    " of them ahead of the readers)", e->name, st.fetch_hits,
-                    st.fetches, st.fetches_ahead);
-    if (ad_export_index (e->exp))
-      nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
-                    "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
-                    "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
-                    "frames, %" PRIu64 " bytes decoded into the spill file",
-                    e->name, st.index.frames_decoded, st.readahead_frames,
-                    st.zero_probes, st.index.indexed,
-                    ad_export_size (e->exp), st.index.nframes,
-                    st.spill_bytes);
-  }
-  ad_export_free (e->exp);
-  pthread_mutex_destroy (&e->open_lock);
-  pthread_mutex_destroy (&e->error_lock);
-  free (e->failed);
-  free (e->name);
-  free (e);
-}
-
-static void
 autodecomp_unload (void)
 {
-  struct named_export *e, *next;
-
-  for (e = exports; e; e = next) {
-    next = e->next;
-    free_export (e);
-  }
-  exports = NULL;
+  free_exports ();
   ad_cache_free (cache);
   free (index_path);
 }
@@ -441,48 +342,6 @@ autodecomp_close (void *handle)
   free (h);
 }
 
-/* The plugin below, as a source for the library. */
-static int
-next_pread (void *opaque, void *buf, size_t count, uint64_t offset,
-            struct ad_error *err)
-{
-  const struct next_source *ns = opaque;
-  nbdkit_next *next = ns->next;
-  char *p = buf;
-
-  while (count > 0) {
-    uint32_t n = count > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : count;
-    int errnum = 0, r;
-
-    if (ns->turns)
-      pthread_mutex_lock (ns->turns);
-    r = next->pread (next, p, n, offset, 0, &errnum);
-    if (ns->turns)
-      pthread_mutex_unlock (ns->turns);
-    if (r == -1)
-      return ad_error_set (err, errnum ? errnum : EIO,
-                           "read of %" PRIu32 " bytes at compressed offset %"
-                           PRIu64 " from the plugin failed: %s", n, offset,
-                           strerror (errnum ? errnum : EIO));
-    p += n;
-    count -= n;
-    offset += n;
-  }
-  return 0;
-}
-
-static void
-source_of_next (struct ad_source *src, struct next_source *ns,
-                nbdkit_next *next, pthread_mutex_t *turns, uint64_t size)
-{
-  ns->next = next;
-  ns->turns = turns;
-  memset (src, 0, sizeof *src);
-  src->pread = next_pread;
-  src->opaque = ns;
-  src->size = size;
-}
-
 /* The connection's reads below, which take turns with its read-ahead
  * thread's where the plugin needs that.
  */
@@ -611,162 +470,6 @@ open_export (struct named_export *e, nbdkit_next *next, uint64_t size)
   return 0;
 }
 
-/* The listed export called name, created (unopened) if there is none,
- * with one more user.
- */
-static struct named_export *
-acquire_export (const char *name)
-{
-  struct named_export *e;
-
-  pthread_mutex_lock (&exports_lock);
-  for (e = exports; e; e = e->next)
-    if (strcmp (e->name, name) == 0)
-      break;
-  if (e == NULL) {
-    e = calloc (1, sizeof *e);
-    if (e == NULL || (e->name = strdup (name)) == NULL) {
-      pthread_mutex_unlock (&exports_lock);
-      free (e);
-      nbdkit_error ("autodecomp: out of memory");
-      return NULL;
-    }
-    pthread_mutex_init (&e->open_lock, NULL);
-    pthread_mutex_init (&e->error_lock, NULL);
-    e->listed = true;
-    e->next = exports;
-    exports = e;
-  }
-  e->users++;
-  pthread_mutex_unlock (&exports_lock);
-  return e;
-}
-
-static void
-unlist_locked (struct named_export *e)
-{
-  struct named_export **p;
-
-  for (p = &exports; *p; p = &(*p)->next)
-    if (*p == e) {
-      *p = e->next;
-      e->listed = false;
-      return;
-    }
-}
-
-/* One user fewer.  Frees e if it has left the list and this was its
- * last user, and the least recently used idle exports beyond
- * MAX_IDLE_EXPORTS.
- */
-static void
-release_export (struct named_export *e)
-{
-  struct named_export *doomed = NULL, *p, *oldest;
-  unsigned idle;
-
-  pthread_mutex_lock (&exports_lock);
-  e->users--;
-  e->last_used = ++export_clock;
-  if (!e->listed && e->users == 0) {
-    e->next = doomed;
-    doomed = e;
-  }
-  for (;;) {
-    idle = 0;
-    oldest = NULL;
-    for (p = exports; p; p = p->next)
-      if (p->users == 0) {
-        idle++;
-        if (oldest == NULL || p->last_used < oldest->last_used)
-          oldest = p;
-      }
-    if (idle <= MAX_IDLE_EXPORTS)
-      break;
-    unlist_locked (oldest);
-    oldest->next = doomed;
-    doomed = oldest;
-  }
-  pthread_mutex_unlock (&exports_lock);
-
-  /* Outside the lock: freeing waits for the export's decode jobs. */
-  while (doomed) {
-    p = doomed->next;
-    free_export (doomed);
-    doomed = p;
-  }
-}
-
-static uint64_t
-now_ms (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
-}
-
-/* Did the plugin below fail to open this export less than the retry
- * delay ago?  Then this connection fails at once, said at debug level
- * only (the cause was logged when it happened).  e is the export when
- * the caller holds it, else NULL and the export is looked up by name.
- */
-static bool
-failing_at_once (struct named_export *e, const char *name)
-{
-  uint64_t now = now_ms (), left = 0;
-  char why[AD_ERROR_MSG_MAX];
-
-  pthread_mutex_lock (&exports_lock);
-  if (e == NULL)
-    for (e = exports; e; e = e->next)
-      if (strcmp (e->name, name) == 0)
-        break;
-  if (e && e->retry_at > now) {
-    left = e->retry_at - now;
-    memcpy (why, e->why, sizeof why);
-  }
-  pthread_mutex_unlock (&exports_lock);
-  if (left == 0)
-    return false;
-  nbdkit_debug ("autodecomp: export '%s': failing this connection at once: "
-                "%s (the plugin is asked again in %.1f s)",
-                name, why, left / 1000.0);
-  return true;
-}
-
-/* The plugin below failed while export name was being opened: log why
- * and start (or double) the retry delay.  e is the export when the
- * caller holds it, else NULL.
- */
-static void
-failed_below (struct named_export *e, const char *name, const char *why)
-{
-  struct named_export *held = e;
-  uint64_t now = now_ms (), delay = RETRY_DELAY_MIN;
-
-  if (e == NULL)
-    e = acquire_export (name);
-  if (e) {
-    pthread_mutex_lock (&exports_lock);
-    /* Failing again soon after the last failure: a longer delay. */
-    if (e->retry_delay && now < e->retry_at + RETRY_DELAY_MAX) {
-      delay = e->retry_delay * 2;
-      if (delay > RETRY_DELAY_MAX)
-        delay = RETRY_DELAY_MAX;
-    }
-    e->retry_delay = delay;
-    e->retry_at = now + delay;
-    snprintf (e->why, sizeof e->why, "%s", why);
-    pthread_mutex_unlock (&exports_lock);
-    if (held == NULL)
-      release_export (e);
-  }
-  nbdkit_error ("autodecomp: export '%s': %s; connections to it in the "
-                "next %" PRIu64 " s fail at once, without asking the "
-                "plugin again", name, why, delay / 1000);
-}
-
 static int
 autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
 {
@@ -794,10 +497,7 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
     nbdkit_debug ("autodecomp: export '%s' is now %" PRIi64 " bytes, was %"
                   PRIu64 ": opening it again", h->exportname, size,
                   e->compressed_size);
-    pthread_mutex_lock (&exports_lock);
-    if (e->listed)
-      unlist_locked (e);
-    pthread_mutex_unlock (&exports_lock);
+    unlist_export (e);
     release_export (e);
   }
   if (e->opened)
@@ -814,9 +514,7 @@ autodecomp_prepare (nbdkit_next *next, void *handle, int readonly)
     release_export (e);
     return -1;
   }
-  pthread_mutex_lock (&exports_lock);
-  e->retry_at = e->retry_delay = 0;
-  pthread_mutex_unlock (&exports_lock);
+  export_opened (e);
   h->export = e;
   return 0;
 }
