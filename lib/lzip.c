@@ -82,6 +82,9 @@
 
 static const unsigned char lzip_magic[4] = { 'L', 'Z', 'I', 'P' };
 
+/* The dictionary size a Coded Dictionary Size byte stands for, or 0 if
+ * it is not valid (the rule of lzip and of liblzma's decoder).
+ */
 static uint32_t
 dict_size_decode (unsigned char ds)
 {

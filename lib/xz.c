@@ -452,9 +452,6 @@ struct xz_decoder {
   lzma_filter filters[LZMA_FILTERS_MAX + 1];
 };
 
-static int parse_block_header (struct ad_lzma_frame *f,
-                               struct ad_error *err);
-
 static void
 free_filters (lzma_filter *filters)
 {
@@ -465,39 +462,6 @@ free_filters (lzma_filter *filters)
     filters[i].options = NULL;
     filters[i].id = LZMA_VLI_UNKNOWN;
   }
-}
-
-static int
-xz_decoder_new (struct ad_index *idx __attribute__ ((unused)),
-                const struct ad_frame *frame,
-                size_t frame_no __attribute__ ((unused)),
-                void **decoder, struct ad_error *err)
-{
-  struct xz_decoder *d = calloc (1, sizeof *d);
-  size_t i;
-
-  if (d == NULL)
-    return ad_error_set (err, ENOMEM, "calloc: %m");
-  ad_lzma_frame_init (&d->f, frame, "block", "its sizes or integrity check",
-                      parse_block_header);
-  for (i = 0; i <= LZMA_FILTERS_MAX; i++) {
-    d->filters[i].id = LZMA_VLI_UNKNOWN;
-    d->filters[i].options = NULL;
-  }
-  *decoder = d;
-  return 0;
-}
-
-static void
-xz_decoder_free (void *decoder)
-{
-  struct xz_decoder *d = decoder;
-
-  if (d == NULL)
-    return;
-  ad_lzma_frame_end (&d->f);
-  free_filters (d->filters);
-  free (d);
 }
 
 /* Block Header: at the start of the first chunk.  Sets up the block
@@ -581,6 +545,39 @@ parse_block_header (struct ad_lzma_frame *f, struct ad_error *err)
   f->strm.next_in += d->block.header_size;
   f->strm.avail_in -= d->block.header_size;
   return 0;
+}
+
+static int
+xz_decoder_new (struct ad_index *idx __attribute__ ((unused)),
+                const struct ad_frame *frame,
+                size_t frame_no __attribute__ ((unused)),
+                void **decoder, struct ad_error *err)
+{
+  struct xz_decoder *d = calloc (1, sizeof *d);
+  size_t i;
+
+  if (d == NULL)
+    return ad_error_set (err, ENOMEM, "calloc: %m");
+  ad_lzma_frame_init (&d->f, frame, "block", "its sizes or integrity check",
+                      parse_block_header);
+  for (i = 0; i <= LZMA_FILTERS_MAX; i++) {
+    d->filters[i].id = LZMA_VLI_UNKNOWN;
+    d->filters[i].options = NULL;
+  }
+  *decoder = d;
+  return 0;
+}
+
+static void
+xz_decoder_free (void *decoder)
+{
+  struct xz_decoder *d = decoder;
+
+  if (d == NULL)
+    return;
+  ad_lzma_frame_end (&d->f);
+  free_filters (d->filters);
+  free (d);
 }
 
 static ssize_t
