@@ -27,6 +27,18 @@
 #include "spill.h"
 #include "fetch.h"
 
+/* The compressed bytes of a frame that decoded to all zeros, and what
+ * else its decode depends on (see export-zero.c).
+ */
+#define ZERO_MEMOS 4
+
+struct zero_memo {
+  unsigned char *bytes;         /* frame.csize bytes, or NULL: unused. */
+  struct ad_frame frame;
+  uint64_t key[2];              /* See ad_index_frame_key. */
+  uint64_t used;                /* Tick of the last match. */
+};
+
 /* One served image (see export.h). */
 struct ad_export {
   enum ad_format format;
@@ -49,9 +61,15 @@ struct ad_export {
   unsigned char *decoded_once;  /* Per frame, or NULL. */
   size_t decoded_once_len;
 
+  /* Frames known all zeros by their bytes (export-zero.c). */
+  pthread_mutex_t zero_lock;
+  struct zero_memo zero_memo[ZERO_MEMOS];
+  uint64_t zero_tick;
+
   /* Counters (updated atomically). */
   uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
-  uint64_t zero_probes;         /* Frames found zero by extents. */
+  uint64_t zero_probes;         /* Frames extents probed, */
+  uint64_t zero_memo_hits;      /* of them found zeros by a memo. */
 };
 
 /* One reader of an export (see ad_reader_new). */
@@ -92,6 +110,22 @@ extern int export_read_range (struct ad_export *exp,
                               struct ad_source *src, char *buf, size_t count,
                               uint64_t offset, bool prove,
                               struct ad_error *err);
+
+/* export-zero.c */
+
+/* Is the frame compressed so well that extents decode it to see
+ * whether it is all zeros?
+ */
+extern bool export_probe_worth (const struct ad_frame *frame);
+
+/* Set *zero if the frame is all zeros, decoding it into the cache
+ * unless a memo proves it.  Returns 0, or -1 with err.
+ */
+extern int export_probe_zero (struct ad_export *exp, struct ad_source *src,
+                              const struct ad_frame *frame, size_t frame_no,
+                              bool *zero, struct ad_error *err);
+extern void export_zero_init (struct ad_export *exp);
+extern void export_zero_free (struct ad_export *exp);
 
 /* export-jobs.c */
 

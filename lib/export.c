@@ -83,6 +83,7 @@ ad_export_open (struct ad_source *src, enum ad_format format,
     exp->config = *config;
   pthread_mutex_init (&exp->lock, NULL);
   pthread_cond_init (&exp->jobs_done, NULL);
+  export_zero_init (exp);
   if (format == AD_FORMAT_RAW) {
     exp->size = src->size;
     return exp;
@@ -112,6 +113,7 @@ ad_export_free (struct ad_export *exp)
   ad_fetch_free (exp->fetch);
   free (exp->decoded_once);
   ad_index_free (exp->idx);
+  export_zero_free (exp);
   pthread_cond_destroy (&exp->jobs_done);
   pthread_mutex_destroy (&exp->lock);
   free (exp);
@@ -146,6 +148,8 @@ ad_export_get_stats (struct ad_export *exp, struct ad_export_stats *stats)
   stats->readahead_frames = __atomic_load_n (&exp->readahead_frames,
                                              __ATOMIC_RELAXED);
   stats->zero_probes = __atomic_load_n (&exp->zero_probes, __ATOMIC_RELAXED);
+  stats->zero_memo_hits = __atomic_load_n (&exp->zero_memo_hits,
+                                           __ATOMIC_RELAXED);
   pthread_mutex_lock (&exp->lock);
   spill = exp->spill;
   pthread_mutex_unlock (&exp->lock);
@@ -441,27 +445,6 @@ ad_export_prefetch (struct ad_export *exp, struct ad_source *src,
   return export_read_range (exp, NULL, src, NULL, count, offset, true, err);
 }
 
-/* Frames compressed this well are decoded by extents to see whether
- * they are zeros.  The frame goes into the cache as a read would put it
- * there (a frame of zeros as a flag, without its bytes): a frame that
- * holds data is what the client that asked where the data is reads
- * next, and it then neither decodes nor reads below twice.
- */
-#define ZERO_PROBE_RATIO 128
-
-static int
-probe_zero (struct ad_export *exp, struct ad_source *src,
-            const struct ad_frame *frame, size_t frame_no, bool *zero,
-            struct ad_error *err)
-{
-  *zero = false;
-  if (export_read_range (exp, NULL, src, NULL, frame->usize, frame->uoff,
-                         false, err) == -1)
-    return -1;
-  ad_cache_peek (exp->cache, exp, frame_no, zero);
-  return 0;
-}
-
 int
 ad_export_extents (struct ad_export *exp, struct ad_source *src,
                    size_t count, uint64_t offset, ad_extent_fn *fn,
@@ -532,10 +515,8 @@ ad_export_extents (struct ad_export *exp, struct ad_source *src,
     else if (f.flags & AD_FRAME_ZERO)
       zero = true;
     else if (!ad_cache_peek (exp->cache, exp, frame_no, &zero) &&
-             f.usize > AD_LARGE_FRAME / 8 / 1024 && /* not tiny */
-             f.usize <= AD_LARGE_FRAME &&
-             f.csize <= f.usize / ZERO_PROBE_RATIO) {
-      if (probe_zero (exp, src, &f, frame_no, &zero, err) == -1) {
+             export_probe_worth (&f)) {
+      if (export_probe_zero (exp, src, &f, frame_no, &zero, err) == -1) {
         if (!first)
           break;                /* Report what is known so far. */
         return -1;

@@ -158,7 +158,8 @@ extern int ad_export_find (struct ad_export *exp, struct ad_source *src,
 struct ad_export_stats {
   struct ad_index_stats index;  /* The index's (zeros when raw). */
   uint64_t readahead_frames;    /* Frames decoded by read-ahead. */
-  uint64_t zero_probes;         /* Frames found zero by extents. */
+  uint64_t zero_probes;         /* Frames extents probed, */
+  uint64_t zero_memo_hits;      /* of them found zeros by a memo. */
   uint64_t spill_bytes;         /* Bytes decoded into the spill file. */
   bool fetcher;                 /* The reads below go through a fetcher
                                    (opts.fetch_size), which served */

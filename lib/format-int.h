@@ -77,6 +77,18 @@ struct ad_format_ops {
 
   /* Free idx->priv. */
   void (*close) (struct ad_index *idx);
+
+  /* Optional: does frame frame_no decode from its compressed bytes
+   * alone?  True if what it decodes to, and whether it decodes at all,
+   * depends on nothing but those bytes, its index entry (sizes, aux,
+   * aux32, flags) and key[0] and key[1], values the index holds for
+   * that frame (the format sets them; both are 0 when called): no
+   * window or state of other frames, and no check but those.  Two such
+   * frames that agree on all of it decode alike (probe_zero in
+   * export-zero.c relies on it).  NULL: no frame does.
+   */
+  bool (*frame_key) (struct ad_index *idx, const struct ad_frame *frame,
+                     size_t frame_no, uint64_t key[2]);
 };
 
 struct ad_index {
@@ -136,6 +148,11 @@ extern const struct ad_format_ops ad_lzip_ops;
 extern struct ad_index *ad_index_new (enum ad_format format,
                                       const struct ad_options *opts,
                                       struct ad_error *err);
+
+/* ops->frame_key, or false where the format has none. */
+extern bool ad_index_frame_key (struct ad_index *idx,
+                                const struct ad_frame *frame,
+                                size_t frame_no, uint64_t key[2]);
 
 /* Append the next frame (for formats, in open and advance).  The frame
  * must start at idx->indexed and end within idx->size; its usize must

@@ -401,6 +401,19 @@ gz_close (struct ad_index *idx)
   idx->priv = NULL;
 }
 
+/* A whole member (BGZF, or one of many) decodes from its own bytes,
+ * which carry its CRC32 and size; a span from a checkpoint needs the
+ * checkpoint's window.
+ */
+static bool
+gz_frame_key (struct ad_index *idx __attribute__ ((unused)),
+              const struct ad_frame *frame,
+              size_t frame_no __attribute__ ((unused)),
+              uint64_t key[2] __attribute__ ((unused)))
+{
+  return frame->aux == AUX_WHOLE;
+}
+
 const struct ad_format_ops ad_gzip_ops = {
   .format = AD_FORMAT_GZIP,
   .name = "gzip",
@@ -412,4 +425,5 @@ const struct ad_format_ops ad_gzip_ops = {
   .save = gz_save,
   .load = gz_load,
   .close = gz_close,
+  .frame_key = gz_frame_key,
 };

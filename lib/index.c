@@ -116,6 +116,15 @@ ad_index_free (struct ad_index *idx)
   free (idx);
 }
 
+bool
+ad_index_frame_key (struct ad_index *idx, const struct ad_frame *frame,
+                    size_t frame_no, uint64_t key[2])
+{
+  key[0] = key[1] = 0;
+  return idx->ops->frame_key != NULL &&
+    idx->ops->frame_key (idx, frame, frame_no, key);
+}
+
 int
 ad_index_append_frame (struct ad_index *idx, const struct ad_frame *frame,
                        struct ad_error *err)

@@ -470,6 +470,29 @@ zstd_open (struct ad_index *idx, struct ad_source *src, struct ad_error *err)
   return zstd_open_walk (idx, src, err);
 }
 
+/* A frame decodes from its own bytes, and is checked against the seek
+ * table's checksum for it, or the persisted index's hash of its bytes,
+ * where there is one: those are its key.  Not the one frame sized by
+ * its header, whose end the decoder finds.
+ */
+static bool
+zstd_frame_key (struct ad_index *idx,
+                const struct ad_frame *frame __attribute__ ((unused)),
+                size_t frame_no, uint64_t key[2])
+{
+  const struct zstd_priv *priv = idx->priv;
+
+  if (priv->declared)
+    return false;
+  if (priv->sums && frame_no < priv->nsums)
+    key[0] = (UINT64_C (1) << 32) | priv->sums[frame_no];
+  if (priv->chashed && frame_no < priv->nchash && priv->chashed[frame_no]) {
+    key[0] |= UINT64_C (1) << 33;
+    key[1] = priv->chash[frame_no];
+  }
+  return true;
+}
+
 const struct ad_format_ops ad_zstd_ops = {
   .format = AD_FORMAT_ZSTD,
   .name = "zstd",
@@ -481,4 +504,5 @@ const struct ad_format_ops ad_zstd_ops = {
   .save = zstd_save,
   .load = zstd_load,
   .close = zstd_close,
+  .frame_key = zstd_frame_key,
 };

@@ -45,11 +45,12 @@ free_export (struct named_export *e)
                     st.fetches, st.fetches_ahead);
     if (ad_export_index (e->exp))
       nbdkit_debug ("autodecomp: export '%s': %" PRIu64 " frame decodes "
-                    "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes, "
+                    "(%" PRIu64 " by read-ahead), %" PRIu64 " zero probes (%"
+                    PRIu64 " proven by a frame seen before), "
                     "indexed %" PRIu64 " of %" PRIu64 " bytes in %zu "
                     "frames, %" PRIu64 " bytes decoded into the spill file",
                     e->name, st.index.frames_decoded, st.readahead_frames,
-                    st.zero_probes, st.index.indexed,
+                    st.zero_probes, st.zero_memo_hits, st.index.indexed,
                     ad_export_size (e->exp), st.index.nframes,
                     st.spill_bytes);
   }
