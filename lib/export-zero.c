@@ -83,13 +83,16 @@ read_bytes (struct ad_source *src, const struct ad_frame *f)
 
 /* A source that holds only one frame's compressed bytes, at their
  * offset in the image: the probe decodes the very bytes that it then
- * remembers.
+ * remembers.  (A frame that another reader was decoding already is
+ * decoded from what that reader read: then nothing is read here, and
+ * nothing is remembered.)
  */
 struct frame_bytes {
   struct ad_source src;
   const unsigned char *bytes;
   uint64_t coff;
   size_t csize;
+  bool used;                    /* The decode read from here. */
 };
 
 static bool
@@ -103,22 +106,26 @@ static int
 frame_bytes_pread (void *opaque, void *buf, size_t count, uint64_t offset,
                    struct ad_error *err)
 {
-  const struct frame_bytes *fb = opaque;
+  struct frame_bytes *fb = opaque;
 
   if (!within (fb, offset, count))
     return ad_error_set (err, EIO, "the decoder read %zu bytes at offset %"
                          PRIu64 ", outside its frame's %zu bytes at %"
                          PRIu64, count, offset, fb->csize, fb->coff);
   memcpy (buf, fb->bytes + (offset - fb->coff), count);
+  fb->used = true;
   return 0;
 }
 
 static const void *
 frame_bytes_map (void *opaque, uint64_t offset, size_t count)
 {
-  const struct frame_bytes *fb = opaque;
+  struct frame_bytes *fb = opaque;
 
-  return within (fb, offset, count) ? fb->bytes + (offset - fb->coff) : NULL;
+  if (!within (fb, offset, count))
+    return NULL;
+  fb->used = true;
+  return fb->bytes + (offset - fb->coff);
 }
 
 /* Does a memo hold exactly these bytes for this entry?  Marks it used. */
@@ -207,7 +214,7 @@ export_probe_zero (struct ad_export *exp, struct ad_source *src,
     return -1;
   }
   ad_cache_peek (exp->cache, exp, frame_no, zero);
-  if (*zero && bytes)
+  if (*zero && bytes && fb.used)
     memo_learn (exp, frame, key, bytes);
   else
     free (bytes);
