@@ -40,7 +40,9 @@
  */
 #define ZERO_PROBE_RATIO 128
 
-/* Frames of zeros remembered, and the most compressed bytes each. */
+/* The most compressed bytes that a frame of zeros may have to be
+ * remembered (a few frames of them, ZERO_MEMOS, per export).
+ */
 #define ZERO_MEMO_MAX (64 * 1024)
 
 bool
