@@ -27,37 +27,6 @@
 /* What a decoder holds besides its input and output, at most. */
 #define DECODER_MEM (8 * 1024 * 1024ULL)
 
-struct window {
-  const char *buf;
-  uint64_t off;
-  size_t len;
-};
-
-static const void *
-window_map (void *opaque, uint64_t offset, size_t count)
-{
-  struct window *w = opaque;
-
-  if (offset < w->off || offset - w->off > w->len ||
-      count > w->len - (offset - w->off))
-    return NULL;
-  return w->buf + (offset - w->off);
-}
-
-static int
-window_pread (void *opaque, void *buf, size_t count, uint64_t offset,
-              struct ad_error *err)
-{
-  const void *p = window_map (opaque, offset, count);
-
-  if (p == NULL)
-    return ad_error_set (err, EIO, "decoder read %zu bytes at compressed "
-                         "offset %" PRIu64 ", outside its frame", count,
-                         offset);
-  memcpy (buf, p, count);
-  return 0;
-}
-
 struct progress_ctx {
   struct ad_cache *cache;
   struct ad_cache_entry *entry;
@@ -123,16 +92,13 @@ run_job (void *arg)
 {
   struct job *job = arg;
   struct ad_export *exp = job->exp;
-  struct window w = { job->data, job->input_off, job->input_len };
-  struct ad_source src;
+  struct ad_range_source input;
+  struct ad_source *src;
   uint64_t largest = 0, reserved;
   size_t i;
 
-  memset (&src, 0, sizeof src);
-  src.pread = window_pread;
-  src.map = window_map;
-  src.opaque = &w;
-  src.size = job->source_size;
+  src = ad_source_init_range (&input, job->data, job->input_off,
+                              job->input_len, job->source_size);
   /* The decode's own memory (its input, and decoder state of about
    * the frame's size, up to an 8 MiB dictionary) counts against the
    * cache while it runs, so that what the process holds stays near the
@@ -144,7 +110,7 @@ run_job (void *arg)
   reserved = job->input_cap + (largest < DECODER_MEM ? largest : DECODER_MEM);
   ad_cache_reserve (exp->cache, reserved);
   for (i = 0; i < job->n; i++) {
-    fill_entry (exp, &src, &job->frame[i], job->frame_no[i], job->entry[i]);
+    fill_entry (exp, src, &job->frame[i], job->frame_no[i], job->entry[i]);
     ad_cache_put (exp->cache, job->entry[i]);
   }
   if (job->ahead)

@@ -27,8 +27,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <inttypes.h>
-#include <errno.h>
 
 #include "export-int.h"
 
@@ -81,53 +79,6 @@ read_bytes (struct ad_source *src, const struct ad_frame *f)
     bytes = NULL;
   }
   return bytes;
-}
-
-/* A source that holds only one frame's compressed bytes, at their
- * offset in the image: the probe decodes the very bytes that it then
- * remembers.  (A frame that another reader was decoding already is
- * decoded from what that reader read: then nothing is read here, and
- * nothing is remembered.)
- */
-struct frame_bytes {
-  struct ad_source src;
-  const unsigned char *bytes;
-  uint64_t coff;
-  size_t csize;
-  bool used;                    /* The decode read from here. */
-};
-
-static bool
-within (const struct frame_bytes *fb, uint64_t offset, size_t count)
-{
-  return offset >= fb->coff && offset - fb->coff <= fb->csize &&
-    count <= fb->csize - (offset - fb->coff);
-}
-
-static int
-frame_bytes_pread (void *opaque, void *buf, size_t count, uint64_t offset,
-                   struct ad_error *err)
-{
-  struct frame_bytes *fb = opaque;
-
-  if (!within (fb, offset, count))
-    return ad_error_set (err, EIO, "the decoder read %zu bytes at offset %"
-                         PRIu64 ", outside its frame's %zu bytes at %"
-                         PRIu64, count, offset, fb->csize, fb->coff);
-  memcpy (buf, fb->bytes + (offset - fb->coff), count);
-  fb->used = true;
-  return 0;
-}
-
-static const void *
-frame_bytes_map (void *opaque, uint64_t offset, size_t count)
-{
-  struct frame_bytes *fb = opaque;
-
-  if (!within (fb, offset, count))
-    return NULL;
-  fb->used = true;
-  return fb->bytes + (offset - fb->coff);
 }
 
 /* Does a memo hold exactly these bytes for this entry?  Marks it used. */
@@ -185,7 +136,7 @@ export_probe_zero (struct ad_export *exp, struct ad_source *src,
                    struct ad_error *err)
 {
   unsigned char *bytes = NULL;
-  struct frame_bytes fb;
+  struct ad_range_source held;
   uint64_t key[2];
 
   *zero = false;
@@ -199,24 +150,21 @@ export_probe_zero (struct ad_export *exp, struct ad_source *src,
     *zero = true;
     return 0;
   }
-  if (bytes) {
-    memset (&fb, 0, sizeof fb);
-    fb.bytes = bytes;
-    fb.coff = frame->coff;
-    fb.csize = frame->csize;
-    fb.src.pread = frame_bytes_pread;
-    fb.src.map = frame_bytes_map;
-    fb.src.opaque = &fb;
-    fb.src.size = src->size;
-    src = &fb.src;
-  }
+  /* The decode reads the very bytes that are remembered if they are
+   * zeros.  (A frame that another reader was decoding already is
+   * decoded from what that reader read: then nothing is read from
+   * held, and nothing is remembered.)
+   */
+  if (bytes)
+    src = ad_source_init_range (&held, bytes, frame->coff, frame->csize,
+                                src->size);
   if (export_read_range (exp, NULL, src, NULL, frame->usize, frame->uoff,
                          false, err) == -1) {
     free (bytes);
     return -1;
   }
   ad_cache_peek (exp->cache, exp, frame_no, zero);
-  if (*zero && bytes && fb.used)
+  if (*zero && bytes && held.used)
     memo_learn (exp, frame, key, bytes);
   else
     free (bytes);

@@ -111,6 +111,49 @@ mem_pread (void *opaque, void *buf, size_t count, uint64_t offset,
   return 0;
 }
 
+static const void *
+range_map (void *opaque, uint64_t offset, size_t count)
+{
+  struct ad_range_source *rs = opaque;
+
+  if (offset < rs->off || offset - rs->off > rs->len ||
+      count > rs->len - (offset - rs->off))
+    return NULL;
+  rs->used = true;
+  return rs->data + (offset - rs->off);
+}
+
+static int
+range_pread (void *opaque, void *buf, size_t count, uint64_t offset,
+             struct ad_error *err)
+{
+  const struct ad_range_source *rs = opaque;
+  const void *p = range_map (opaque, offset, count);
+
+  if (p == NULL)
+    return ad_error_set (err, EIO, "decoder read %zu bytes at compressed "
+                         "offset %" PRIu64 ", outside its frame's %zu "
+                         "bytes at %" PRIu64, count, offset, rs->len,
+                         rs->off);
+  memcpy (buf, p, count);
+  return 0;
+}
+
+struct ad_source *
+ad_source_init_range (struct ad_range_source *rs, const void *data,
+                      uint64_t off, size_t len, uint64_t size)
+{
+  memset (rs, 0, sizeof *rs);
+  rs->data = data;
+  rs->off = off;
+  rs->len = len;
+  rs->src.pread = range_pread;
+  rs->src.map = range_map;
+  rs->src.opaque = rs;
+  rs->src.size = size;
+  return &rs->src;
+}
+
 void
 ad_source_init_mem (struct ad_source *src, const void *data, size_t size)
 {

@@ -90,6 +90,25 @@ extern void ad_source_init_fd (struct ad_source *src, int fd, uint64_t size);
 extern void ad_source_init_mem (struct ad_source *src,
                                 const void *data, size_t size);
 
+/* A source over only the bytes [off, off + len) of an image of size
+ * bytes, held at data (not owned): for a decoder given its frame's
+ * compressed bytes.  Reads of them are served from data (in place
+ * where the reader maps them); reads elsewhere fail with EIO.  used is
+ * set once a read or a map has taken bytes from it.
+ */
+struct ad_range_source {
+  struct ad_source src;
+  const char *data;
+  uint64_t off;
+  size_t len;
+  bool used;
+};
+
+extern struct ad_source *ad_source_init_range (struct ad_range_source *rs,
+                                               const void *data,
+                                               uint64_t off, size_t len,
+                                               uint64_t size);
+
 /* A source for opening an image: small reads within the first and the
  * last AD_OPEN_WINDOW bytes are served from one read of each, so that
  * detecting the format and reading its headers, footer and index cost
