@@ -149,6 +149,13 @@ extern struct ad_index *ad_index_new (enum ad_format format,
                                       const struct ad_options *opts,
                                       struct ad_error *err);
 
+/* A frame_key for formats whose every frame decodes from its own bytes
+ * and index entry, with no key: true.
+ */
+extern bool ad_frame_key_own_bytes (struct ad_index *idx,
+                                    const struct ad_frame *frame,
+                                    size_t frame_no, uint64_t key[2]);
+
 /* ops->frame_key, or false where the format has none. */
 extern bool ad_index_frame_key (struct ad_index *idx,
                                 const struct ad_frame *frame,

@@ -117,6 +117,15 @@ ad_index_free (struct ad_index *idx)
 }
 
 bool
+ad_frame_key_own_bytes (struct ad_index *idx __attribute__ ((unused)),
+                        const struct ad_frame *frame __attribute__ ((unused)),
+                        size_t frame_no __attribute__ ((unused)),
+                        uint64_t key[2] __attribute__ ((unused)))
+{
+  return true;
+}
+
+bool
 ad_index_frame_key (struct ad_index *idx, const struct ad_frame *frame,
                     size_t frame_no, uint64_t key[2])
 {

@@ -434,18 +434,6 @@ lzip_load (struct ad_index *idx, struct ad_cursor *in, uint64_t file_size)
   return 0;
 }
 
-/* A member decodes from its own bytes, whose trailer has its CRC32 and
- * sizes.
- */
-static bool
-lzip_frame_key (struct ad_index *idx __attribute__ ((unused)),
-                const struct ad_frame *frame __attribute__ ((unused)),
-                size_t frame_no __attribute__ ((unused)),
-                uint64_t key[2] __attribute__ ((unused)))
-{
-  return true;
-}
-
 const struct ad_format_ops ad_lzip_ops = {
   .format = AD_FORMAT_LZIP,
   .name = "lzip",
@@ -457,5 +445,8 @@ const struct ad_format_ops ad_lzip_ops = {
   .save = lzip_save,
   .load = lzip_load,
   .close = NULL,
-  .frame_key = lzip_frame_key,
+  /* A member decodes from its own bytes, whose trailer has its CRC32
+   * and sizes.
+   */
+  .frame_key = ad_frame_key_own_bytes,
 };

@@ -589,18 +589,6 @@ xz_decoder_read (void *decoder, struct ad_source *src, void *out,
   return ad_lzma_frame_read (&d->f, src, out, count, err);
 }
 
-/* A block decodes from its own bytes (Block Header to Check) and its
- * entry: Unpadded Size (aux) and the stream's check type (aux32).
- */
-static bool
-xz_frame_key (struct ad_index *idx __attribute__ ((unused)),
-              const struct ad_frame *frame __attribute__ ((unused)),
-              size_t frame_no __attribute__ ((unused)),
-              uint64_t key[2] __attribute__ ((unused)))
-{
-  return true;
-}
-
 const struct ad_format_ops ad_xz_ops = {
   .format = AD_FORMAT_XZ,
   .name = "xz",
@@ -610,5 +598,8 @@ const struct ad_format_ops ad_xz_ops = {
   .decoder_read = xz_decoder_read,
   .decoder_free = xz_decoder_free,
   .close = NULL,
-  .frame_key = xz_frame_key,
+  /* A block decodes from its own bytes (Block Header to Check) and its
+   * entry: Unpadded Size (aux) and the stream's check type (aux32).
+   */
+  .frame_key = ad_frame_key_own_bytes,
 };
